@@ -70,6 +70,89 @@ class ModelParams(_Section):
     adapter_invert: bool = False
 
 
+class WorldParams(_Section):
+    """The built-in world: shipped weights (git) and the assembled standard pipeline directory."""
+
+    shipped_dir: str = "models/world"
+    pipeline_dir: str = "build/world/pipeline"
+
+
+class BootstrapParams(_Section):
+    """Training the built-in world from scratch (frozen DVC stage; see README)."""
+
+    out_dir: str = "models/world"
+    n_scenes: int = Field(1200, ge=8)
+    poses_per_scene: int = Field(6, ge=2)
+    vae_steps: int = Field(1500, ge=1)
+    unet_steps: int = Field(4000, ge=1)
+    adapter_steps: int = Field(2000, ge=1)
+    judge_steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class CacheParams(_Section):
+    """Frozen-model caches: VAE latents of every image and text states of every caption."""
+
+    out_dir: str = "data/cache"
+    batch_size: int = Field(64, ge=1)
+
+
+class TrainParams(_Section):
+    """Secondary-adapter fine-tuning (METHOD.md steps 3-4)."""
+
+    out_dir: str = "build/train"
+    checkpoint_dir: str = "checkpoints/train"
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    balance: Literal["scale", "fixed", "uncertainty"] = "scale"
+    lambda_diff: float = Field(1.0, ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
+    running_mean_momentum: float = Field(0.99, gt=0, lt=1)
+    mask_margin: float = Field(0.15, ge=0, le=1)  # person box grown by this fraction of its size
+    checkpoint_every: int = Field(100, ge=1)
+    validate_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class PromotionParams(_Section):
+    drift_margin: float = Field(0.0, ge=0)  # relative drift reduction required vs champion/primary
+    fidelity_tolerance: float = Field(0.1, ge=0)  # allowed absolute PCK drop vs primary
+
+
+class AblationRun(_Section):
+    name: str
+    adapter: str  # a trained secondary-adapter directory (e.g. from a fixed-lambda run)
+
+
+class EvaluateParams(_Section):
+    out_dir: str = "reports"
+    n_prompts: int = Field(8, ge=1)
+    seeds: list[int] = [0, 1]
+    n_poses: int = Field(4, ge=2)
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(5.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+    models: list[Literal["base", "primary", "secondary"]] = ["base", "primary", "secondary"]
+    ablations: list[AblationRun] = []
+    bootstrap_samples: int = Field(1000, ge=10)
+    clip_model: str | None = None  # local CLIP dir for text alignment; null: world scene judge only
+    lpips_weights: str | None = None  # local perceptual-metric weights; null: skipped with a notice
+    promotion: PromotionParams = PromotionParams()
+
+
+class OpsParams(_Section):
+    """Scheduled deployments and locking (issue #6)."""
+
+    pipeline_cron: str = "0 2 * * *"
+    lock_path: str = "build/posescene.lock"
+
+
 class MlflowParams(_Section):
     tracking_uri: str | None = None
     experiment: str = "posescene"
@@ -84,6 +167,12 @@ class Params(_Section):
     pairs: PairsParams = PairsParams()
     render: RenderParams = RenderParams()
     model: ModelParams = ModelParams()
+    world: WorldParams = WorldParams()
+    bootstrap: BootstrapParams = BootstrapParams()
+    cache: CacheParams = CacheParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    ops: OpsParams = OpsParams()
     mlflow: MlflowParams = MlflowParams()
 
 

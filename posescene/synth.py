@@ -36,7 +36,12 @@ SCENE_PHRASES: dict[str, str] = {
     "lake": "by a lake",
 }
 TIMES: tuple[str, ...] = ("morning", "noon", "sunset", "night")
-TIME_PHRASES: dict[str, str] = {"morning": "in the morning", "noon": "at noon", "sunset": "at sunset", "night": "at night"}
+TIME_PHRASES: dict[str, str] = {
+    "morning": "in the morning",
+    "noon": "at noon",
+    "sunset": "at sunset",
+    "night": "at night",
+}
 
 # Pose library: angles in degrees, 0 = hanging straight down, positive = towards the person's right
 # side of the image (their arm swings outwards). Keys: upper arm / forearm / thigh / shin per side,
@@ -168,8 +173,12 @@ def _background(spec: SceneSpec, s: int) -> Image.Image:
         if rng.random() < 0.7:  # a parasol
             x = rng.uniform(0.1, 0.9) * s
             d.line([(x, sea_end + s * 0.05), (x, s * 0.95)], fill=_shade((90, 60, 40), time), width=s // 64)
-            d.pieslice([x - s * 0.1, sea_end - s * 0.02, x + s * 0.1, sea_end + s * 0.12], 180, 360,
-                       fill=_shade(CLOTHES[str(rng.choice(list(CLOTHES)))], time))
+            d.pieslice(
+                [x - s * 0.1, sea_end - s * 0.02, x + s * 0.1, sea_end + s * 0.12],
+                180,
+                360,
+                fill=_shade(CLOTHES[str(rng.choice(list(CLOTHES)))], time),
+            )
     elif kind == "forest":
         ground((40, 90, 35))
         for _ in range(int(rng.integers(6, 11))):
@@ -179,8 +188,10 @@ def _background(spec: SceneSpec, s: int) -> Image.Image:
             base = horizon + s * rng.uniform(0.0, 0.15)
             d.rectangle([x - w / 2, top, x + w / 2, base], fill=_shade((80, 50, 25), time))
             r = s * rng.uniform(0.1, 0.17)
-            d.ellipse([x - r, top - r * 1.2, x + r, top + r * 0.6],
-                      fill=_shade((20 + rng.normal(0, 8), 110 + rng.normal(0, 15), 30), time))
+            d.ellipse(
+                [x - r, top - r * 1.2, x + r, top + r * 0.6],
+                fill=_shade((20 + rng.normal(0, 8), 110 + rng.normal(0, 15), 30), time),
+            )
     elif kind == "city_street":
         x = -rng.uniform(0, s * 0.1)
         while x < s:
@@ -201,8 +212,10 @@ def _background(spec: SceneSpec, s: int) -> Image.Image:
         for _ in range(int(rng.integers(2, 4))):
             cx, w, h = rng.uniform(0, s), s * rng.uniform(0.3, 0.6), s * rng.uniform(0.2, 0.4)
             d.polygon([(cx - w, horizon), (cx, horizon - h), (cx + w, horizon)], fill=_shade((110, 110, 130), time))
-            d.polygon([(cx - w * 0.3, horizon - h * 0.7), (cx, horizon - h), (cx + w * 0.3, horizon - h * 0.7)],
-                      fill=_shade((250, 250, 255), time))
+            d.polygon(
+                [(cx - w * 0.3, horizon - h * 0.7), (cx, horizon - h), (cx + w * 0.3, horizon - h * 0.7)],
+                fill=_shade((250, 250, 255), time),
+            )
         ground((240, 242, 250))
         for _ in range(int(rng.integers(1, 4))):  # pines
             x, h = rng.uniform(0, s), s * rng.uniform(0.1, 0.2)
@@ -222,12 +235,15 @@ def _background(spec: SceneSpec, s: int) -> Image.Image:
             d.rectangle([x - w * 4, y - h * 0.7, x - w, y - h * 0.6], fill=_shade((40, 120, 50), time))
     elif kind == "park":
         ground((90, 170, 70))
-        d.polygon([(s * 0.4, horizon), (s * 0.6, horizon), (s * 0.9, s), (s * 0.1, s)],
-                  fill=_shade((200, 180, 140), time))
+        d.polygon(
+            [(s * 0.4, horizon), (s * 0.6, horizon), (s * 0.9, s), (s * 0.1, s)], fill=_shade((200, 180, 140), time)
+        )
         for _ in range(int(rng.integers(2, 5))):
             x = rng.uniform(0, s)
             r = s * rng.uniform(0.07, 0.12)
-            d.rectangle([x - s * 0.015, horizon - r, x + s * 0.015, horizon + s * 0.03], fill=_shade((90, 60, 30), time))
+            d.rectangle(
+                [x - s * 0.015, horizon - r, x + s * 0.015, horizon + s * 0.03], fill=_shade((90, 60, 30), time)
+            )
             d.ellipse([x - r, horizon - r * 2.6, x + r, horizon - r * 0.6], fill=_shade((50, 140, 50), time))
         if rng.random() < 0.6:  # a bench
             x = rng.uniform(0.1, 0.7) * s
@@ -249,8 +265,12 @@ def _background(spec: SceneSpec, s: int) -> Image.Image:
         d.rectangle([sx, horizon - s * 0.08, sx + s * 0.3, horizon + s * 0.06], fill=_rgb(np.array(sofa) * 0.8 * lamp))
     elif kind == "lake":
         far = horizon - s * rng.uniform(0.04, 0.1)
-        d.polygon([(0, horizon)] + [(x, far + s * 0.04 * math.sin(x / s * 5 + rng.uniform(0, 6)))
-                                     for x in np.linspace(0, s, 16)] + [(s, horizon)], fill=_shade((40, 90, 60), time))
+        d.polygon(
+            [(0, horizon)]
+            + [(x, far + s * 0.04 * math.sin(x / s * 5 + rng.uniform(0, 6))) for x in np.linspace(0, s, 16)]
+            + [(s, horizon)],
+            fill=_shade((40, 90, 60), time),
+        )
         water_end = horizon + int(s * rng.uniform(0.15, 0.25))
         d.rectangle([0, horizon, s, water_end], fill=_shade((60, 120, 170), time))
         for k in range(3):
@@ -338,8 +358,12 @@ def _draw_person(pil: Image.Image, person: Person, time: str, scale: float) -> N
     head_c = (kp[INDEX["r_ear"]] + kp[INDEX["l_ear"]]) / 2
     r = h * 0.075
     d.ellipse([head_c[0] - r, head_c[1] - r, head_c[0] + r, head_c[1] + r], fill=skin)
-    d.chord([head_c[0] - r, head_c[1] - r * 1.05, head_c[0] + r, head_c[1] + r * 0.6], 180, 360,
-            fill=_shade((50, 30, 20), time))
+    d.chord(
+        [head_c[0] - r, head_c[1] - r * 1.05, head_c[0] + r, head_c[1] + r * 0.6],
+        180,
+        360,
+        fill=_shade((50, 30, 20), time),
+    )
 
 
 def scene_specs(n_scenes: int, seed: int) -> list[SceneSpec]:

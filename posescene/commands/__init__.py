@@ -1,0 +1,1 @@
+"""CLI sub-commands, one module per area; each registers on :data:`posescene.cli_app.app`."""

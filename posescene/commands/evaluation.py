@@ -1,0 +1,1 @@
+"""CLI sub-commands for the evaluation area (see docs/architecture.md)."""

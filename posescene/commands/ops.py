@@ -1,0 +1,1 @@
+"""CLI sub-commands for the ops area (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""CLI sub-commands for the training area (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""CLI sub-commands for the world area (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around posescene library calls (retries/caching live here, not in the library)."""

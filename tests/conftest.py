@@ -1,0 +1,24 @@
+"""Shared fixtures. No test downloads anything: HF_HUB_OFFLINE is set before any HF import."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PoseScenes imagefolder (6 scenes x 4 poses at 64 px), shared read-only by tests."""
+    from posescene.synth import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "synth", 6, 4, 64, seed=0, progress=False)
