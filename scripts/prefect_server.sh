@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Source this to make sure a Prefect API server is reachable: reuses $PREFECT_API_URL or a server on
+# 127.0.0.1:$POSESCENE_PREFECT_PORT (default 4200), else starts one in the background and stops it when
+# the calling shell exits. Without it every flow run would start (and pay ~10 s for) a temporary server.
+port="${POSESCENE_PREFECT_PORT:-4200}"
+_ps_healthy() { .venv/bin/python - "$1" <<'PY'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/health", timeout=2)
+except Exception:
+    sys.exit(1)
+PY
+}
+if [ -z "${PREFECT_API_URL:-}" ]; then
+  url="http://127.0.0.1:${port}/api"
+  if ! _ps_healthy "$url"; then
+    mkdir -p build
+    setsid .venv/bin/prefect server start --host 127.0.0.1 --port "$port" > build/prefect-server.log 2>&1 &
+    _ps_pid=$!
+    trap 'kill -- -"$_ps_pid" 2>/dev/null || true' EXIT
+    for _ in $(seq 120); do _ps_healthy "$url" && break; sleep 0.5; done
+    _ps_healthy "$url" || { echo "Prefect server did not start; see build/prefect-server.log" >&2; exit 1; }
+    echo "posescene: started a local Prefect server at http://127.0.0.1:${port} (UI) for this run"
+  fi
+  export PREFECT_API_URL="$url"
+fi
