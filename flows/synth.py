@@ -4,11 +4,13 @@ from typing import Any
 
 from prefect import flow
 
+from flows._ops import exclusive
 from posescene.config import load_params
 from tasks.synth import synth_task
 
 
 @flow(name="synth", log_prints=True)
+@exclusive
 def synth_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> str:
     """Stage 0: the built-in PoseScenes world."""
     params = load_params(params_path, overrides)

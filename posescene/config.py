@@ -78,16 +78,35 @@ class WorldParams(_Section):
 
 
 class BootstrapParams(_Section):
-    """Training the built-in world from scratch (frozen DVC stage; see README)."""
+    """Training the built-in world from scratch (frozen DVC stage; see models/world/README.md).
+
+    Sizes and steps are params so that a test can run the whole bootstrap in seconds
+    (``architecture: tiny``, a few steps each) with exactly the code path of the real run.
+    """
 
     out_dir: str = "models/world"
-    n_scenes: int = Field(1200, ge=8)
+    architecture: Literal["world", "tiny"] = "world"  # tiny: 32 px test models (posescene.world)
+    n_scenes: int = Field(1200, ge=8)  # training scenes 0..n_scenes-1
     poses_per_scene: int = Field(6, ge=2)
-    vae_steps: int = Field(1500, ge=1)
-    unet_steps: int = Field(4000, ge=1)
-    adapter_steps: int = Field(2000, ge=1)
-    judge_steps: int = Field(1500, ge=1)
+    n_heldout: int = Field(40, ge=1)  # held-out scenes n_scenes..n_scenes+n_heldout-1 (never trained on)
+    vae_steps: int = Field(250, ge=1)
+    unet_steps: int = Field(1600, ge=1)
+    adapter_steps: int = Field(700, ge=1)
+    judge_steps: int = Field(400, ge=1)
     batch_size: int = Field(32, ge=1)
+    vae_lr: float = Field(1e-3, gt=0)
+    unet_lr: float = Field(6e-4, gt=0)
+    adapter_lr: float = Field(5e-4, gt=0)
+    judge_lr: float = Field(2e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    vae_edge_weight: float = Field(0.5, ge=0)  # L1 on image gradients: keeps thin limbs sharp
+    caption_dropout: float = Field(0.1, ge=0, le=1)  # empty caption, for classifier-free guidance
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # U-Net EMA (0 disables)
+    eval_samples: int = Field(160, ge=1)  # held-out images generated per model for the metrics
+    eval_steps: int = Field(20, ge=1)  # DDIM steps
+    eval_guidance: list[float] = [4.0]  # CFG scales evaluated; the first is the headline
+    eval_batch_size: int = Field(32, ge=1)
+    threads: int = Field(0, ge=0)  # torch threads; 0: all cores
 
 
 class CacheParams(_Section):
@@ -115,13 +134,18 @@ class TrainParams(_Section):
     lambda_diff: float = Field(1.0, ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
     running_mean_momentum: float = Field(0.99, gt=0, lt=1)
     mask_margin: float = Field(0.15, ge=0, le=1)  # person box grown by this fraction of its size
-    checkpoint_every: int = Field(100, ge=1)
-    validate_every: int = Field(100, ge=1)
-    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)  # atomic step_<n>/ under checkpoint_dir; the last 2 are kept
+    validate_every: int = Field(100, ge=1)  # validation grid (held-out prompt x poses, primary vs secondary)
+    validation_poses: int = Field(4, ge=1)
+    validation_steps: int = Field(10, ge=1)  # DDIM steps of the validation grid
+    log_every: int = Field(10, ge=1)  # MLflow metrics and the progress bar
 
 
 class PromotionParams(_Section):
-    drift_margin: float = Field(0.0, ge=0)  # relative drift reduction required vs champion/primary
+    """The registry gate: the ``candidate`` secondary adapter becomes ``champion`` only if it earns it."""
+
+    metric: Literal["drift_rmse", "drift_ssim"] = "drift_rmse"  # the drift that must go down
+    drift_margin: float = Field(0.0, ge=0, lt=1)  # relative drift reduction required vs champion and primary
     fidelity_tolerance: float = Field(0.1, ge=0)  # allowed absolute PCK drop vs primary
 
 
@@ -131,26 +155,43 @@ class AblationRun(_Section):
 
 
 class EvaluateParams(_Section):
+    """Scene drift across poses, pose fidelity, text alignment and the promotion gate (posescene.evaluate)."""
+
     out_dir: str = "reports"
-    n_prompts: int = Field(8, ge=1)
-    seeds: list[int] = [0, 1]
-    n_poses: int = Field(4, ge=2)
-    steps: int = Field(20, ge=1)
+    n_prompts: int = Field(8, ge=1)  # held-out captions (round-robin over scene kinds)
+    seeds: list[int] = Field([0, 1], min_length=1)
+    n_poses: int = Field(4, ge=2)  # held-out poses per set (one image per pose, same noise)
+    steps: int = Field(20, ge=1)  # DDIM steps
     guidance_scale: float = Field(5.0, ge=0)
     batch_size: int = Field(16, ge=1)
-    models: list[Literal["base", "primary", "secondary"]] = ["base", "primary", "secondary"]
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
+    models: list[Literal["base", "primary", "secondary", "both"]] = Field(
+        ["base", "primary", "secondary"], min_length=1
+    )
+    both_weights: list[float] = Field([0.5, 0.5], min_length=2, max_length=2)  # MultiAdapter (primary, secondary)
     ablations: list[AblationRun] = []
+    mask_margin: float = Field(0.15, ge=0, le=1)  # person box grown by this fraction of max(w, h)
+    pck_alpha: float = Field(0.1, gt=0)  # PCK threshold: alpha x max(w, h) of the conditioning pose
+    min_score: float = Field(0.3, ge=0, le=1)  # a detected point counts when its score is at least this
+    min_points: int = Field(4, ge=1)  # a person counts as detected with at least this many points
+    pose_judge: Literal["auto", "world", "mediapipe", "openpose", "dwpose", "none"] = "auto"  # auto: world or mediapipe
+    pose_judge_weights: str | None = None  # openpose/dwpose weights (local dir)
+    scene_judge: Literal["auto", "world", "none"] = "auto"  # auto: the world's scene classifier for the world
     bootstrap_samples: int = Field(1000, ge=10)
     clip_model: str | None = None  # local CLIP dir for text alignment; null: world scene judge only
-    lpips_weights: str | None = None  # local perceptual-metric weights; null: skipped with a notice
+    lpips_weights: str | None = None  # TorchScript LPIPS file; null: skipped with a notice (never downloaded)
     promotion: PromotionParams = PromotionParams()
 
 
 class OpsParams(_Section):
-    """Scheduled deployments and locking (issue #6)."""
+    """Scheduled deployments, locking and scale-out (docs/operations.md)."""
 
-    pipeline_cron: str = "0 2 * * *"
-    lock_path: str = "build/posescene.lock"
+    pipeline_cron: str = "0 2 * * *"  # the nightly pipeline deployment's schedule (cron, in pipeline_timezone)
+    pipeline_timezone: str = "UTC"
+    lock_path: str = "build/posescene.lock"  # one lock per checkout: runs that write data/registry queue on it
+    lock_timeout_s: float = Field(3600.0, ge=-1)  # wait this long for another run (-1: forever, 0: fail at once)
+    concurrency_limit: str = "posescene-pipeline"  # Prefect global concurrency limit (when a server is configured)
+    dask_address: str | None = None  # poses.runner=dask: an existing scheduler (tcp://host:8786); null: LocalCluster
 
 
 class MlflowParams(_Section):

@@ -139,3 +139,17 @@ def encode_images(base: BaseModel, images: torch.Tensor) -> torch.Tensor:
     """VAE latents (distribution mean x scaling factor) of images in [-1, 1], (N, 3, H, W)."""
     dist = base.vae.encode(images.to(base.vae.device, base.vae.dtype)).latent_dist
     return dist.mean * base.latent_scaling
+
+
+def prepare_adapter_input(maps: torch.Tensor, in_channels: int, invert: bool) -> torch.Tensor:
+    """Gray lattice maps (N, 1, R, R) in [0, 1] -> the adapter's input convention.
+
+    Our maps are black points on white (METHOD.md step 2); sketch/openpose adapters expect white on black
+    (``invert``: 1 - x) and RGB-trained adapters expect 3 channels (the gray map repeated). Training,
+    validation and the registered pyfunc model all go through this one function so they agree.
+    """
+    if invert:
+        maps = 1.0 - maps
+    if in_channels == 3 and maps.shape[1] == 1:
+        maps = maps.repeat(1, 3, 1, 1)
+    return maps

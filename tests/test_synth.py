@@ -37,7 +37,6 @@ def test_keypoints_land_on_the_person():
     spec = scene_specs(1, seed=3)[0]
     bg_only = render_scene(spec, 1, 64)[0]
     image, person, _ = bg_only
-    arr = np.asarray(image, dtype=np.float64)
     neck = person.keypoints[1]
     assert np.isfinite(neck).all()
     assert 0 <= neck[0] < 64 and 0 <= neck[1] < 64

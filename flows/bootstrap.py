@@ -1,0 +1,23 @@
+"""The ``bootstrap`` stage: retrain the built-in world into ``bootstrap.out_dir`` (frozen in dvc.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._ops import exclusive
+from posescene.config import load_params
+from tasks.bootstrap import bootstrap_task
+
+
+@flow(name="bootstrap", log_prints=True)
+@exclusive
+def bootstrap_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train VAE, U-Net, primary adapter and judges; write bootstrap_metrics.json (see models/world/README.md)."""
+    params = load_params(params_path, overrides)
+    return bootstrap_task(params, params.bootstrap.out_dir)
+
+
+if __name__ == "__main__":
+    bootstrap_flow()

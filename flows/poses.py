@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows._ops import exclusive
+from posescene.config import load_params
+from tasks.poses import poses_task
+
+
+def poses_markdown(summary: dict[str, Any]) -> str:
+    """The flow's artifact: images processed / skipped, persons found, speed, and a restart if any."""
+    rows = [
+        ("images in the manifest", summary["images_total"]),
+        ("already done (kept)", summary["images_existing"]),
+        ("processed now", summary["images_processed"]),
+        ("  with a person", summary["images_with_person"]),
+        ("  persons found", summary["persons_found"]),
+        ("part files written", summary["parts_written"]),
+        ("stale images pruned", summary["pruned_images"]),
+        ("images/s", f"{summary['images_per_second']:.1f}"),
+    ]
+    lines = [f"# poses ({summary['detector']}, beta={summary['beta']})", "", "| | |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    if summary["restarted"]:
+        lines += ["", f"**Started over:** existing lattices had other settings ({summary['restart_reason']})."]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="poses", log_prints=True)
+@exclusive
+def poses_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage 2: pose lattices of the ingested images (incremental Parquet dataset)."""
+    params = load_params(params_path, overrides)
+    if params.poses.runner == "dask":  # batches as Prefect tasks on a DaskTaskRunner (flows/_dask.py)
+        from flows._dask import run_poses_on_dask
+
+        summary = run_poses_on_dask(params.poses, params.ingest.out_dir, params.poses.out_dir, params.ops.dask_address)
+    else:
+        summary = poses_task(params.poses, params.ingest.out_dir, params.poses.out_dir)
+    print(
+        f"poses ({summary['detector']}): {summary['images_processed']} images processed, "
+        f"{summary['images_existing']} already done, {summary['persons_found']} persons found "
+        f"({summary['images_per_second']:.1f} images/s) -> {params.poses.out_dir}"
+    )
+    create_markdown_artifact(
+        markdown=poses_markdown(summary), key="poses-summary", description="posescene poses: persons found"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    poses_flow()

@@ -1,0 +1,23 @@
+"""The ``world`` stage: shipped world weights + packaged MiniLM -> a standard diffusers pipeline dir."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._ops import exclusive
+from posescene.config import load_params
+from tasks.world import world_task
+
+
+@flow(name="world", log_prints=True)
+@exclusive
+def world_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> str:
+    """Assemble ``world.pipeline_dir`` from ``world.shipped_dir`` (seconds)."""
+    params = load_params(params_path, overrides)
+    return world_task(params.world.shipped_dir, params.world.pipeline_dir)
+
+
+if __name__ == "__main__":
+    world_flow()

@@ -1,0 +1,447 @@
+"""Generation: prompt(s) + pose(s) + seed -> images (the patent's "any scene + any person + any pose").
+
+Models: the base model alone (``StableDiffusionPipeline``), the primary adapter, the secondary adapter,
+both (diffusers ``MultiAdapter`` with per-adapter weights), or any other adapter directory (ablations);
+optional identity weights (LoRA / DreamBooth-style, ``pipe.load_lora_weights``). A :class:`ModelBank`
+loads the base model and every adapter **once** and builds all pipelines from the same component
+objects, so comparing four models costs one model load and the memory of one U-Net.
+
+Determinism and comparability: the initial latent noise of a job depends only on its seed. It is drawn
+on the CPU from ``torch.Generator().manual_seed(seed)`` for every (prompt, seed) job and passed to the
+pipeline as ``latents=``, so (a) every pose and every model of one (prompt, seed) starts from the
+*same* noise (the premise of the scene-drift metric: any difference comes from the pose conditioning),
+(b) a seed gives the same image on CPU and GPU up to kernel arithmetic, and (c) a (prompt, seed) job
+gives the same image whether it is generated alone or inside an evaluation batch (up to float
+reassociation of batched kernels). DDIM with eta = 0 adds no further noise.
+
+Conditioning maps are rendered exactly as for training: :func:`posescene.render.render_lattice` at the
+pose's own map side u = min(w, h) with ``render.radius`` / ``render.limbs``, resized to the model
+resolution with :func:`posescene.render.map_tensor` (min-pooling: no point vanishes), then put in the
+adapter's input convention by :func:`posescene.models.prepare_adapter_input` (``model.adapter_invert``,
+``model.adapter_in_channels``), the function training uses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, MultiAdapter, StableDiffusionAdapterPipeline, StableDiffusionPipeline, T2IAdapter
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from tqdm.auto import tqdm
+
+from posescene.errors import DetectorUnavailableError, InputDataError, ModelLoadError
+from posescene.lattice import denormalise, normalise
+from posescene.models import (
+    BaseModel,
+    check_compatible,
+    encode_prompts,
+    load_adapter,
+    load_base,
+    prepare_adapter_input,
+)
+from posescene.topology import N_KEYPOINTS
+
+STANDARD_MODELS = ("base", "primary", "secondary", "both")
+
+# --------------------------------------------------------------------------------------------------
+# poses
+
+
+@dataclass(frozen=True)
+class Pose:
+    """One conditioning pose as a lattice: normalised points (NaN = missing) and its map side u.
+
+    ``side`` is min(w, h) of the image the pose comes from: training draws a lattice's map at that side
+    and min-pools it to the model resolution, and so does generation, so a point radius means the same.
+    """
+
+    x_norm: np.ndarray
+    y_norm: np.ndarray
+    side: int
+    label: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        x = np.asarray(self.x_norm, dtype=np.float64).reshape(-1)
+        y = np.asarray(self.y_norm, dtype=np.float64).reshape(-1)
+        if x.shape != (N_KEYPOINTS,) or y.shape != (N_KEYPOINTS,):
+            raise InputDataError(f"pose {self.label!r}: expected {N_KEYPOINTS} points, got {x.size} / {y.size}")
+        object.__setattr__(self, "x_norm", x)
+        object.__setattr__(self, "y_norm", y)
+
+    @property
+    def n_points(self) -> int:
+        return int((np.isfinite(self.x_norm) & np.isfinite(self.y_norm)).sum())
+
+    def keypoints_at(self, resolution: int, beta: float) -> np.ndarray:
+        """(18, 2) pixel positions where the pose should appear in a generated ``resolution``² image.
+
+        The lattice un-normalised at (resolution, resolution): a training image is resized whole to the
+        model resolution, so its keypoints move with it.
+        """
+        x, y = denormalise(self.x_norm, self.y_norm, resolution, resolution, beta)
+        return np.stack([x, y], axis=1)
+
+
+def pose_from_pixels(
+    x: Sequence[float | None], y: Sequence[float | None], width: int, height: int, beta: float, label: str = ""
+) -> Pose:
+    """A pose from pixel keypoints (``None``/NaN = missing) of a ``width`` x ``height`` image."""
+    xs = np.array([np.nan if v is None else v for v in x], dtype=np.float64)
+    ys = np.array([np.nan if v is None else v for v in y], dtype=np.float64)
+    missing = ~(np.isfinite(xs) & np.isfinite(ys))
+    xs[missing] = np.nan
+    ys[missing] = np.nan
+    xn, yn = normalise(xs, ys, width, height, beta)
+    return Pose(xn, yn, side=min(int(width), int(height)), label=label)
+
+
+def poses_from_json(path: str | Path, beta: float) -> list[Pose]:
+    """Poses from a keypoints JSON file.
+
+    Accepted: ``{"width": W, "height": H, "keypoints": [[x, y] | null, ... 18]}``, a list of such
+    objects, or ``{"poses": [...]}``; coordinates in pixels of a W x H image, 18-point order of
+    :mod:`posescene.topology`.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputDataError(f"{path}: no such keypoints file") from None
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{path}: not valid JSON ({exc})") from None
+    items = data.get("poses", [data]) if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise InputDataError(f"{path}: expected a pose object or a non-empty list of them")
+    poses = []
+    for k, item in enumerate(items):
+        where = f"{path} pose {k}"
+        if not isinstance(item, dict) or not {"width", "height", "keypoints"} <= set(item):
+            raise InputDataError(f"{where}: needs 'width', 'height' and 'keypoints' (18 [x, y] or null)")
+        kps = item["keypoints"]
+        if not isinstance(kps, list) or len(kps) != N_KEYPOINTS:
+            raise InputDataError(f"{where}: 'keypoints' must list {N_KEYPOINTS} points, got {len(kps)}")
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for p in kps:
+            if p is None:
+                xs.append(None)
+                ys.append(None)
+            elif isinstance(p, list | tuple) and len(p) >= 2:
+                xs.append(None if p[0] is None else float(p[0]))
+                ys.append(None if p[1] is None else float(p[1]))
+            else:
+                raise InputDataError(f"{where}: each keypoint is [x, y] or null, got {p!r}")
+        poses.append(pose_from_pixels(xs, ys, int(item["width"]), int(item["height"]), beta, item.get("label", "")))
+    return poses
+
+
+def poses_from_lattice_rows(rows: Sequence[Mapping[str, Any]]) -> list[Pose]:
+    """Poses from lattice rows (``data/lattices`` contract: x_norm, y_norm, width, height, image_id)."""
+    poses = []
+    for row in rows:
+        if not row.get("has_person", True) or row.get("x_norm") is None:
+            raise InputDataError(f"lattice row of {row.get('image_id')!r} has no person")
+        x = [np.nan if v is None else v for v in row["x_norm"]]
+        y = [np.nan if v is None else v for v in row["y_norm"]]
+        side = min(int(row["width"]), int(row["height"]))
+        label = str(row.get("image_id", ""))
+        if int(row.get("person", 0) or 0):
+            label += f"_{int(row['person'])}"
+        meta = {k: row[k] for k in ("image_id", "person", "action") if k in row}
+        poses.append(Pose(np.asarray(x), np.asarray(y), side, label, meta))
+    return poses
+
+
+def person_arrays(person: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A detector's person -> ((18, 2) pixels, (18,) scores or None).
+
+    Accepts the shapes detectors return: a ``(keypoints, scores)`` tuple, an object with
+    ``keypoints``/``scores`` (or ``xy``/``score``) attributes, or a dict with those keys.
+    """
+    if isinstance(person, Mapping):
+        kp = person.get("keypoints", person.get("xy"))
+        sc = person.get("scores", person.get("score"))
+    elif isinstance(person, tuple | list) and len(person) == 2:
+        kp, sc = person
+    else:
+        kp = getattr(person, "keypoints", getattr(person, "xy", None))
+        sc = getattr(person, "scores", getattr(person, "score", None))
+    if kp is None:
+        raise InputDataError(f"cannot read keypoints from a detector result of type {type(person).__name__}")
+    kp = np.asarray(kp, dtype=np.float64).reshape(-1, 2)
+    return kp, None if sc is None else np.asarray(sc, dtype=np.float64).reshape(-1)
+
+
+def make_pose_detector(name: str, weights: str | None) -> Any:
+    """The pose detector of ``posescene.detectors`` (ingest/poses stage), with a clear error if absent."""
+    try:
+        from posescene.detectors import make_detector
+    except ImportError as exc:
+        raise DetectorUnavailableError(f"pose detector {name!r}: posescene.detectors is not available ({exc})") from exc
+    return make_detector(name, weights)
+
+
+def poses_from_images(
+    images: Sequence[np.ndarray], detector: Any, beta: float, min_score: float, labels: Sequence[str] | None = None
+) -> list[Pose]:
+    """Run a detector (``.detect(list of RGB uint8) -> per image list of persons``) and keep each image's
+    most confident person as a pose (points below ``min_score`` missing)."""
+    results = detector.detect([np.asarray(im, dtype=np.uint8) for im in images])
+    poses = []
+    for k, (image, persons) in enumerate(zip(images, results, strict=True)):
+        label = labels[k] if labels else f"image{k}"
+        if not persons:
+            raise InputDataError(f"{label}: the pose detector found no person")
+        arrays = [person_arrays(p) for p in persons]
+        kp, sc = max(arrays, key=lambda a: -1.0 if a[1] is None else float(np.nanmean(a[1])))
+        kp = kp.copy()
+        if sc is not None:
+            kp[sc < min_score] = np.nan
+        h, w = np.asarray(image).shape[:2]
+        poses.append(pose_from_pixels(kp[:, 0], kp[:, 1], w, h, beta, label))
+    return poses
+
+
+# --------------------------------------------------------------------------------------------------
+# conditioning maps
+
+
+def condition_maps(
+    poses: Sequence[Pose], resolution: int, radius: int, limbs: bool, in_channels: int, invert: bool
+) -> torch.Tensor:
+    """Adapter inputs (N, in_channels, res, res) in [0, 1], rendered as for training (module docstring)."""
+    from posescene.render import map_tensor, render_lattice
+
+    maps = []
+    for pose in poses:
+        array = render_lattice(pose.x_norm, pose.y_norm, pose.side, radius=radius, limbs=limbs)
+        t = map_tensor(array, resolution)
+        maps.append(t)
+    return prepare_adapter_input(torch.stack(maps), in_channels, invert).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What generates: no adapter (base), one adapter, or several mixed by ``MultiAdapter`` weights."""
+
+    name: str
+    adapters: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.weights and len(self.weights) != len(self.adapters):
+            raise ValueError(f"model {self.name!r}: {len(self.adapters)} adapters but {len(self.weights)} weights")
+
+    @property
+    def uses_pose(self) -> bool:
+        return bool(self.adapters)
+
+
+def standard_spec(name: str, both_weights: Sequence[float] = (0.5, 0.5)) -> ModelSpec:
+    """``base`` | ``primary`` | ``secondary`` | ``both`` -> its spec (adapter keys in the :class:`ModelBank`)."""
+    if name == "base":
+        return ModelSpec("base")
+    if name in ("primary", "secondary"):
+        return ModelSpec(name, (name,), (1.0,))
+    if name == "both":
+        return ModelSpec("both", ("primary", "secondary"), tuple(float(w) for w in both_weights))
+    raise ValueError(f"unknown model {name!r}; choose from {STANDARD_MODELS} or name an adapter directory")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to generate: a prompt, a seed (-> its initial noise) and a pose (ignored by ``base``)."""
+
+    prompt: str
+    seed: int
+    pose: Pose | None = None
+
+
+class ModelBank:
+    """The base model and the adapters, loaded once; pipelines for any :class:`ModelSpec` share them."""
+
+    def __init__(
+        self,
+        base: str,
+        adapters: Mapping[str, str],
+        *,
+        resolution: int,
+        in_channels: int = 1,
+        device: str = "auto",
+        dtype: torch.dtype = torch.float32,
+        identity: str | None = None,
+        identity_scale: float = 1.0,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.resolution = int(resolution)
+        self.base: BaseModel = load_base(base, dtype).freeze()
+        for module in (self.base.vae, self.base.unet, self.base.text_encoder):
+            module.to(self.device)  # dtype was set at load: .to(dtype=None) would warn for every module
+        try:
+            self.scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{base}: no scheduler config for DDIM sampling ({exc})") from exc
+        self.adapters: dict[str, T2IAdapter] = {}
+        for key, path in adapters.items():
+            adapter = load_adapter(path, dtype)
+            check_compatible(self.base, adapter, in_channels, self.resolution, where=f"{key} adapter {path}")
+            adapter.requires_grad_(False).eval().to(self.device)
+            self.adapters[key] = adapter
+        self._pipelines: dict[tuple[tuple[str, ...], int], DiffusionPipeline] = {}
+        self._text: dict[str, torch.Tensor] = {}
+        self.cross_attention_kwargs: dict[str, float] | None = None
+        if identity:
+            self.load_identity(identity, identity_scale)
+
+    # pipelines ------------------------------------------------------------------------------------
+
+    def _components(self) -> dict[str, Any]:
+        b = self.base
+        return dict(
+            vae=b.vae,
+            text_encoder=b.text_encoder,
+            tokenizer=b.tokenizer,
+            unet=b.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def pipeline(self, spec: ModelSpec) -> DiffusionPipeline:
+        """The diffusers pipeline for ``spec`` (built once, from the shared components)."""
+        key = (spec.adapters, len(spec.adapters))
+        if key in self._pipelines:
+            return self._pipelines[key]
+        missing = [a for a in spec.adapters if a not in self.adapters]
+        if missing:
+            raise ModelLoadError(f"model {spec.name!r} needs adapter(s) {missing}; loaded: {sorted(self.adapters)}")
+        if not spec.adapters:
+            pipe: DiffusionPipeline = StableDiffusionPipeline(**self._components())
+        else:
+            parts = [self.adapters[a] for a in spec.adapters]
+            adapter = parts[0] if len(parts) == 1 else MultiAdapter(parts)
+            pipe = StableDiffusionAdapterPipeline(adapter=adapter, **self._components())
+        pipe.set_progress_bar_config(disable=True)
+        self._pipelines[key] = pipe
+        return pipe
+
+    def load_identity(self, path: str | Path, scale: float = 1.0) -> None:
+        """Identity weights (LoRA / DreamBooth-style, a local file or directory) into the shared U-Net and
+        text encoder, so every model of this bank generates the same person."""
+        path = Path(path)
+        if not path.exists():
+            raise ModelLoadError(
+                f"identity weights {path}: no such file or directory. Pass a local LoRA file (.safetensors) or a "
+                "directory saved with save_lora_weights (identity weights are never downloaded)."
+            )
+        if importlib.util.find_spec("peft") is None:
+            raise ModelLoadError(
+                f"identity weights {path}: diffusers loads LoRA weights through the peft package, which is not "
+                "installed. Install it (pip install peft) or run without identity weights."
+            )
+        pipe = self.pipeline(ModelSpec("base"))
+        try:
+            if path.is_file():
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+            else:
+                pipe.load_lora_weights(str(path))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"identity weights {path}: could not be loaded into {self.base.name}: {exc}") from exc
+        self.cross_attention_kwargs = {"scale": float(scale)}
+
+    # inputs ---------------------------------------------------------------------------------------
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.resolution // self.base.vae_scale_factor
+        return (int(self.base.unet.config.in_channels), side, side)
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        """(1, C, h, w) latent noise for ``seed``: drawn on the CPU so CPU and GPU runs start alike."""
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        return torch.randn((1, *self.latent_shape), generator=g, dtype=torch.float32)
+
+    def text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """tau(y) per prompt (cached: an evaluation repeats each prompt for every pose and model)."""
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._text]
+        if todo:
+            with torch.inference_mode():
+                states = encode_prompts(self.base, list(todo), device=self.device).to(self.dtype)
+            self._text.update(zip(todo, states, strict=True))
+        return torch.stack([self._text[p] for p in prompts])
+
+    # sampling -------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        spec: ModelSpec,
+        jobs: Sequence[Job],
+        *,
+        steps: int,
+        guidance_scale: float,
+        batch_size: int,
+        maps: Callable[[Sequence[Pose]], torch.Tensor] | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Images (N, res, res, 3) uint8 for ``jobs``, in order, ``batch_size`` at a time.
+
+        ``maps`` turns poses into adapter inputs (:func:`condition_maps` with the run's render params);
+        it is required when ``spec`` uses an adapter.
+        """
+        if spec.uses_pose and maps is None:
+            raise ValueError(f"model {spec.name!r} is conditioned on poses: pass maps=")
+        if spec.uses_pose and any(j.pose is None for j in jobs):
+            raise InputDataError(f"model {spec.name!r} needs a pose for every job")
+        pipe = self.pipeline(spec)
+        negative = self.text([""])
+        out = np.empty((len(jobs), self.resolution, self.resolution, 3), dtype=np.uint8)
+        bar = tqdm(total=len(jobs), desc=f"generate {spec.name}", unit="img", disable=not progress)
+        with torch.inference_mode():
+            for start in range(0, len(jobs), batch_size):
+                batch = jobs[start : start + batch_size]
+                n = len(batch)
+                kwargs: dict[str, Any] = dict(
+                    prompt_embeds=self.text([j.prompt for j in batch]),
+                    negative_prompt_embeds=negative.expand(n, -1, -1),
+                    latents=torch.cat([self.initial_noise(j.seed) for j in batch]).to(self.device, self.dtype),
+                    num_inference_steps=steps,
+                    guidance_scale=guidance_scale,
+                    height=self.resolution,
+                    width=self.resolution,
+                    output_type="np",
+                    cross_attention_kwargs=self.cross_attention_kwargs,
+                )
+                if spec.uses_pose:
+                    assert maps is not None
+                    cond = maps([j.pose for j in batch if j.pose is not None]).to(self.device, self.dtype)
+                    weights = list(spec.weights) or [1.0] * len(spec.adapters)
+                    if len(spec.adapters) == 1:
+                        kwargs.update(image=cond, adapter_conditioning_scale=weights[0])
+                    else:
+                        kwargs.update(image=[cond] * len(spec.adapters), adapter_conditioning_scale=weights)
+                images = pipe(**kwargs).images
+                out[start : start + n] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+                bar.update(n)
+        bar.close()
+        return out

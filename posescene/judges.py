@@ -1,0 +1,181 @@
+"""The built-in world's own judges: a scene classifier and a PoseScenes keypoint estimator.
+
+No CLIP or OpenPose weights can be downloaded, so the world brings small judges trained on PoseScenes
+(and on VAE reconstructions, so that slightly blurry generated images are judged fairly). They are
+diffusers ``ModelMixin`` + ``ConfigMixin`` classes, so they save/load like every other part of the world
+(``save_pretrained`` / ``from_pretrained`` with safetensors).
+
+Image inputs everywhere here are float tensors (N, 3, H, W) in [0, 1] or PIL images / uint8 arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image
+from torch import nn
+
+from posescene.errors import InputDataError
+from posescene.synth import SCENE_KINDS
+from posescene.topology import N_KEYPOINTS
+
+
+def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    groups = 8 if cout % 8 == 0 else 1
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
+        nn.GroupNorm(groups, cout),
+        nn.SiLU(),
+    )
+
+
+class SceneClassifier(ModelMixin, ConfigMixin):
+    """Small CNN: RGB image -> logits over the scene kinds (the world's stand-in for a CLIP judge)."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        class_names: Sequence[str] = SCENE_KINDS,
+        widths: Sequence[int] = (32, 64, 96),
+        resolution: int = 64,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_block(3, widths[0])]
+        cin = widths[0]
+        for w in widths:
+            layers += [_block(cin, w, stride=2), _block(w, w)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(cin, len(class_names)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) in [0, 1] -> logits (N, n_classes)."""
+        h = self.features(images * 2 - 1)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class KeypointEstimator(ModelMixin, ConfigMixin):
+    """Small heatmap CNN for PoseScenes people: 18 soft-argmax keypoints + per-point presence.
+
+    Heatmaps at half resolution (32 x 32 for 64 px images) with soft-argmax give sub-pixel coordinates
+    without the quantisation of an arg-max; presence is predicted from pooled features because
+    PoseScenes points leave the image when the person is near a border.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, n_keypoints: int = N_KEYPOINTS, widths: Sequence[int] = (32, 64, 96), resolution: int = 64):
+        super().__init__()
+        w0, w1, w2 = widths
+        self.stem = nn.Sequential(_block(3, w0), _block(w0, w0, stride=2))  # H/2
+        self.down = nn.Sequential(_block(w0, w1, stride=2), _block(w1, w1))  # H/4
+        self.context = nn.Sequential(_block(w1, w2), _block(w2, w2, dilation=2), _block(w2, w2, dilation=4))
+        self.fuse = nn.Sequential(_block(w2 + w0, w1), _block(w1, w1))
+        self.heatmaps = nn.Conv2d(w1, n_keypoints, 1)
+        self.presence = nn.Linear(w2, n_keypoints)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images (N, 3, H, W) in [0, 1] -> (xy in [0, 1] image fractions (N, K, 2), presence logits (N, K),
+        heatmap logits (N, K, H/2, W/2))."""
+        s = self.stem(images * 2 - 1)
+        c = self.context(self.down(s))
+        up = F.interpolate(c, size=s.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.heatmaps(self.fuse(torch.cat([up, s], dim=1)))
+        n, k, h, w = logits.shape
+        prob = logits.flatten(2).softmax(-1).view(n, k, h, w)
+        xs = (torch.arange(w, dtype=prob.dtype, device=prob.device) + 0.5) / w
+        ys = (torch.arange(h, dtype=prob.dtype, device=prob.device) + 0.5) / h
+        x = (prob.sum(2) * xs).sum(-1)
+        y = (prob.sum(3) * ys).sum(-1)
+        return torch.stack([x, y], dim=-1), self.presence(c.mean(dim=(2, 3))), logits
+
+
+def images_to_tensor(images: torch.Tensor | np.ndarray | Sequence[Image.Image], resolution: int) -> torch.Tensor:
+    """PIL images, a uint8 array (N, H, W, 3) or a float tensor in [0, 1] -> float (N, 3, res, res) in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        x = images.float()
+    elif isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise InputDataError(f"expected a (N, H, W, 3) uint8 array, got shape {images.shape}")
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    else:
+        arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
+        if not arrays:
+            raise InputDataError("no images to judge")
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise InputDataError(f"expected images (N, 3, H, W), got shape {tuple(x.shape)}")
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@torch.no_grad()
+def predict_scene(
+    model: SceneClassifier, images: torch.Tensor | np.ndarray | Sequence[Image.Image], batch_size: int = 128
+) -> list[str]:
+    """Scene kind of each image (a name from ``model.config.class_names``)."""
+    model.eval()
+    x = images_to_tensor(images, model.config.resolution)
+    device, dtype = model.device, model.dtype
+    names = list(model.config.class_names)
+    out: list[str] = []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device, dtype))
+        out += [names[j] for j in logits.argmax(-1).tolist()]
+    return out
+
+
+@torch.no_grad()
+def predict_keypoints(
+    model: KeypointEstimator, images: torch.Tensor | np.ndarray | Sequence[Image.Image], batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints in pixels of the *input* images, (N, 18, 2), and presence scores in [0, 1], (N, 18)."""
+    model.eval()
+    if isinstance(images, torch.Tensor):
+        side = images.shape[-1], images.shape[-2]
+    elif isinstance(images, np.ndarray):
+        side = images.shape[2], images.shape[1]
+    else:
+        side = images[0].size
+    x = images_to_tensor(images, model.config.resolution)
+    device, dtype = model.device, model.dtype
+    xys, scores = [], []
+    for i in range(0, len(x), batch_size):
+        xy, presence, _ = model(x[i : i + batch_size].to(device, dtype))
+        xys.append(xy.float().cpu())
+        scores.append(presence.float().sigmoid().cpu())
+    xy_all = torch.cat(xys).numpy() * np.asarray(side, dtype=np.float32)
+    return xy_all, torch.cat(scores).numpy()
+
+
+def pck(
+    pred: np.ndarray, target: np.ndarray, threshold: float, reference: str = "image", image_side: float = 64.0
+) -> float:
+    """Fraction of visible target points predicted within ``threshold`` x reference length.
+
+    ``reference="image"``: the image side; ``"bbox"``: the larger side of the target person's keypoint box
+    (stricter for small people). Missing target points (NaN) are ignored.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    visible = ~np.isnan(target).any(-1)
+    if reference == "bbox":
+        lo = np.nanmin(np.where(visible[..., None], target, np.nan), axis=1)
+        hi = np.nanmax(np.where(visible[..., None], target, np.nan), axis=1)
+        ref = np.maximum((hi - lo).max(-1), 1.0)[:, None]
+    elif reference == "image":
+        ref = np.full(visible.shape, image_side)[:, :1]
+    else:
+        raise InputDataError(f"PCK reference must be 'image' or 'bbox', got {reference!r}")
+    dist = np.linalg.norm(np.nan_to_num(pred - target), axis=-1)
+    hits = (dist <= threshold * ref) & visible
+    return float(hits.sum() / max(visible.sum(), 1))

@@ -1,0 +1,276 @@
+"""Evaluation metrics (METHOD.md "What better means"): pure functions on arrays, no model loading.
+
+Scene drift across poses
+    For one prompt and seed, one image is generated per pose of a pose set from the same initial
+    noise. Drift is the distance between two such images measured *outside* the person regions only,
+    so a model that moves the person (what we asked for) but keeps the background is not penalised.
+    The person region of a pose is its keypoints' bounding box grown on every side by
+    ``margin x max(box width, box height)`` (at least ``min_pad`` pixels); the scene mask of a pose set
+    is the complement of the **union over all poses of the set** (not per pair): every pair of the set
+    is then compared on the same pixels, so pair distances of one set are directly comparable and
+    their mean does not depend on which pair happened to have small persons.
+
+Pose fidelity
+    PCK@alpha: a conditioning keypoint counts as found when the detector reports it (score at least
+    ``min_score``) within ``alpha x max(w, h)`` pixels, where (w, h) is the bounding box of the
+    *conditioning* pose (the usual PCK normalisation by the reference person's size, so it does not
+    depend on the image side). Only keypoints present in the conditioning pose are scored.
+
+Images are ``(H, W, 3)`` arrays, uint8 in [0, 255] or float in [0, 1]; distances are computed on
+float images in [0, 1], so an RMSE of 0.1 means a tenth of the full pixel range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+# --------------------------------------------------------------------------------------------------
+# images and masks
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """An image as float64 in [0, 1] with a channel axis: uint8 is divided by 255, floats are kept."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float64) / 255.0
+    return arr.astype(np.float64)
+
+
+def person_box(
+    keypoints: np.ndarray, shape: tuple[int, int], margin: float, min_pad: float = 2.0
+) -> tuple[int, int, int, int] | None:
+    """Pixel box ``(x0, y0, x1, y1)`` (end-exclusive) of a pose's keypoints, grown by the margin.
+
+    ``keypoints`` is ``(K, 2)`` in pixels with NaN for missing points. The box is grown by
+    ``margin x max(w, h)`` on every side (and at least ``min_pad`` px) because keypoints sit on the
+    skeleton, while the drawn body (head, limb width) extends beyond it. ``None`` without points.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    ok = np.isfinite(kp).all(axis=1)
+    if not ok.any():
+        return None
+    pts = kp[ok]
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    pad = max(margin * max(x1 - x0, y1 - y0), min_pad)
+    h, w = shape
+    box = (
+        max(int(math.floor(x0 - pad)), 0),
+        max(int(math.floor(y0 - pad)), 0),
+        min(int(math.ceil(x1 + pad)) + 1, w),
+        min(int(math.ceil(y1 + pad)) + 1, h),
+    )
+    return box if box[0] < box[2] and box[1] < box[3] else None
+
+
+def person_mask(poses: Sequence[np.ndarray], shape: tuple[int, int], margin: float, min_pad: float = 2.0) -> np.ndarray:
+    """Boolean ``(H, W)`` mask, True inside the union of the person regions of ``poses``."""
+    mask = np.zeros(shape, dtype=bool)
+    for kp in poses:
+        box = person_box(kp, shape, margin, min_pad)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def _scene_pixels(scene: np.ndarray, image: np.ndarray) -> np.ndarray:
+    scene = np.asarray(scene, dtype=bool)
+    if scene.shape != image.shape[:2]:
+        raise ValueError(f"scene mask {scene.shape} does not match image {image.shape[:2]}")
+    return scene
+
+
+def masked_rmse(a: np.ndarray, b: np.ndarray, scene: np.ndarray) -> float:
+    """Root mean squared pixel difference over the scene (True) pixels and all channels; NaN if empty."""
+    fa, fb = to_float(a), to_float(b)
+    scene = _scene_pixels(scene, fa)
+    if not scene.any():
+        return float("nan")
+    diff = (fa - fb)[scene]
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+def masked_one_minus_ssim(a: np.ndarray, b: np.ndarray, scene: np.ndarray) -> float:
+    """1 - SSIM, the local SSIM map (skimage, ``full=True``) averaged over scene pixels and channels.
+
+    The map is computed on the whole image (7x7 windows), then averaged over the mask only, so windows
+    at the mask border see some person pixels; that blur is one window wide and the same for every
+    model compared.
+    """
+    fa, fb = to_float(a), to_float(b)
+    scene = _scene_pixels(scene, fa)
+    if not scene.any():
+        return float("nan")
+    win = min(7, *fa.shape[:2])
+    win = win if win % 2 else win - 1
+    _, ssim_map = structural_similarity(fa, fb, channel_axis=-1, data_range=1.0, full=True, win_size=win)
+    return float(1.0 - np.mean(ssim_map[scene]))
+
+
+def composite_outside(a: np.ndarray, b: np.ndarray, scene: np.ndarray, fill: float = 0.5) -> tuple[np.ndarray, ...]:
+    """Both images with the person region replaced by the same grey, for metrics that take no mask (LPIPS)."""
+    fa, fb = to_float(a).copy(), to_float(b).copy()
+    inside = ~_scene_pixels(scene, fa)
+    fa[inside] = fill
+    fb[inside] = fill
+    return fa, fb
+
+
+@dataclass(frozen=True)
+class PairDrift:
+    """Distances between images ``i`` and ``j`` of one pose set (same prompt, seed and noise)."""
+
+    i: int
+    j: int
+    rmse: float
+    one_minus_ssim: float
+    perceptual: float | None = None
+
+
+def pairwise_drift(
+    images: Sequence[np.ndarray],
+    scene: np.ndarray,
+    perceptual: Callable[[np.ndarray, np.ndarray], float] | None = None,
+) -> list[PairDrift]:
+    """Distances outside the person regions for every unordered pair of a pose set's images."""
+    out = []
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            a, b = images[i], images[j]
+            p = None
+            if perceptual is not None:
+                ca, cb = composite_outside(a, b, scene)
+                p = float(perceptual(ca, cb))
+            out.append(PairDrift(i, j, masked_rmse(a, b, scene), masked_one_minus_ssim(a, b, scene), p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with a percentile-bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def bootstrap_ci(values: Sequence[float], n_samples: int, seed: int, confidence: float = 0.95) -> Estimate:
+    """Mean and percentile-bootstrap CI of ``values`` (NaN dropped), deterministic for ``seed``.
+
+    Resample the *independent units* (callers pass one value per prompt x seed pose set, not per
+    pair: the pairs of one set share an image each and are correlated).
+    """
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    mean = float(v.mean())
+    if v.size == 1:
+        return Estimate(mean, mean, mean, 1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_samples, v.size))
+    means = v[idx].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    # the percentile interval of a resampled mean always brackets the sample mean up to float error
+    return Estimate(mean, float(min(low, mean)), float(max(high, mean)), int(v.size))
+
+
+# --------------------------------------------------------------------------------------------------
+# pose fidelity
+
+
+def pck_threshold(target: np.ndarray, alpha: float) -> float:
+    """``alpha x max(w, h)`` of the bounding box of the target's present keypoints (NaN if < 2 points)."""
+    kp = np.asarray(target, dtype=np.float64).reshape(-1, 2)
+    ok = np.isfinite(kp).all(axis=1)
+    if ok.sum() < 2:
+        return float("nan")
+    span = kp[ok].max(axis=0) - kp[ok].min(axis=0)
+    size = float(span.max())
+    return alpha * size if size > 0 else float("nan")
+
+
+def pck(
+    predicted: np.ndarray,
+    scores: np.ndarray | None,
+    target: np.ndarray,
+    alpha: float = 0.1,
+    min_score: float = 0.0,
+) -> float:
+    """Fraction of the target's present keypoints predicted within the PCK threshold (NaN if unscorable).
+
+    ``predicted``/``target`` are ``(K, 2)`` pixels (NaN = missing); a prediction with a score below
+    ``min_score`` counts as missing, i.e. as a miss.
+    """
+    pred = np.asarray(predicted, dtype=np.float64).reshape(-1, 2)
+    tgt = np.asarray(target, dtype=np.float64).reshape(-1, 2)
+    thr = pck_threshold(tgt, alpha)
+    if not np.isfinite(thr):
+        return float("nan")
+    present = np.isfinite(tgt).all(axis=1)
+    found = np.isfinite(pred).all(axis=1)
+    if scores is not None:
+        found &= np.asarray(scores, dtype=np.float64).reshape(-1) >= min_score
+    dist = np.linalg.norm(np.where(found[:, None], pred, 0.0) - np.where(present[:, None], tgt, 0.0), axis=1)
+    hits = present & found & (dist <= thr)
+    return float(hits.sum() / present.sum())
+
+
+def is_detected(scores: np.ndarray | None, keypoints: np.ndarray | None, min_score: float, min_points: int) -> bool:
+    """A person counts as detected when at least ``min_points`` keypoints are present and confident."""
+    if keypoints is None:
+        return False
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    ok = np.isfinite(kp).all(axis=1)
+    if scores is not None:
+        ok &= np.asarray(scores, dtype=np.float64).reshape(-1) >= min_score
+    return int(ok.sum()) >= min_points
+
+
+def best_match(
+    persons: Sequence[tuple[np.ndarray, np.ndarray | None]], target: np.ndarray, alpha: float, min_score: float
+) -> tuple[int, float]:
+    """Index and PCK of the detected person that best matches the target (``(-1, 0.0)`` if none).
+
+    A generated image may contain extra people; fidelity asks whether *the* conditioned person is there.
+    """
+    best, best_pck = -1, 0.0
+    for k, (kp, sc) in enumerate(persons):
+        value = pck(kp, sc, target, alpha, min_score)
+        if best < 0 or (np.isfinite(value) and value > best_pck):
+            best, best_pck = k, value if np.isfinite(value) else 0.0
+    return best, best_pck
+
+
+# --------------------------------------------------------------------------------------------------
+# text alignment
+
+
+def scene_accuracy(predicted: Sequence[str | None], expected: Sequence[str | None]) -> float:
+    """Fraction of images whose predicted scene kind equals the caption's (unknown kinds skipped)."""
+    pairs = [(p, e) for p, e in zip(predicted, expected, strict=True) if e is not None]
+    if not pairs:
+        return float("nan")
+    return float(np.mean([p == e for p, e in pairs]))
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean ignoring NaN (NaN when nothing is left), without numpy's empty-slice warning."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")

@@ -1,0 +1,215 @@
+"""The two-adapter objective of METHOD.md steps 3-4 (the default reading), as small pure functions.
+
+Nothing here knows about models or files: the training loop computes eps_S (secondary adapter, with
+gradient) and eps_P (primary adapter, no gradient) and hands them here with the noise, the person mask
+and which row of the pair each sample is. Keeping the maths separate is what lets the tests pin down
+each piece (masks, stop-gradients, the rows' different treatment, J at equilibrium) without a U-Net.
+
+- M: union of the person regions of A and B at latent resolution (each keypoint bounding box grown by
+  ``margin`` x its size); the scene is 1 - M.
+- L_diff = mean over the scene of (eps_S - eps_P)^2, on both rows (scene stability).
+- L_bal  = mean of (eps - eps_S)^2 on the B row (the image carries pose B: pose fidelity), and only over
+  the scene on the A row (there the pose in the image is A, not the B that drives S-Ad).
+- J (``scale``) = L_diff / sg(mean L_diff) + L_bal / sg(mean L_bal); its equilibrium value is 2.
+  ``fixed``: J = L_bal + lambda * L_diff. ``uncertainty``: J = sum_i exp(-s_i) L_i + s_i (Kendall et al.).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+Balance = Literal["scale", "fixed", "uncertainty"]
+
+
+# --------------------------------------------------------------------------------------------- masks
+
+
+def keypoint_box(x: np.ndarray, y: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Bounding box (x0, y0, x1, y1) of the non-missing keypoints, as fractions of the image side.
+
+    Fractions of the *image* (not the beta-normalised lattice) because the mask is applied to the latent of
+    the image, which the cache made by resizing the whole image to the model resolution. All-missing
+    keypoints (or no person) give a NaN box, which masks nothing.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return np.full(4, np.nan)
+    return np.array([x[ok].min() / width, y[ok].min() / height, x[ok].max() / width, y[ok].max() / height])
+
+
+def box_masks(boxes: torch.Tensor, latent_size: int, margin: float) -> torch.Tensor:
+    """Union of person boxes at latent resolution: (N, K, 4) fractional boxes -> (N, 1, L, L) in {0, 1}.
+
+    Each box is grown by ``margin`` x its width/height on each side, then every latent cell the box touches
+    is marked (cell j covers [j/L, (j+1)/L)), so a person is never under-masked. NaN boxes are ignored.
+    """
+    boxes = boxes.to(torch.float64)
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    grow_x, grow_y = margin * (x1 - x0), margin * (y1 - y0)
+    lo_x = torch.floor((x0 - grow_x) * latent_size)
+    hi_x = torch.floor((x1 + grow_x) * latent_size)
+    lo_y = torch.floor((y0 - grow_y) * latent_size)
+    hi_y = torch.floor((y1 + grow_y) * latent_size)
+    cells = torch.arange(latent_size, dtype=torch.float64)
+    # (N, K, L) membership per axis; NaN comparisons are False, so missing boxes mark no cell
+    in_x = (cells >= lo_x[..., None]) & (cells <= hi_x[..., None])
+    in_y = (cells >= lo_y[..., None]) & (cells <= hi_y[..., None])
+    per_box = in_y[..., :, None] & in_x[..., None, :]  # (N, K, L, L)
+    return per_box.any(dim=1, keepdim=False).unsqueeze(1).to(torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Batch mean of per-sample means of ``values`` (N, C, H, W) over ``weight`` (N, 1, H, W) in {0, 1}.
+
+    Each sample is divided by its own mask area (a sample with a small scene counts as much as one with a
+    large scene); samples with an empty mask are left out of the batch mean instead of dividing by zero.
+    """
+    channels = values.shape[1]
+    area = weight.sum(dim=(1, 2, 3)) * channels
+    per_sample = (values * weight).sum(dim=(1, 2, 3)) / area.clamp_min(1.0)
+    valid = (area > 0).to(values.dtype)
+    return (per_sample * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+@dataclass
+class Losses:
+    l_diff: torch.Tensor
+    l_bal: torch.Tensor
+
+
+def two_branch_losses(
+    noise: torch.Tensor,
+    eps_s: torch.Tensor,
+    eps_p: torch.Tensor,
+    person_mask: torch.Tensor,
+    is_b_row: torch.Tensor,
+) -> Losses:
+    """L_diff and L_bal of METHOD.md step 3 (default reading).
+
+    ``person_mask`` (N, 1, h, w): 1 on the union of A's and B's person regions. ``is_b_row`` (N,) bool: the
+    row's image carries pose B (y = y_B, image Z_B). ``eps_p`` must come from a no-grad pass; it is
+    detached here as well so a caller's mistake cannot leak gradient into the primary branch.
+    """
+    eps_p = eps_p.detach()
+    scene = 1.0 - person_mask
+    l_diff = masked_mean((eps_s - eps_p).pow(2), scene)
+    bal_weight = torch.where(is_b_row.view(-1, 1, 1, 1), torch.ones_like(scene), scene)
+    l_bal = masked_mean((noise - eps_s).pow(2), bal_weight)
+    return Losses(l_diff=l_diff, l_bal=l_bal)
+
+
+# ------------------------------------------------------------------------------------------ balance
+
+
+@dataclass
+class Objective:
+    """J and the weight it applied to each loss (logged as scale_diff / scale_bal)."""
+
+    j: torch.Tensor
+    scale_diff: float
+    scale_bal: float
+
+
+class ScaleBalance(nn.Module):
+    """J = L_diff / sg(mean L_diff) + L_bal / sg(mean L_bal): both losses mapped to scale 1, no lambda.
+
+    The means are exponential moving averages with bias correction (Adam-style), so the first step already
+    divides by the first value and J starts at 2. They are plain floats (extra state), updated by the
+    caller with the values of all processes reduced, so every rank divides by the same numbers.
+    """
+
+    kind = "scale"
+
+    def __init__(self, momentum: float) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.ema = [0.0, 0.0]
+        self.count = 0
+
+    def update(self, l_diff: float, l_bal: float) -> None:
+        self.count += 1
+        for i, value in enumerate((l_diff, l_bal)):
+            self.ema[i] = self.momentum * self.ema[i] + (1.0 - self.momentum) * value
+
+    def running_means(self) -> tuple[float, float]:
+        if self.count == 0:
+            raise RuntimeError("ScaleBalance.update must be called before the first forward")
+        correction = 1.0 - self.momentum**self.count
+        return self.ema[0] / correction, self.ema[1] / correction
+
+    def forward(self, l_diff: torch.Tensor, l_bal: torch.Tensor) -> Objective:
+        mean_diff, mean_bal = self.running_means()
+        # tiny floor: a loss that is exactly 0 (e.g. an all-person batch) must not divide by zero
+        w_diff, w_bal = 1.0 / max(mean_diff, 1e-12), 1.0 / max(mean_bal, 1e-12)
+        return Objective(j=w_diff * l_diff + w_bal * l_bal, scale_diff=w_diff, scale_bal=w_bal)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"ema": list(self.ema), "count": self.count, "momentum": self.momentum}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ema = [float(v) for v in state["ema"]]
+        self.count = int(state["count"])
+
+
+class FixedBalance(nn.Module):
+    """J = L_bal + lambda * L_diff: the hand-tuned weighting the scale mapping is meant to replace."""
+
+    kind = "fixed"
+
+    def __init__(self, lambda_diff: float) -> None:
+        super().__init__()
+        self.lambda_diff = lambda_diff
+
+    def update(self, l_diff: float, l_bal: float) -> None:
+        """Nothing to track (kept so the training loop is the same for every mode)."""
+
+    def forward(self, l_diff: torch.Tensor, l_bal: torch.Tensor) -> Objective:
+        return Objective(j=l_bal + self.lambda_diff * l_diff, scale_diff=self.lambda_diff, scale_bal=1.0)
+
+
+class UncertaintyBalance(nn.Module):
+    """Learned log-variance weighting (Kendall et al. 2018): J = sum_i exp(-s_i) L_i + s_i.
+
+    The s_i are parameters optimised together with the adapter (no weight decay); at the optimum
+    exp(-s_i) = 1 / L_i, i.e. the same scale mapping as ``scale`` but learned instead of measured.
+    """
+
+    kind = "uncertainty"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(2))
+
+    def update(self, l_diff: float, l_bal: float) -> None:
+        """Nothing to track: the weights are learned."""
+
+    def forward(self, l_diff: torch.Tensor, l_bal: torch.Tensor) -> Objective:
+        s = self.log_vars.float()
+        weights = torch.exp(-s)
+        j = weights[0] * l_diff + weights[1] * l_bal + s.sum()
+        return Objective(j=j, scale_diff=float(weights[0]), scale_bal=float(weights[1]))
+
+
+def make_balance(kind: Balance, momentum: float = 0.99, lambda_diff: float = 1.0) -> nn.Module:
+    if kind == "scale":
+        return ScaleBalance(momentum)
+    if kind == "fixed":
+        return FixedBalance(lambda_diff)
+    if kind == "uncertainty":
+        return UncertaintyBalance()
+    raise ValueError(f"unknown balance {kind!r}; choose scale, fixed or uncertainty")
+
+
+def is_finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)

@@ -1,0 +1,16 @@
+"""Prefect task of the ``bootstrap`` stage: train the built-in world (minutes on a CPU; frozen in DVC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from posescene.bootstrap import bootstrap
+from posescene.config import Params
+
+
+@task(name="bootstrap")
+def bootstrap_task(params: Params, out_dir: str) -> dict[str, Any]:
+    """No cache key and no retries: retraining is always deliberate, and a failure is not an I/O flake."""
+    return bootstrap(params, out_dir=out_dir)

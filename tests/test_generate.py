@@ -1,0 +1,195 @@
+"""Generation on tiny models: determinism, shared initial noise across poses, every model mode, pose inputs."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import T2IAdapter
+
+from posescene.errors import InputDataError, ModelLoadError
+from posescene.generate import (
+    Job,
+    ModelBank,
+    ModelSpec,
+    condition_maps,
+    pose_from_pixels,
+    poses_from_images,
+    poses_from_json,
+    poses_from_lattice_rows,
+    standard_spec,
+)
+from posescene.world import build_tiny_models, tiny_architecture
+
+RES = 32
+BETA = 0.05
+
+
+def _pose(cx: float, seed: int, size: int = RES):
+    rng = np.random.default_rng(seed)
+    x = np.clip(cx + rng.normal(0, 3, 18), 1, size - 2)
+    y = np.clip(np.linspace(size * 0.2, size * 0.9, 18) + rng.normal(0, 1, 18), 1, size - 2)
+    return pose_from_pixels(x, y, size, size, BETA, label=f"pose{seed}")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    pipeline, primary = build_tiny_models(root)
+    torch.manual_seed(1)
+    secondary = root / "secondary"
+    T2IAdapter(**tiny_architecture().adapter).save_pretrained(secondary, safe_serialization=True)
+    return {"pipeline": pipeline, "primary": primary, "secondary": secondary}
+
+
+@pytest.fixture(scope="module")
+def bank(tiny: dict[str, Path]) -> ModelBank:
+    return ModelBank(
+        str(tiny["pipeline"]),
+        {"primary": str(tiny["primary"]), "secondary": str(tiny["secondary"])},
+        resolution=RES,
+        device="cpu",
+    )
+
+
+MAPS = partial(condition_maps, resolution=RES, radius=1, limbs=False, in_channels=1, invert=False)
+POSES = [_pose(10, 0), _pose(16, 1), _pose(22, 2)]
+
+
+def _run(bank: ModelBank, name: str, jobs: list[Job], batch_size: int = 8) -> np.ndarray:
+    return bank.generate(standard_spec(name), jobs, steps=3, guidance_scale=4.0, batch_size=batch_size, maps=MAPS,
+                         progress=False)  # fmt: skip
+
+
+def test_same_seed_same_images_and_seed_matters(bank: ModelBank):
+    jobs = [Job("a person on a beach", 0, p) for p in POSES] + [Job("a person on a beach", 1, POSES[0])]
+    a = _run(bank, "primary", jobs)
+    b = _run(bank, "primary", jobs)
+    assert a.shape == (4, RES, RES, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[3])  # another seed, another image
+    assert torch.equal(bank.initial_noise(5), bank.initial_noise(5))
+    assert not torch.equal(bank.initial_noise(5), bank.initial_noise(6))
+
+
+def test_same_initial_noise_across_poses(bank: ModelBank):
+    jobs = [Job("a person in a forest", 3, p) for p in POSES]
+    # the base model ignores the pose: with the same initial noise every pose gives the same image
+    base = _run(bank, "base", jobs).astype(int)
+    assert np.abs(base - base[0]).max() <= 1
+    # with the adapter the pose is the only thing that changes the image
+    primary = _run(bank, "primary", jobs).astype(int)
+    assert np.abs(primary[1] - primary[0]).max() > 0
+
+
+def test_job_alone_equals_job_in_a_batch(bank: ModelBank):
+    jobs = [Job("a person in a park", s, POSES[s % 3]) for s in range(5)]
+    batched = _run(bank, "secondary", jobs, batch_size=5).astype(int)
+    alone = _run(bank, "secondary", jobs[2:3], batch_size=1).astype(int)
+    assert np.abs(batched[2] - alone[0]).max() <= 2
+
+
+def test_all_model_modes(bank: ModelBank):
+    jobs = [Job("a person by a lake", 0, POSES[1])]
+    out = {name: _run(bank, name, jobs)[0].astype(int) for name in ("base", "primary", "secondary", "both")}
+    for name, image in out.items():
+        assert image.shape == (RES, RES, 3), name
+    assert np.abs(out["primary"] - out["secondary"]).max() > 0
+    assert np.abs(out["both"] - out["primary"]).max() > 0
+    assert np.abs(out["base"] - out["primary"]).max() > 0
+    # MultiAdapter weights (1, 0) reproduce the primary adapter alone
+    only_primary = ModelSpec("mix", ("primary", "secondary"), (1.0, 0.0))
+    mixed = bank.generate(only_primary, jobs, steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS, progress=False)
+    assert np.abs(mixed[0].astype(int) - out["primary"]).max() <= 1
+    with pytest.raises(ModelLoadError, match="needs adapter"):
+        bank.generate(ModelSpec("x", ("nope",)), jobs, steps=1, guidance_scale=1.0, batch_size=1, maps=MAPS)
+    with pytest.raises(ValueError, match="unknown model"):
+        standard_spec("tertiary")
+
+
+def test_condition_maps_follow_the_training_renderer():
+    pose = pose_from_pixels([20.0] + [None] * 17, [40.0] + [None] * 17, 64, 64, BETA)
+    maps = condition_maps([pose], resolution=RES, radius=0, limbs=False, in_channels=1, invert=False)
+    assert maps.shape == (1, 1, RES, RES)
+    assert maps.min() == 0.0 and maps.max() == 1.0  # a single-pixel point survives 64 -> 32 (min-pooling)
+    inv = condition_maps([pose], resolution=RES, radius=0, limbs=False, in_channels=3, invert=True)
+    assert inv.shape == (1, 3, RES, RES) and torch.allclose(inv[:, :1], 1 - maps)
+
+
+def test_pose_inputs_json_lattice_detector(tmp_path: Path):
+    kp = [[10.0 + i, 5.0 + 2 * i] for i in range(17)] + [None]
+    path = tmp_path / "pose.json"
+    path.write_text(json.dumps({"width": 64, "height": 64, "keypoints": kp}))
+    (pose,) = poses_from_json(path, BETA)
+    assert pose.n_points == 17 and pose.side == 64
+    # where the pose should appear in a generated 32 px image: the same place, scaled
+    at = pose.keypoints_at(32, BETA)
+    assert np.allclose(at[0], [5.0, 2.5]) and np.isnan(at[17]).all()
+    path.write_text(json.dumps([{"width": 64, "height": 64, "keypoints": kp}] * 2))
+    assert len(poses_from_json(path, BETA)) == 2
+    path.write_text(json.dumps({"width": 64, "keypoints": kp}))
+    with pytest.raises(InputDataError, match="needs 'width'"):
+        poses_from_json(path, BETA)
+
+    row = {"image_id": "abc", "person": 0, "width": 64, "height": 48, "has_person": True,
+           "x_norm": list(pose.x_norm[:17]) + [None], "y_norm": list(pose.y_norm[:17]) + [None]}  # fmt: skip
+    (from_row,) = poses_from_lattice_rows([row])
+    assert from_row.side == 48 and from_row.label == "abc"
+    with pytest.raises(InputDataError, match="no person"):
+        poses_from_lattice_rows([{**row, "has_person": False}])
+
+    class FakeDetector:
+        def detect(self, images):
+            xy = np.array(kp[:17] + [[0.0, 0.0]], dtype=np.float32)
+            score = np.ones(18, dtype=np.float32)
+            score[17] = 0.1
+            return [[type("P", (), {"xy": xy, "score": score})()] for _ in images]
+
+    (detected,) = poses_from_images([np.zeros((64, 64, 3), np.uint8)], FakeDetector(), BETA, min_score=0.3)
+    assert np.allclose(detected.x_norm[:17], pose.x_norm[:17]) and np.isnan(detected.x_norm[17])
+
+
+def test_identity_weights_missing_or_without_peft(bank: ModelBank, tmp_path: Path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        bank.load_identity(tmp_path / "missing.safetensors")
+    lora = tmp_path / "identity.safetensors"
+    lora.write_bytes(b"not really")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelLoadError, match="peft"):
+            bank.load_identity(lora)
+    else:  # with peft, a broken file is reported as such
+        with pytest.raises(ModelLoadError, match="could not be loaded"):
+            bank.load_identity(lora)
+
+
+def test_incompatible_adapter_fails_early(tiny: dict[str, Path]):
+    with pytest.raises(ModelLoadError, match="input channel"):
+        ModelBank(str(tiny["pipeline"]), {"primary": str(tiny["primary"])}, resolution=RES, in_channels=3, device="cpu")
+
+
+def test_generate_cli(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    from posescene.cli import app
+
+    kp = [[8.0 + i, 4.0 + 1.5 * i] for i in range(18)]
+    (tmp_path / "pose.json").write_text(json.dumps([{"width": 32, "height": 32, "keypoints": kp}] * 2))
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "out", "-p", "a person on a beach", "--pose-json", "pose.json", "--seed", "0",
+            "--model", "base", "--model", "primary", "--steps", "2", "--no-progress", "--device", "cpu",
+            "--set", f"model.base={tiny['pipeline']}", "--set", f"model.primary_adapter={tiny['primary']}",
+            "--set", "model.resolution=32"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert len(index) == 4 and (tmp_path / "out" / "primary" / "p0_s0_pose1.png").exists()
+    assert (tmp_path / "out" / "grid_p0_s0.png").exists()
+    bad = CliRunner().invoke(app, [*args[:6], "--identity", "nowhere.safetensors", *args[6:]])
+    assert bad.exit_code == 2 and "identity weights" in bad.output
