@@ -198,7 +198,8 @@ class UncertaintyBalance(nn.Module):
         s = self.log_vars.float()
         weights = torch.exp(-s)
         j = weights[0] * l_diff + weights[1] * l_bal + s.sum()
-        return Objective(j=j, scale_diff=float(weights[0]), scale_bal=float(weights[1]))
+        logged = weights.detach()
+        return Objective(j=j, scale_diff=float(logged[0]), scale_bal=float(logged[1]))
 
 
 def make_balance(kind: Balance, momentum: float = 0.99, lambda_diff: float = 1.0) -> nn.Module:

@@ -29,6 +29,7 @@ import io
 import json
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,10 @@ def run_fingerprint(params: Params) -> str:
     spec = {"seed": params.seed, "model": params.model.model_dump(), "render": params.render.model_dump()}
     h = hashlib.sha256(json.dumps({**spec, "train": train}, sort_keys=True).encode())
     h.update(Path(params.pairs.out).read_bytes())
+    # The objective's and the loop's code too: a code change retrains instead of silently "resuming" a
+    # finished run with old semantics. After a crash, --resume-from still continues across a code fix.
+    for module in (objective, sys.modules[__name__]):
+        h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -442,12 +447,19 @@ def train(
     out_dir, ckpt_root = Path(tp.out_dir), Path(tp.checkpoint_dir)
 
     # -- inputs and accelerator: fail early, before any model is loaded
+    if tp.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU.")
+    if resume_from is not None and not (Path(resume_from) / "trainer_state.json").is_file():
+        raise InputDataError(
+            f"{resume_from}: not a training checkpoint (no trainer_state.json). Checkpoints are "
+            f"{tp.checkpoint_dir}/step_<n>; pick one that exists."
+        )
     _require_inputs(params)
     accelerator = Accelerator(
         mixed_precision=tp.mixed_precision, gradient_accumulation_steps=tp.gradient_accumulation_steps
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if tp.mixed_precision == "fp16" and device.type == "cpu":
+    if tp.mixed_precision == "fp16" and device.type == "cpu":  # CUDA exists but accelerate chose the CPU
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU.")
     set_seed(params.seed)  # python, numpy, torch (all devices)
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[tp.mixed_precision]
@@ -485,12 +497,14 @@ def train(
 
     # -- resume: the last checkpoint made by the same setup (run_fingerprint), or an explicit one
     fingerprint = run_fingerprint(params)
-    ours = [(s, p) for s, p in checkpoints(ckpt_root, fingerprint) if s <= tp.steps]
+    ours = checkpoints(ckpt_root, fingerprint)
     if not resume and ours and accelerator.is_main_process:
+        # all of them, also those past train.steps: left behind, they would outrank (and prune) the new ones
         accelerator.print(f"--no-resume: removing {len(ours)} checkpoint(s) of this setup in {ckpt_root}")
         for _, old in ours:
             shutil.rmtree(old, ignore_errors=True)
         ours = []
+    ours = [(s, p) for s, p in ours if s <= tp.steps]
     accelerator.wait_for_everyone()
     state: dict[str, Any] = {
         "fingerprint": fingerprint,

@@ -1,0 +1,206 @@
+"""The two-adapter objective (METHOD.md steps 3-4) piece by piece, without a U-Net: fast and exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from posescene.objective import (
+    FixedBalance,
+    ScaleBalance,
+    UncertaintyBalance,
+    box_masks,
+    keypoint_box,
+    make_balance,
+    masked_mean,
+    two_branch_losses,
+)
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------------------------- masks
+
+
+def test_keypoint_box_is_in_image_fractions_and_ignores_missing_points():
+    x = np.array([10.0, 30.0, NAN, 20.0])
+    y = np.array([8.0, 40.0, 5.0, NAN])
+    assert keypoint_box(x, y, width=64, height=80) == pytest.approx([10 / 64, 8 / 80, 30 / 64, 40 / 80])
+    assert np.isnan(keypoint_box(np.full(3, NAN), np.full(3, NAN), 64, 64)).all()
+
+
+def test_box_masks_at_latent_resolution():
+    # a box over cells 2..4 (x) and 1..5 (y) of an 8 x 8 latent, no margin
+    box = torch.tensor([[[2.2 / 8, 1.0 / 8, 4.9 / 8, 5.5 / 8]]])
+    mask = box_masks(box, latent_size=8, margin=0.0)
+    assert mask.shape == (1, 1, 8, 8) and mask.dtype == torch.float32
+    expected = torch.zeros(8, 8)
+    expected[1:6, 2:5] = 1
+    assert torch.equal(mask[0, 0], expected)
+
+
+def test_box_masks_margin_union_and_missing_boxes():
+    a = [0.25, 0.25, 0.5, 0.5]  # 2 cells wide on a 8-grid: cells 2..4 (touching 4.0 counts)
+    b = [0.75, 0.0, 0.875, 0.125]
+    missing = [NAN] * 4
+    boxes = torch.tensor([[a, b], [missing, missing]])
+    masks = box_masks(boxes, latent_size=8, margin=0.0)
+    assert masks[0, 0, 2:5, 2:5].eq(1).all() and masks[0, 0, 0:2, 6:8].eq(1).all()  # union of A and B
+    assert masks[0].sum() == 9 + 4
+    assert masks[1].sum() == 0  # no person: nothing masked, all scene
+    grown = box_masks(torch.tensor([[a]]), latent_size=8, margin=0.5)  # grown by half its size per side
+    assert grown[0, 0, 1:6, 1:6].eq(1).all() and grown.sum() == 25  # [0.125, 0.625] -> cells 1..5
+    assert box_masks(torch.tensor([[[-0.3, -0.3, 1.4, 1.4]]]), 8, 0.0).sum() == 64  # clipped to the latent
+
+
+def test_masked_mean_weights_each_sample_by_its_own_area_and_skips_empty_masks():
+    values = torch.zeros(3, 2, 4, 4)
+    values[0] = 1.0
+    values[1] = 3.0
+    values[2] = 100.0
+    weight = torch.zeros(3, 1, 4, 4)
+    weight[0, :, :1] = 1  # a small region
+    weight[1] = 1  # everything
+    # sample 2 has an empty mask: left out, not a division by zero
+    assert masked_mean(values, weight).item() == pytest.approx((1.0 + 3.0) / 2)
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def _branch_inputs(n: int = 4, size: int = 8) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, 2:5, 3:6] = 1
+    return {
+        "noise": torch.randn(n, 4, size, size, generator=g),
+        "eps_s": torch.randn(n, 4, size, size, generator=g),
+        "eps_p": torch.randn(n, 4, size, size, generator=g),
+        "person_mask": mask,
+        "is_b_row": torch.tensor([True, False] * (n // 2)),
+    }
+
+
+def test_l_diff_is_the_scene_mean_of_the_branch_difference_on_both_rows():
+    x = _branch_inputs()
+    losses = two_branch_losses(**x)
+    scene = (1 - x["person_mask"]).bool().expand_as(x["eps_s"])
+    per_sample = [((x["eps_s"][i] - x["eps_p"][i]) ** 2)[scene[i]].mean() for i in range(4)]
+    assert losses.l_diff.item() == pytest.approx(torch.stack(per_sample).mean().item(), rel=1e-6)
+    # the person region does not enter L_diff
+    changed = dict(x, eps_p=x["eps_p"] + 10.0 * x["person_mask"])
+    assert two_branch_losses(**changed).l_diff.item() == pytest.approx(losses.l_diff.item(), rel=1e-6)
+
+
+def test_l_bal_whole_image_on_the_b_row_scene_only_on_the_a_row():
+    x = _branch_inputs()
+    base = two_branch_losses(**x).l_bal.item()
+    # an error in the person region of the A row (whose image carries pose A) is ignored ...
+    a_rows = (~x["is_b_row"]).float().view(-1, 1, 1, 1)
+    b_rows = x["is_b_row"].float().view(-1, 1, 1, 1)
+    moved_a = dict(x, noise=x["noise"] + 5.0 * x["person_mask"] * a_rows)
+    assert two_branch_losses(**moved_a).l_bal.item() == pytest.approx(base, rel=1e-6)
+    # ... but on the B row (image Z_B carries pose B, the pose S-Ad is given) it counts
+    moved_b = dict(x, noise=x["noise"] + 5.0 * x["person_mask"] * b_rows)
+    assert two_branch_losses(**moved_b).l_bal.item() > base + 1.0
+    # exact value: B rows over the whole latent, A rows over the scene
+    err = (x["noise"] - x["eps_s"]) ** 2
+    scene = (1 - x["person_mask"]).bool().expand_as(err)
+    per_sample = [err[i].mean() if x["is_b_row"][i] else err[i][scene[i]].mean() for i in range(4)]
+    assert base == pytest.approx(torch.stack(per_sample).mean().item(), rel=1e-6)
+
+
+def test_only_the_secondary_adapter_gets_gradient():
+    """Stop-gradients: eps_P (P-Ad) and the frozen U-Net get none; S-Ad does, through the U-Net."""
+    torch.manual_seed(0)
+    unet = nn.Conv2d(4, 4, 3, padding=1).requires_grad_(False)  # stands in for the frozen eps_theta
+    primary = nn.Conv2d(1, 4, 3, padding=1).requires_grad_(False)
+    secondary = nn.Conv2d(1, 4, 3, padding=1)
+    secondary.load_state_dict(primary.state_dict())
+    x = _branch_inputs()
+    x_t = torch.randn(4, 4, 8, 8)
+    cond_a, cond_b = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        eps_p = unet(x_t + primary(cond_a))
+    eps_s = unet(x_t + secondary(cond_b))
+    # even a caller that forgets no_grad for eps_P cannot push gradient into the primary branch
+    leaky_primary = nn.Conv2d(1, 4, 3, padding=1)
+    eps_p_leaky = unet(x_t + leaky_primary(cond_a))
+    losses = two_branch_losses(x["noise"], eps_s, eps_p_leaky, x["person_mask"], x["is_b_row"])
+    balance = ScaleBalance(0.9)
+    balance.update(losses.l_diff.item(), losses.l_bal.item())
+    balance(losses.l_diff, losses.l_bal).j.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in secondary.parameters())
+    assert all(p.grad is None for p in leaky_primary.parameters())
+    assert all(p.grad is None for p in (*unet.parameters(), *primary.parameters()))
+    assert not eps_p.requires_grad
+
+
+# ------------------------------------------------------------------------------------------ balance
+
+
+def test_scale_balance_j_is_two_at_equilibrium_and_weights_are_stop_gradient():
+    balance = ScaleBalance(momentum=0.9)
+    with pytest.raises(RuntimeError, match="update"):
+        balance(torch.tensor(1.0), torch.tensor(1.0))
+    for _ in range(50):  # losses that sit at their running means
+        balance.update(0.004, 1.2)
+    l_diff = torch.tensor(0.004, requires_grad=True)
+    l_bal = torch.tensor(1.2, requires_grad=True)
+    obj = balance(l_diff, l_bal)
+    assert obj.j.item() == pytest.approx(2.0, rel=1e-6)
+    assert obj.scale_diff == pytest.approx(1 / 0.004) and obj.scale_bal == pytest.approx(1 / 1.2)
+    obj.j.backward()  # d J / d L_i = 1 / sg(mean L_i): the means are constants, not differentiated
+    assert l_diff.grad.item() == pytest.approx(1 / 0.004) and l_bal.grad.item() == pytest.approx(1 / 1.2)
+
+
+def test_scale_balance_first_step_is_bias_corrected_and_state_round_trips():
+    balance = ScaleBalance(momentum=0.99)
+    balance.update(0.5, 3.0)
+    assert balance.running_means() == pytest.approx((0.5, 3.0))  # not 0.005 / 0.03: bias-corrected
+    assert balance(torch.tensor(0.5), torch.tensor(3.0)).j.item() == pytest.approx(2.0)
+    balance.update(1.5, 1.0)
+    restored = ScaleBalance(momentum=0.99)
+    restored.load_state_dict(balance.state_dict())  # checkpoints keep the running means exactly
+    assert restored.running_means() == balance.running_means() and restored.count == 2
+    # a loss of exactly 0 (an all-person batch) does not divide by zero
+    zero = ScaleBalance(0.5)
+    zero.update(0.0, 1.0)
+    assert math.isfinite(zero(torch.tensor(0.0), torch.tensor(1.0)).j.item())
+
+
+def test_fixed_balance():
+    obj = FixedBalance(lambda_diff=3.0)(torch.tensor(0.5), torch.tensor(2.0))
+    assert obj.j.item() == pytest.approx(2.0 + 3.0 * 0.5)
+    assert (obj.scale_diff, obj.scale_bal) == (3.0, 1.0)
+    assert list(FixedBalance(1.0).parameters()) == []
+
+
+def test_uncertainty_balance_optimum_is_the_scale_mapping():
+    balance = UncertaintyBalance()
+    assert balance(torch.tensor(0.5), torch.tensor(2.0)).j.item() == pytest.approx(2.5)  # s = 0: plain sum
+    # at s_i = log L_i (exp(-s_i) = 1 / L_i, the scale mapping) the gradient w.r.t. s vanishes: the optimum
+    with torch.no_grad():
+        balance.log_vars.copy_(torch.log(torch.tensor([0.01, 2.0])))
+    obj = balance(torch.tensor(0.01), torch.tensor(2.0))
+    obj.j.backward()
+    assert balance.log_vars.grad.abs().max().item() < 1e-6
+    assert obj.scale_diff == pytest.approx(100.0) and obj.scale_bal == pytest.approx(0.5)
+    # away from it, a gradient step moves s towards log L
+    balance.log_vars.grad = None
+    with torch.no_grad():
+        balance.log_vars.zero_()
+    balance(torch.tensor(0.01), torch.tensor(2.0)).j.backward()
+    assert balance.log_vars.grad[0] > 0 and balance.log_vars.grad[1] < 0  # s_diff should go down, s_bal up
+
+
+def test_make_balance():
+    assert isinstance(make_balance("scale", 0.9), ScaleBalance)
+    assert isinstance(make_balance("fixed", lambda_diff=2.0), FixedBalance)
+    assert isinstance(make_balance("uncertainty"), UncertaintyBalance)
+    with pytest.raises(ValueError, match="unknown balance"):
+        make_balance("foo")  # type: ignore[arg-type]

@@ -1,0 +1,290 @@
+"""The cache and train stages end to end on tiny models (32 px), through the library functions.
+
+One tiny world (synth -> ingest -> poses -> pairs -> render -> cache) and one trained run are shared by
+the module; the other tests start runs of their own from it (resume, divergence) in their own dirs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from posescene.config import Params, load_params
+from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
+from tests.conftest import REPO_ROOT
+
+STEPS = 16  # the shared run: checkpoints at 8 and 16 (Adam needs ~15 steps before J reliably drops)
+RES = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The CI box has 2 shared cores: more torch threads than free cores makes tiny models ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Tiny models and a tiny PoseScenes dataset taken through every data stage and the cache stage."""
+    from posescene.cache import build_cache
+    from posescene.ingest import ingest
+    from posescene.pairs import write_pairs
+    from posescene.poses import run_poses
+    from posescene.render import render_maps
+    from posescene.synth import generate
+    from posescene.world import build_tiny_models
+
+    root = tmp_path_factory.mktemp("train-world")
+    pipeline, adapter = build_tiny_models(root / "models")
+    generate(root / "synth", n_scenes=4, poses_per_scene=3, size=RES, seed=0, progress=False)
+    ingest(root / "synth", root / "ingested", progress=False)
+    run_poses(root / "ingested", root / "lattices", detector="groundtruth")
+    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", heldout_fraction=0.25)
+    render_maps(root / "lattices", root / "maps", radius=1, progress=False)
+    build_cache(root / "pairs.parquet", root / "ingested", root / "cache", str(pipeline), RES, progress=False)
+    return {"root": root, "pipeline": pipeline, "adapter": adapter}
+
+
+def tiny_params(world: dict[str, Any], run_dir: Path, **train: Any) -> Params:
+    """params.yaml with every path in the tmp world (outputs under ``run_dir``) and tiny training settings."""
+    root = world["root"]
+    overrides = {
+        "model.base": str(world["pipeline"]),
+        "model.primary_adapter": str(world["adapter"]),
+        "model.resolution": RES,
+        "ingest.out_dir": str(root / "ingested"),
+        "poses.out_dir": str(root / "lattices"),
+        "pairs.out": str(root / "pairs.parquet"),
+        "render.out_dir": str(root / "maps"),
+        "cache.out_dir": str(root / "cache"),
+        "train.out_dir": str(run_dir / "out"),
+        "train.checkpoint_dir": str(run_dir / "checkpoints"),
+        "train.steps": STEPS,
+        "train.batch_size": 8,
+        "train.lr": 2e-3,
+        "train.warmup_steps": 0,
+        "train.checkpoint_every": STEPS // 2,
+        "train.validate_every": STEPS,
+        "train.validation_poses": 2,
+        "train.validation_steps": 2,
+        "train.log_every": 4,
+        "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "mlflow.experiment": "test-train",
+        "mlflow.registered_model": "tiny-secondary",
+        **{f"train.{k}": v for k, v in train.items()},
+    }
+    return load_params(REPO_ROOT / "params.yaml", overrides)
+
+
+STOCK_DIFFUSERS_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
+
+adapter_dir, pipeline_dir, res = sys.argv[1], sys.argv[2], int(sys.argv[3])
+adapter = T2IAdapter.from_pretrained(adapter_dir)
+pipe = StableDiffusionAdapterPipeline.from_pretrained(pipeline_dir, adapter=adapter)
+pose = torch.ones(1, 1, res, res)
+pose[..., 8:24:4, 14:18] = 0.0
+image = pipe("a person on a beach", image=pose, num_inference_steps=2, height=res, width=res,
+             generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+assert image.shape == (res, res, 3) and np.isfinite(image).all(), image.shape
+assert not any(m.startswith("posescene") for m in sys.modules), "posescene was imported"
+print("OK")
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(world: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The shared run; it also starts the stock-diffusers check of its adapter in a fresh interpreter.
+
+    That check pays a cold ``import diffusers`` (~10-20 s on a busy box), so it runs in the background while
+    the other tests run, and the last test collects it.
+    """
+    from posescene.train import train
+
+    params = tiny_params(world, world["root"] / "run")
+    result = train(params, progress=False)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    stock = subprocess.Popen(
+        [sys.executable, "-c", STOCK_DIFFUSERS_SCRIPT, str(result.adapter_dir), str(params.model.base), str(RES)],
+        cwd=world["root"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield {"params": params, "result": result, "stock_diffusers": stock}
+    if stock.poll() is None:
+        stock.kill()
+        stock.communicate()
+
+
+def read_loss_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_holds_every_paired_image_and_caption(world: dict[str, Any]):
+    from posescene.cache import caption_key, load_cache
+    from posescene.pairs import read_pairs
+
+    cache = load_cache(world["root"] / "cache", str(world["pipeline"]), RES)
+    pairs = read_pairs(world["root"] / "pairs.parquet").to_pydict()
+    assert set(cache.image_row) == set(pairs["image_a"]) | set(pairs["image_b"])
+    assert set(cache.caption_row) == {caption_key(c) for c in pairs["caption"]}
+    assert cache.latents.shape[1:] == (4, RES // 4, RES // 4)  # the tiny VAE's factor is 4
+    assert cache.text.shape[1:] == (32, 32)  # 32 tokens x the tiny text encoder's width
+    assert torch.isfinite(cache.latents).all() and torch.isfinite(cache.text).all()
+    with pytest.raises(InputDataError, match="64 px"):  # a stale cache (other resolution) is refused
+        load_cache(world["root"] / "cache", str(world["pipeline"]), 64)
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def fixed_batch_losses(params: Params, adapter_dirs: list[Path]) -> list[tuple[float, float]]:
+    """(L_diff, L_bal) of each S-Ad on every training row at fixed noise and timesteps: no sampling noise."""
+    from posescene import objective
+    from posescene.cache import load_cache
+    from posescene.models import load_adapter, load_base
+    from posescene.train import load_train_set, person_boxes, predict_two_branches, read_pair_rows
+
+    base = load_base(params.model.base).freeze()
+    primary = load_adapter(params.model.primary_adapter).eval()
+    cache = load_cache(params.cache.out_dir, params.model.base, RES)
+    data = load_train_set(params, read_pair_rows(params.pairs.out), cache, person_boxes(params.poses.out_dir))
+    batch = data.batch(torch.arange(len(data)).numpy(), torch.device("cpu"))
+    out = []
+    for adapter_dir in adapter_dirs:
+        secondary = load_adapter(str(adapter_dir)).eval()
+        g = torch.Generator().manual_seed(123)
+        sums = torch.zeros(2)
+        with torch.no_grad():
+            for t_value in (100, 400, 700):
+                noise = torch.randn(batch["x0"].shape, generator=g)
+                t = torch.full((len(data),), t_value)
+                x_t = base.noise_scheduler.add_noise(batch["x0"], noise, t)
+                eps_s, eps_p = predict_two_branches(
+                    base.unet, primary, secondary, x_t, t, batch["text"], batch["map_a"], batch["map_b"]
+                )
+                losses = objective.two_branch_losses(noise, eps_s, eps_p, batch["mask"], batch["is_b_row"])
+                sums += torch.stack([losses.l_diff, losses.l_bal])
+        out.append((float(sums[0] / 3), float(sums[1] / 3)))
+    return out
+
+
+def test_training_lowers_the_objective(trained: dict[str, Any]):
+    params, result = trained["params"], trained["result"]
+    # S-Ad starts as a copy of P-Ad
+    before, after = fixed_batch_losses(params, [Path(params.model.primary_adapter), result.adapter_dir])
+    j_before = 2.0  # J with each loss divided by its value at the start
+    j_after = after[0] / before[0] + after[1] / before[1]
+    assert j_after < j_before - 0.03 and after[0] < before[0], (before, after)
+
+    rows = read_loss_csv(result.out_dir / "loss.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert float(rows[0]["j"]) == pytest.approx(2.0)  # scale balance: J starts at its equilibrium value
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS and metrics == pytest.approx(result.metrics)
+    assert (result.out_dir / "validation" / f"step_{STEPS}.png").is_file()
+
+
+def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict[str, Any], tmp_path: Path):
+    """A run stopped at STEPS/2 and resumed writes exactly the loss curve of the uninterrupted run."""
+    from posescene.train import checkpoints, train
+
+    half = train(tiny_params(world, tmp_path, steps=STEPS // 2), progress=False)  # "crashes" after STEPS/2
+    assert half.resumed_from == 0
+    assert [s for s, _ in checkpoints(tmp_path / "checkpoints")] == [STEPS // 2]
+    resumed = train(tiny_params(world, tmp_path), progress=False)
+    assert resumed.resumed_from == STEPS // 2
+    assert resumed.run_id == half.run_id  # the MLflow run continues too
+    uninterrupted = read_loss_csv(trained["result"].out_dir / "loss.csv")
+    assert read_loss_csv(resumed.out_dir / "loss.csv") == uninterrupted
+    a = (trained["result"].adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (resumed.adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes() == a
+
+    # --no-resume discards this setup's checkpoints and starts over
+    again = train(tiny_params(world, tmp_path, steps=1), resume=False, progress=False)
+    assert again.resumed_from == 0 and [s for s, _ in checkpoints(tmp_path / "checkpoints")] == [1]
+
+
+def test_bad_params_fail_early_naming_the_key(world: dict[str, Any], tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from posescene.cli import app
+    from posescene.train import train
+
+    with pytest.raises(ConfigError, match=r"train\.balance.*'scale', 'fixed', 'uncertainty'"):
+        tiny_params(world, tmp_path, balance="foo")
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        tiny_params(world, tmp_path, lr=-1.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train\.mixed_precision.*fp16"):
+            train(tiny_params(world, tmp_path, mixed_precision="fp16"), progress=False)
+    with pytest.raises(InputDataError, match="not a training checkpoint"):
+        train(tiny_params(world, tmp_path), resume_from=tmp_path / "nope", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+    cli = CliRunner().invoke(app, ["train", "--params", str(REPO_ROOT / "params.yaml"), "--set", "train.balance=foo"])
+    assert cli.exit_code == 2 and "train.balance" in cli.output
+
+
+def test_mlflow_run_and_registered_candidate(trained: dict[str, Any]):
+    from mlflow import MlflowClient
+
+    params, result = trained["params"], trained["result"]
+    client = MlflowClient(tracking_uri=params.mlflow.tracking_uri, registry_uri=params.mlflow.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.002" and run.data.params["train.balance"] == "scale"
+    assert run.data.metrics["final_j"] == pytest.approx(result.metrics["j"])
+    history = client.get_metric_history(result.run_id, "l_diff")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+    name = params.mlflow.registered_model
+    assert client.get_model_version(name, str(result.model_version)).run_id == result.run_id
+    # every training run registers a version and moves `candidate` to it (other tests here train too)
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert int(client.get_model_version_by_alias(name, "candidate").version) == newest
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(world: dict[str, Any], tmp_path: Path):
+    from posescene.train import checkpoints, train
+
+    params = tiny_params(world, tmp_path, lr=1e30, checkpoint_every=1, steps=6)
+    with pytest.raises(TrainingDivergedError, match=r"non-finite .*train\.lr") as info:
+        train(params, progress=False)
+    kept = checkpoints(tmp_path / "checkpoints")
+    assert kept, "no checkpoint was kept"
+    assert str(kept[-1][1]) in str(info.value)
+    assert not (tmp_path / "out" / "secondary_adapter").exists()  # no adapter published from a diverged run
+    state = json.loads((kept[-1][1] / "trainer_state.json").read_text())
+    assert all(torch.isfinite(torch.tensor([row["l_diff"], row["l_bal"]])).all() for row in state["history"])
+
+
+def test_saved_adapter_loads_in_stock_diffusers(trained: dict[str, Any]):
+    """A fresh interpreter with no posescene import: T2IAdapter + StableDiffusionAdapterPipeline generate.
+
+    Last in the file: the process was started by the ``trained`` fixture and ran alongside the other tests.
+    """
+    out, err = trained["stock_diffusers"].communicate(timeout=300)
+    assert trained["stock_diffusers"].returncode == 0 and out.strip().endswith("OK"), err[-3000:]
