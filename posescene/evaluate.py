@@ -550,6 +550,10 @@ def evaluate(
 
     ``pose_judge`` / ``scene_judge``: ``"params"`` builds them from params (the normal case); tests and
     notebooks may pass their own objects (or ``None`` to skip).
+
+    Everything that can fail for a bad configuration or a missing input (adapters, held-out data, base
+    model, judges, CLIP/LPIPS files, the tracking store) is checked *before* the first image is generated,
+    so a mistake costs seconds, not a whole generation run.
     """
     start = time.perf_counter()
     ev = params.evaluate
@@ -565,34 +569,6 @@ def evaluate(
         in_channels=params.model.adapter_in_channels,
         device=ev.device,
     )
-    maps = partial(
-        condition_maps,
-        resolution=res,
-        radius=params.render.radius,
-        limbs=params.render.limbs,
-        in_channels=params.model.adapter_in_channels,
-        invert=params.model.adapter_invert,
-    )
-    jobs, index = _jobs(heldout, ev.seeds)
-    results: dict[str, ModelResult] = {}
-    for spec in specs:
-        # warm-up (one image, one step) so that one-off kernel/allocator set-up is not billed to a model
-        bank.generate(
-            spec, jobs[:1], steps=1, guidance_scale=ev.guidance_scale, batch_size=1, maps=maps, progress=False
-        )
-        t0 = time.perf_counter()
-        images = bank.generate(
-            spec,
-            jobs,
-            steps=ev.steps,
-            guidance_scale=ev.guidance_scale,
-            batch_size=ev.batch_size,
-            maps=maps,
-            progress=progress,
-        )
-        results[spec.name] = ModelResult(spec.name, images, time.perf_counter() - t0)
-        log.info("evaluate: %s: %d images in %.1f s", spec.name, len(images), results[spec.name].seconds)
-
     pose: PoseJudge | None = None if pose_judge == "params" else pose_judge  # type: ignore[assignment]
     scene_j: SceneJudge | None = None if scene_judge == "params" else scene_judge  # type: ignore[assignment]
     if pose_judge == "params" or scene_judge == "params":
@@ -606,30 +582,63 @@ def evaluate(
     if perceptual is None:
         notices.append("LPIPS drift skipped: evaluate.lpips_weights is not set (LPIPS weights are never downloaded)")
 
-    targets = [pose.keypoints_at(res, heldout.beta) for pose in heldout.poses]
+    targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
     scene = ~metrics.person_mask(targets, (res, res), ev.mask_margin)
     scene_fraction = float(scene.mean())
+    if not scene.any():
+        raise ConfigError(
+            f"the union of the {len(heldout.poses)} held-out person regions covers the whole image, so there is no "
+            "scene left to measure drift on; lower evaluate.n_poses or evaluate.mask_margin"
+        )
     if scene_fraction < 0.2:
         notices.append(
             f"the scene outside the union of the person regions is only {scene_fraction:.0%} of the image; "
             "drift is measured on few pixels (lower evaluate.n_poses or evaluate.mask_margin)"
         )
-    for result in results.values():
-        units = _measure_drift(result, heldout, ev.seeds, scene, perceptual)
-        _measure_fidelity(result, index, heldout, ev, res, pose, scene_j, clip)
-        _summarise(result, units, ev, params.seed, scene_fraction)
-    for notice in notices:
-        log.warning("evaluate: %s", notice)
 
-    out_dir = Path(ev.out_dir)
     uri = tracking_uri(params)
     client, run_id = _start_mlflow_run(params, uri)
     try:
+        maps = partial(
+            condition_maps,
+            resolution=res,
+            radius=params.render.radius,
+            limbs=params.render.limbs,
+            in_channels=params.model.adapter_in_channels,
+            invert=params.model.adapter_invert,
+        )
+        jobs, index = _jobs(heldout, ev.seeds)
+        results: dict[str, ModelResult] = {}
+        for spec in specs:
+            # warm-up (one image, one step) so that one-off kernel/allocator set-up is not billed to a model
+            bank.generate(
+                spec, jobs[:1], steps=1, guidance_scale=ev.guidance_scale, batch_size=1, maps=maps, progress=False
+            )
+            t0 = time.perf_counter()
+            images = bank.generate(
+                spec,
+                jobs,
+                steps=ev.steps,
+                guidance_scale=ev.guidance_scale,
+                batch_size=ev.batch_size,
+                maps=maps,
+                progress=progress,
+            )
+            results[spec.name] = ModelResult(spec.name, images, time.perf_counter() - t0)
+            log.info("evaluate: %s: %d images in %.1f s", spec.name, len(images), results[spec.name].seconds)
+
+        for result in results.values():
+            units = _measure_drift(result, heldout, ev.seeds, scene, perceptual)
+            _measure_fidelity(result, index, heldout, ev, res, pose, scene_j, clip)
+            _summarise(result, units, ev, params.seed, scene_fraction)
+        for notice in notices:
+            log.warning("evaluate: %s", notice)
+
         promotion = run_promotion_gate(
             client, params, {n: r.summary for n, r in results.items()}, run_id=run_id, train_dir=params.train.out_dir
         )
         result = EvaluationResult(
-            results, heldout, promotion, notices, out_dir, run_id, uri, time.perf_counter() - start
+            results, heldout, promotion, notices, Path(ev.out_dir), run_id, uri, time.perf_counter() - start
         )
         write_outputs(result, params)
         _finish_mlflow_run(client, run_id, result, params)
@@ -667,10 +676,21 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
 
 
 def _start_mlflow_run(params: Params, uri: str) -> tuple[Any, str]:
-    client = _client(uri)
-    run = client.create_run(
-        _experiment_id(client, params.mlflow.experiment, uri), run_name="evaluate", tags={"posescene.stage": "evaluate"}
-    )
+    """A new MLflow run for this evaluation (started before generating, so a bad tracking URI fails early)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = _client(uri)
+        run = client.create_run(
+            _experiment_id(client, params.mlflow.experiment, uri),
+            run_name="evaluate",
+            tags={"posescene.stage": "evaluate"},
+        )
+    except (MlflowException, OSError) as exc:  # OSError: a SQLite store whose directory cannot be created
+        raise ConfigError(
+            f"MLflow tracking at {uri!r} is unusable ({exc}). Fix mlflow.tracking_uri in params.yaml or "
+            "MLFLOW_TRACKING_URI, or set both to null/unset for the embedded store (sqlite:///mlflow.db)."
+        ) from exc
     return client, run.info.run_id
 
 
@@ -767,16 +787,16 @@ def _version_metrics(version: Any) -> dict[str, float]:
 
 
 def _trained_run_id(train_dir: str | Path) -> str | None:
-    """The MLflow run id the training stage recorded in ``build/train/metrics.json``, if any."""
-    try:
-        data = json.loads((Path(train_dir) / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    for key in ("mlflow_run_id", "run_id"):
-        if isinstance(data.get(key), str):
-            return data[key]
+    """The MLflow run id the training stage recorded in ``build/train/run.json`` (or metrics.json), if any."""
+    for name in ("run.json", "metrics.json"):
+        try:
+            data = json.loads((Path(train_dir) / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict):
+            for key in ("mlflow_run_id", "run_id"):
+                if isinstance(data.get(key), str):
+                    return data[key]
     return None
 
 
@@ -861,9 +881,14 @@ def metrics_json(result: EvaluationResult) -> dict[str, Any]:
 
     out: dict[str, Any] = {n: {k: clean(v) for k, v in r.summary.items()} for n, r in result.models.items()}
     out["promotion"] = result.promotion.as_metrics()
+    n_images = sum(len(r.images) for r in result.models.values())
+    generation_s = sum(r.seconds for r in result.models.values())
     out["run"] = {
         "n_prompts": len(result.heldout.prompts),
         "n_poses": len(result.heldout.poses),
+        "n_images": n_images,
+        # generation throughput over all models (warm-up excluded); the judges and metrics are in seconds
+        "images_per_s": round(n_images / generation_s, 3) if generation_s > 0 else None,
         "seconds": round(result.seconds, 1),
         "mlflow_run_id": result.mlflow_run_id,
     }
@@ -990,7 +1015,7 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
     lines = [
         "# posescene evaluation: scene drift across poses",
         "",
-        f"{len(h.prompts)} held-out prompts x {len(ev.seeds)} seeds x {len(h.poses)} held-out poses per model "
+        f"{len(h.prompts)} held-out prompt(s) x {len(ev.seeds)} seed(s) x {len(h.poses)} held-out poses per model "
         f"({ev.steps} DDIM steps, guidance {ev.guidance_scale}, {params.model.resolution} px); every pose and "
         "every model of a (prompt, seed) starts from the same initial noise. Base model: "
         f"`{params.model.base}`.",

@@ -36,7 +36,7 @@ from diffusers import DDIMScheduler, MultiAdapter, StableDiffusionAdapterPipelin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from tqdm.auto import tqdm
 
-from posescene.errors import DetectorUnavailableError, InputDataError, ModelLoadError
+from posescene.errors import ConfigError, DetectorUnavailableError, InputDataError, ModelLoadError
 from posescene.lattice import denormalise, normalise
 from posescene.models import (
     BaseModel,
@@ -264,7 +264,13 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r}: not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine; use auto or cpu")
+    return chosen
 
 
 @dataclass(frozen=True)

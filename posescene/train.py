@@ -653,6 +653,9 @@ def train(
                 mlflow.log_artifact(str(out_dir / "loss.csv"))
                 version = str(pyfunc.log_and_register(adapter_dir, params))
                 link = tracking.run_link(run)
+            # which MLflow run/registry version this adapter is: the evaluation's promotion gate checks that
+            # the `candidate` it would promote is the adapter it measured
+            write_json_atomic(out_dir / "run.json", {"mlflow_run_id": run_id, "model_version": version, "link": link})
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(metrics, out_dir, adapter_dir, run_id, link, version, start_step)

@@ -16,6 +16,15 @@ import pytest  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models on a shared 2-core machine: two OpenMP threads waiting on each other made generation
+    ~100x slower than one thread (measured), so every test runs torch single-threaded."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny PoseScenes imagefolder (6 scenes x 4 poses at 64 px), shared read-only by tests."""

@@ -29,6 +29,16 @@ RES = 32
 BETA = 0.05
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine OpenMP threads waiting for
+    each other make every tiny kernel far slower (see tests/test_evaluate.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _pose(cx: float, seed: int, size: int = RES):
     rng = np.random.default_rng(seed)
     x = np.clip(cx + rng.normal(0, 3, 18), 1, size - 2)

@@ -1,0 +1,316 @@
+"""The ``evaluate`` stage end to end on tiny models and a tiny PoseScenes world.
+
+Data: synth -> ingest -> poses (ground truth) -> pairs, built with the stages' own library functions.
+Models: ``build_tiny_models`` (random 32 px SD + primary adapter); the "trained" secondary adapter is a copy
+of the primary adapter (a legit input: evaluation must treat it like any other adapter directory) or, where
+a test needs one that *is* more stable, an adapter whose weights are all zero (it adds nothing to the U-Net,
+so every pose of a (prompt, seed) gives the base model's image: zero drift by construction). Judges: small
+random world judges saved where ``world.shipped_dir`` says, so ``pose_judge: auto`` picks them as for the
+built-in world. MLflow: a SQLite store in tmp. Everything runs 1 seed x 2 poses x 2 DDIM steps at 32 px.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.csv as pacsv
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from posescene.config import Params, load_params
+from posescene.errors import ConfigError, InputDataError, ModelLoadError
+
+MODELS = ["base", "primary", "secondary", "both"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Any:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads that
+    wait for each other make every tiny kernel ~100x slower (measured: 0.2 vs 20 images/s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny data, models and judges (shared read-only; each test writes its own reports/train dirs)."""
+    from diffusers import T2IAdapter
+
+    from posescene.ingest import ingest
+    from posescene.judges import KeypointEstimator, SceneClassifier
+    from posescene.pairs import write_pairs
+    from posescene.poses import run_poses
+    from posescene.synth import generate
+    from posescene.world import build_tiny_models
+
+    root = tmp_path_factory.mktemp("evaluate")
+    synth = generate(root / "synth", n_scenes=4, poses_per_scene=3, size=32, seed=0, progress=False)
+    ingest(synth, root / "ingested", progress=False)
+    run_poses(root / "ingested" / "manifest.parquet", root / "lattices", progress=False)
+    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", heldout_fraction=0.3, seed=0)
+    pipeline, primary = build_tiny_models(root / "tiny")
+    torch.manual_seed(0)
+    KeypointEstimator(widths=(8, 8, 8), resolution=32).save_pretrained(root / "judges" / "keypoint_estimator")
+    SceneClassifier(widths=(8, 8, 8), resolution=32).save_pretrained(root / "judges" / "scene_classifier")
+    still = T2IAdapter.from_pretrained(primary)
+    with torch.no_grad():
+        for weight in still.parameters():
+            weight.zero_()
+    still.save_pretrained(root / "still_adapter", safe_serialization=True)
+    params = {
+        "seed": 0,
+        "ingest": {"out_dir": str(root / "ingested")},
+        "poses": {"out_dir": str(root / "lattices")},
+        "pairs": {"out": str(root / "pairs.parquet")},
+        "model": {"base": str(pipeline), "primary_adapter": str(primary), "resolution": 32},
+        "world": {"shipped_dir": str(root / "judges"), "pipeline_dir": str(pipeline)},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "evaluate-test"},
+        "evaluate": {
+            "n_prompts": 1,
+            "seeds": [0],
+            "n_poses": 2,
+            "steps": 2,
+            "guidance_scale": 2.0,
+            "batch_size": 8,
+            "device": "cpu",
+            "models": ["primary", "secondary"],
+            "bootstrap_samples": 50,
+        },
+        "ops": {"lock_path": str(root / "posescene.lock")},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return {"root": root, "params": root / "params.yaml", "primary": primary, "still": root / "still_adapter"}
+
+
+def _params(world: dict[str, Path], name: str, secondary: Path | None, **overrides: Any) -> Params:
+    """Params for one test: its own reports, train dir (holding ``secondary``) and registered model."""
+    case = world["root"] / name
+    train = case / "train"
+    if secondary is not None:
+        shutil.rmtree(train / "secondary_adapter", ignore_errors=True)
+        shutil.copytree(secondary, train / "secondary_adapter")
+    return load_params(
+        world["params"],
+        {
+            "evaluate.out_dir": str(case / "reports"),
+            "train.out_dir": str(train),
+            "mlflow.registered_model": f"adapter-{name}",
+            **overrides,
+        },
+    )
+
+
+def _register(params: Params) -> str:
+    """What training does at its end: log the secondary adapter as a pyfunc version aliased ``candidate``."""
+    import mlflow
+
+    from posescene import tracking
+    from posescene.pyfunc import log_and_register
+
+    tracking.configure(params.mlflow)
+    with mlflow.start_run(run_name="train"):
+        return str(log_and_register(Path(params.train.out_dir) / "secondary_adapter", params))
+
+
+def _client(params: Params) -> Any:
+    from mlflow import MlflowClient
+
+    uri = params.mlflow.tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _alias(params: Params, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(params).get_model_version_by_alias(params.mlflow.registered_model, alias).version)
+    except MlflowException:
+        return None
+
+
+def test_evaluate_writes_metrics_plots_grids_and_report(world: dict[str, Path]) -> None:
+    from posescene.evaluate import evaluate
+
+    params = _params(world, "outputs", world["primary"], **{"evaluate.models": MODELS})
+    version = _register(params)
+    result = evaluate(params, progress=False)
+    out = Path(params.evaluate.out_dir)
+
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(MODELS) <= set(summary) and {"promotion", "run"} <= set(summary)
+    for name in MODELS:
+        s = summary[name]
+        for key in ("drift_rmse", "drift_ssim"):  # mean + bootstrap CI per model
+            assert s[f"{key}_ci_low"] <= s[key] <= s[f"{key}_ci_high"], (name, key, s)
+        assert 0.0 <= s["pck"] <= 1.0 and 0.0 <= s["detection_rate"] <= 1.0
+        assert s["n_images"] == 2 and s["images_per_s"] > 0
+        assert 0.2 <= s["scene_fraction"] <= 1.0
+    # same initial noise for every pose: the base model ignores the pose, so its scene cannot drift
+    assert summary["base"]["drift_rmse"] == pytest.approx(0.0, abs=1e-3)
+    assert summary["primary"]["drift_rmse"] > summary["base"]["drift_rmse"]
+    # the secondary adapter is a copy of the primary: the same images, the same numbers
+    for key in ("drift_rmse", "drift_ssim", "pck"):
+        assert summary["secondary"][key] == pytest.approx(summary["primary"][key], abs=1e-6)
+    assert summary["run"]["n_images"] == 2 * len(MODELS) and summary["run"]["images_per_s"] > 0
+
+    # per-pair CSVs: 1 prompt x 1 seed x 1 pose pair per model; fidelity: one row per image
+    drift = pacsv.read_csv(out / "drift.csv").to_pylist()
+    assert len(drift) == len(MODELS) and {r["model"] for r in drift} == set(MODELS)
+    assert {"prompt_id", "seed", "pose_i", "pose_j", "rmse", "one_minus_ssim"} <= set(drift[0])
+    fidelity = pacsv.read_csv(out / "fidelity.csv").to_pylist()
+    assert len(fidelity) == 2 * len(MODELS) and {"pck", "detected", "scene_predicted"} <= set(fidelity[0])
+    plot_rows = pacsv.read_csv(out / "plots" / "drift_by_model.csv").to_pylist()
+    assert [r["model"] for r in plot_rows] == MODELS
+    with Image.open(out / "plots" / "drift.png") as plot:
+        assert plot.format == "PNG" and plot.width > 200
+    grids = sorted((out / "grids").glob("prompt_*.png"))
+    assert len(grids) == 1
+    with Image.open(grids[0]) as grid:  # a header row of pose maps + one row per model
+        assert grid.height > (1 + len(MODELS)) * 128
+
+    report = (out / "report.md").read_text()
+    assert "| secondary |" in report and "grids/prompt_0.png" in report and "plots/drift.png" in report
+    # equal drift is no improvement: the copy is not promoted, and the report says why
+    assert result.promotion.status == "rejected" and "**Not promoted**" in report
+    assert "FAIL drift" in report and "PASS fidelity" in report
+    assert _alias(params, "champion") is None and _alias(params, "candidate") == version
+
+    # the MLflow run has the metrics and the report; the version carries the evaluation as tags
+    client = _client(params)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["posescene.promotion"] == "rejected"
+    assert run.data.metrics["secondary.drift_rmse"] == pytest.approx(summary["secondary"]["drift_rmse"], abs=1e-6)
+    assert "report.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    tags = client.get_model_version(params.mlflow.registered_model, version).tags
+    assert tags["eval.decision"] == "rejected" and tags["eval.run_id"] == result.mlflow_run_id
+
+    # the flow's artifact: the same table, the decision and the MLflow run
+    # (the flow itself needs a Prefect server, ~10-30 s to start: `python -m flows.evaluate` is run by hand/CI)
+    import inspect
+
+    from flows.evaluate import evaluate_flow, evaluate_markdown
+
+    markdown = evaluate_markdown(result.metrics, params)
+    assert "| secondary |" in markdown and "rejected" in markdown and result.mlflow_run_id in markdown
+    assert evaluate_flow.name == "evaluate"
+    assert list(inspect.signature(evaluate_flow.fn).parameters) == ["params_path", "overrides"]
+
+
+def test_promotion_gate_promotes_a_more_stable_adapter_and_keeps_the_champion(world: dict[str, Path]) -> None:
+    from posescene.evaluate import evaluate, run_promotion_gate
+
+    # 1. a candidate whose scene does not drift at all, fidelity allowed to drop: it becomes champion
+    params = _params(world, "gate", world["still"], **{"evaluate.promotion.fidelity_tolerance": 1.0})
+    still_version = _register(params)
+    result = evaluate(params, progress=False)
+    summary = result.metrics
+    assert summary["secondary"]["drift_rmse"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["primary"]["drift_rmse"] > 1e-4
+    assert result.promotion.promoted, result.promotion.reasons
+    assert summary["promotion"] == {**summary["promotion"], "promoted": 1, "candidate_version": still_version}
+    assert _alias(params, "champion") == still_version
+    report = (Path(params.evaluate.out_dir) / "report.md").read_text()
+    assert "**Promoted**" in report and f"version {still_version}" in report
+
+    # 2. a new candidate (a copy of the primary) with a 99% margin: worse than the primary's drift and the
+    # champion's: refused with the reasons, the champion stays
+    params = _params(
+        world,
+        "gate",
+        world["primary"],
+        **{"evaluate.promotion.drift_margin": 0.99, "evaluate.promotion.fidelity_tolerance": 1.0},
+    )
+    copy_version = _register(params)
+    result = evaluate(params, progress=False)
+    assert result.promotion.status == "rejected" and result.promotion.champion_before == still_version
+    reasons = result.metrics["promotion"]["reason"]
+    assert "FAIL drift" in reasons and "vs primary" in reasons and f"vs champion v{still_version}" in reasons
+    assert _alias(params, "champion") == still_version and _alias(params, "candidate") == copy_version
+    report = (Path(params.evaluate.out_dir) / "report.md").read_text()
+    assert "**Not promoted**" in report and "margin 99%" in report
+
+    # 3. the gate alone (no generation): an adapter trained in another run than the candidate's is refused
+    train = Path(params.train.out_dir)
+    (train / "metrics.json").write_text(json.dumps({"mlflow_run_id": "0123456789abcdef"}))
+    better = {"drift_rmse": -1.0, "drift_ssim": 0.0, "pck": 1.0}  # would pass every drift and fidelity check
+    promotion = run_promotion_gate(
+        _client(params), params, {"primary": {"drift_rmse": 1.0, "pck": 1.0}, "secondary": better}, train_dir=train
+    )
+    assert promotion.status == "rejected" and any(r.startswith("FAIL identity") for r in promotion.reasons)
+    assert _alias(params, "champion") == still_version
+
+
+def test_bad_params_fail_early(world: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from posescene.cli import app
+    from posescene.evaluate import evaluate
+
+    for key, value, where in (
+        ("evaluate.n_poses", 1, "n_poses"),
+        ("evaluate.models", ["primary", "tertiary"], "models"),
+        ("evaluate.promotion.drift_margin", 1.5, "drift_margin"),
+        ("evaluate.promotion.fidelity_tolerance", -1, "fidelity_tolerance"),
+        ("evaluate.promotion.metric", "lpips", "metric"),
+        ("evaluate.pose_judge", "oracle", "pose_judge"),
+        ("evaluate.nposes", 2, "nposes"),
+    ):
+        with pytest.raises(ConfigError, match=where):
+            load_params(world["params"], {key: value})
+
+    out = tmp_path / "reports"
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"train.out_dir": str(tmp_path / "untrained")}, ModelLoadError, "secondary adapter does not exist"),
+        ({"pairs.out": str(tmp_path / "none.parquet")}, InputDataError, "no pairs file"),
+        ({"evaluate.ablations": [{"name": "primary", "adapter": str(world["still"])}]}, ConfigError, "already a model"),
+        ({"world.shipped_dir": str(tmp_path / "no-judges")}, ModelLoadError, "keypoint_estimator"),
+        ({"evaluate.clip_model": str(tmp_path / "no-clip")}, ModelLoadError, "clip_model"),
+        ({"evaluate.lpips_weights": str(tmp_path / "lpips.pt")}, ModelLoadError, "lpips_weights"),
+        ({"mlflow.tracking_uri": "sqlite:////proc/no/such/dir/mlflow.db"}, ConfigError, "MLflow tracking"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(({"evaluate.device": "cuda"}, ConfigError, "CUDA is not available"))
+    for overrides, error, message in cases:
+        params = _params(
+            world, "bad", world["primary"], **{"evaluate.out_dir": str(out), "mlflow.experiment": "bad", **overrides}
+        )
+        with pytest.raises(error, match=message):
+            evaluate(params, progress=False)
+    # every mistake surfaced while loading: no MLflow run was started (that happens just before the first
+    # image is generated) and nothing was written
+    assert not out.exists()
+    client = _client(load_params(world["params"]))
+    experiment = client.get_experiment_by_name("bad")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+    result = CliRunner().invoke(app, ["evaluate", "--params", str(world["params"]), "--set", "evaluate.n_poses=1"])
+    assert result.exit_code == 2 and "n_poses" in result.output
+
+
+def test_generate_cli_with_lattice_poses_and_both_adapters(world: dict[str, Path], tmp_path: Path) -> None:
+    """``posescene generate``: poses from the lattices dataset, the secondary and both adapters."""
+    from typer.testing import CliRunner
+
+    from posescene.cli import app
+    from posescene.poses import read_lattices
+
+    image_ids = [r["image_id"] for r in read_lattices(world["root"] / "lattices").to_pylist() if r["has_person"]][:2]
+    args = ["generate", str(tmp_path / "out"), "-p", "a person on a beach", "--params", str(world["params"]),
+            "--image-id", image_ids[0], "--image-id", image_ids[1], "--seed", "3", "--model", "secondary",
+            "--model", "both", "--secondary", str(world["still"]), "--steps", "2", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [(r["model"], r["pose"]) for r in index] == [("secondary", 0), ("secondary", 1), ("both", 0), ("both", 1)]
+    images = {r["file"]: Image.open(tmp_path / "out" / r["file"]).convert("RGB") for r in index}
+    # the all-zero secondary adapter adds nothing: both poses give the same image from the same noise
+    a, b = (images[f"secondary/p0_s3_pose{j}.png"].tobytes() for j in (0, 1))
+    assert a == b
+    assert (tmp_path / "out" / "grid_p0_s3.png").exists()
