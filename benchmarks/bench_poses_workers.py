@@ -98,7 +98,7 @@ def main() -> None:
         configs = runners(args.batch_size)
         chosen = args.only or list(configs)
         if any(name.startswith("dask") for name in chosen):  # Prefect (temporary) server and imports, untimed
-            configs["dask-1"](manifest, work / "warmup")
+            configs["dask-1"](make_images(work / "warmup", POSES_PER_SCENE, args.size), work / "warmup" / "out")
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
         for repeat in range(args.repeats):
             for name in chosen:  # interleaved, so a load spike from another job hits every configuration alike

@@ -27,7 +27,8 @@ def dask_task_runner(n_workers: int, address: str | None = None) -> DaskTaskRunn
     """A DaskTaskRunner: on the scheduler at ``address``, or on a fresh LocalCluster of ``n_workers`` processes.
 
     One thread per worker process: the detectors run their own thread pools (TFLite, torch), and one
-    process per core is what scales them. No dashboard (no fixed port to collide with a second run).
+    process per core is what scales them. The dashboard (when bokeh is installed) gets a free port, not
+    8787 (``dashboard_address=None`` still means the default 8787), so two runs do not collide.
     """
     if address:
         return DaskTaskRunner(address=address)
@@ -38,7 +39,7 @@ def dask_task_runner(n_workers: int, address: str | None = None) -> DaskTaskRunn
             "threads_per_worker": 1,
             "processes": True,
             "host": "127.0.0.1",
-            "dashboard_address": None,
+            "dashboard_address": "127.0.0.1:0",
         },
     )
 

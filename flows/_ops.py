@@ -11,6 +11,9 @@ registry. It takes, in order:
    and runs that use a different (or no) Prefect server.
 
 Both are re-entrant within one run, so the pipeline flow holds them once and its stage subflows pass.
+Under a multi-process launcher (``accelerate launch`` / ``torchrun``: ``WORLD_SIZE`` > 1) only rank 0 takes
+them: the other ranks belong to the same run, and making them wait for rank 0's lock while rank 0 waits for
+them in the first collective would deadlock until ``ops.lock_timeout_s``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
@@ -97,9 +101,23 @@ def prefect_slot(name: str, timeout: float, lock_path: str | None = None) -> Ite
                     _SLOT_HELD.reset(token)
 
 
+def launcher_rank() -> int | None:
+    """This process's rank under a multi-process launcher (torchrun, accelerate launch); None when alone."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        pass
+    return None
+
+
 @contextlib.contextmanager
 def run_guard(params: Params, flow_name: str) -> Iterator[None]:
     """The Prefect slot, then the file lock, for one run that writes (see the module docstring)."""
+    rank = launcher_rank()
+    if rank is not None and rank != 0:  # rank 0 of this launch holds them for every rank
+        yield
+        return
     timeout = params.ops.lock_timeout_s
     start = time.monotonic()
     with prefect_slot(params.ops.concurrency_limit, timeout, params.ops.lock_path):

@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
 import shutil
 import sys
@@ -459,6 +460,12 @@ def train(
         mixed_precision=tp.mixed_precision, gradient_accumulation_steps=tp.gradient_accumulation_steps
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world == 1:  # e.g. torchrun on a machine without GPUs and no ACCELERATE_USE_CPU=1
+        raise ConfigError(
+            f"launched with WORLD_SIZE={launched} but accelerate sees 1 process: every process would train alone "
+            "and write the same files. On CPU set ACCELERATE_USE_CPU=1 (docs/operations.md)."
+        )
     if tp.mixed_precision == "fp16" and device.type == "cpu":  # CUDA exists but accelerate chose the CPU
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU.")
     set_seed(params.seed)  # python, numpy, torch (all devices)

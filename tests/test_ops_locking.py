@@ -121,3 +121,32 @@ def _catch(errors: list[BaseException], fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
     except BaseException as exc:  # noqa: BLE001
         errors.append(exc)
+
+
+def test_only_rank_zero_of_a_launch_takes_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun/accelerate launch rank 0 holds the lock for the run; rank 1 must not wait for it."""
+    import flows._ops as ops
+
+    monkeypatch.setattr(ops, "prefect_server_configured", lambda: False)
+    lock = tmp_path / "posescene.lock"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"ops: {{lock_path: {lock}, lock_timeout_s: 0}}\n")
+
+    @ops.exclusive
+    def fake_flow(params_path: str = "params.yaml", overrides: dict | None = None) -> bool:
+        return is_held_here(lock)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with exclusive_lock(lock, what="rank 0 of the same launch"):
+        errors: list[BaseException] = []
+        results: list[bool] = []
+        monkeypatch.setenv("RANK", "1")
+        t = threading.Thread(target=lambda: results.append(fake_flow(str(params))))
+        t.start()
+        t.join()
+        assert results == [False]  # ran without waiting and without taking the lock
+        monkeypatch.setenv("RANK", "0")
+        t = threading.Thread(target=lambda: _catch(errors, fake_flow, str(params)))
+        t.start()
+        t.join()
+        assert len(errors) == 1 and isinstance(errors[0], LockTimeoutError)  # rank 0 is an ordinary run

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from _ops_servers import VENV_BIN, free_port, http_ok, start, stop, tail, wait_until
 
+pytestmark = pytest.mark.e2e  # real servers, clusters and subprocesses: tens of seconds
+
 TINY = "synth: {{out_dir: out/synth, n_scenes: 2, poses_per_scene: 2, size: 32}}\nops: {{lock_path: {lock}}}\n"
 
 
