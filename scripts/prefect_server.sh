@@ -18,7 +18,8 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
     setsid .venv/bin/prefect server start --host 127.0.0.1 --port "$port" > build/prefect-server.log 2>&1 &
     _ps_pid=$!
     trap 'kill -- -"$_ps_pid" 2>/dev/null || true' EXIT
-    for _ in $(seq 120); do _ps_healthy "$url" && break; sleep 0.5; done
+    # ~10 s on an idle 2-core machine; allow up to 5 minutes on a loaded one
+    for _ in $(seq 300); do _ps_healthy "$url" && break; sleep 1; done
     _ps_healthy "$url" || { echo "Prefect server did not start; see build/prefect-server.log" >&2; exit 1; }
     echo "posescene: started a local Prefect server at http://127.0.0.1:${port} (UI) for this run"
   fi
