@@ -31,7 +31,7 @@ def _hold(lock_path: str, ready: mp.Event, release: mp.Event) -> None:  # type: 
 
 def test_two_processes_never_interleave(tmp_path: Path) -> None:
     lock, log = str(tmp_path / "run.lock"), str(tmp_path / "log.txt")
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork copies the test process's threads (Prefect, torch): unsafe
     procs = [ctx.Process(target=_writer, args=(lock, log, tag, 15, 30.0)) for tag in ("a", "b")]
     for p in procs:
         p.start()
@@ -46,7 +46,7 @@ def test_two_processes_never_interleave(tmp_path: Path) -> None:
 
 def test_second_run_fails_clearly_then_waits(tmp_path: Path) -> None:
     lock = str(tmp_path / "run.lock")
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork copies the test process's threads (Prefect, torch): unsafe
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold, args=(lock, ready, release))
     holder.start()
