@@ -3,7 +3,7 @@
 Served by ``posescene serve`` (or ``python -m flows.deployments``) against the Prefect server named by
 PREFECT_API_URL: the serving process polls the server and starts each scheduled or triggered flow run as a
 subprocess in its working directory (the project root, so ``params.yaml`` and the relative data paths
-resolve as with ``dvc repro``). ``prefect.yaml`` declares the same deployments for a work-pool worker.
+resolve as with ``dvc repro``).
 
 Every deployment takes the flow's own parameters: ``params_path`` and ``overrides`` (dotted
 ``params.yaml`` keys, e.g. ``{"train.steps": 50}``), and for the pipeline also ``stages``.
