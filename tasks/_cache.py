@@ -2,6 +2,7 @@
 
 Keying on parameters alone would skip a task whose output was deleted; including a fingerprint of the
 input and output paths (size + mtime, recursively) makes a cache hit mean "same inputs, output intact".
+A path that does not exist never gives a hit.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,15 @@ def stage_cache_key(paths_params: tuple[str, ...]) -> Any:
         for name in paths_params:
             value = parameters.get(name)
             for p in value if isinstance(value, list | tuple) else [value]:
-                if p is not None:
-                    h.update(path_fingerprint(os.fspath(p)).encode())
+                if p is None:
+                    continue
+                fingerprint = path_fingerprint(os.fspath(p))
+                if fingerprint == "missing":
+                    # Nothing on disk can be a cache hit: a fresh clone (or a deleted output) with the same
+                    # params as an earlier run elsewhere would otherwise skip the work and write nothing.
+                    return f"missing-{uuid.uuid4().hex}"
+                # absolute: two checkouts with the same relative paths are different outputs
+                h.update(f"{Path(p).resolve()}:{fingerprint}".encode())
         return h.hexdigest()
 
     return key
