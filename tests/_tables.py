@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -166,3 +167,26 @@ def write_lattice_dir(table: pa.Table, out_dir: Path, batch: int = 10) -> Path:
     for i, start in enumerate(range(0, max(table.num_rows, 1), batch)):
         pq.write_table(table.slice(start, batch), out_dir / f"part-{i:05d}.parquet")
     return out_dir
+
+
+def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
+    """Tiny models and a tiny PoseScenes set taken through every data stage and the cache: what ``train`` reads.
+
+    Shared by the training tests (tests/test_train.py) and the DDP test (tests/test_ops_ddp.py).
+    """
+    from posescene.cache import build_cache
+    from posescene.ingest import ingest
+    from posescene.pairs import write_pairs
+    from posescene.poses import run_poses
+    from posescene.render import render_maps
+    from posescene.synth import generate
+    from posescene.world import build_tiny_models
+
+    pipeline, adapter = build_tiny_models(root / "models")
+    generate(root / "synth", n_scenes=4, poses_per_scene=3, size=resolution, seed=0, progress=False)
+    ingest(root / "synth", root / "ingested", progress=False)
+    run_poses(root / "ingested", root / "lattices", detector="groundtruth")
+    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", heldout_fraction=0.25)
+    render_maps(root / "lattices", root / "maps", radius=1, progress=False)
+    build_cache(root / "pairs.parquet", root / "ingested", root / "cache", str(pipeline), resolution, progress=False)
+    return {"root": root, "pipeline": pipeline, "adapter": adapter}

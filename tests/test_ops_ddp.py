@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from _tables import tiny_trained_world
 
 pytestmark = pytest.mark.e2e
 
@@ -32,23 +33,7 @@ LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--npro
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Tiny models and a tiny PoseScenes set through every data stage and the cache (as tests/test_train.py)."""
-    from posescene.cache import build_cache
-    from posescene.ingest import ingest
-    from posescene.pairs import write_pairs
-    from posescene.poses import run_poses
-    from posescene.render import render_maps
-    from posescene.synth import generate
-    from posescene.world import build_tiny_models
-
-    root = tmp_path_factory.mktemp("ddp-world")
-    pipeline, adapter = build_tiny_models(root / "models")
-    generate(root / "synth", n_scenes=4, poses_per_scene=3, size=RES, seed=0, progress=False)
-    ingest(root / "synth", root / "ingested", progress=False)
-    run_poses(root / "ingested", root / "lattices", detector="groundtruth")
-    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", heldout_fraction=0.25)
-    render_maps(root / "lattices", root / "maps", radius=1, progress=False)
-    build_cache(root / "pairs.parquet", root / "ingested", root / "cache", str(pipeline), RES, progress=False)
-    return {"root": root, "pipeline": pipeline, "adapter": adapter}
+    return tiny_trained_world(tmp_path_factory.mktemp("ddp-world"), RES)
 
 
 def test_two_process_cpu_training_saves_a_valid_adapter(world: dict[str, Any], tmp_path: Path) -> None:
