@@ -10,25 +10,17 @@ from typing import Any
 
 from prefect import flow
 
-from flows._ops import exclusive
-from flows.ingest import ingest_flow
-from flows.pairs import pairs_flow
-from flows.poses import poses_flow
-from flows.render import render_flow
-from flows.synth import synth_flow
+from flows.run_lock import exclusive
+from flows.stages import DATA_STAGES, stage_flow
 
-DATA_STAGES = ("synth", "ingest", "poses", "pairs", "render")
+__all__ = ["DATA_STAGES", "data_flow"]
 
 
 @flow(name="data", log_prints=True)
 @exclusive
 def data_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the data stages in order (each one its own subflow run) and return each stage's result."""
-    stages = (synth_flow, ingest_flow, poses_flow, pairs_flow, render_flow)
-    return {
-        name: stage(params_path=params_path, overrides=overrides)
-        for name, stage in zip(DATA_STAGES, stages, strict=True)
-    }
+    """Run the data stages (``flows.stages.DATA_STAGES``) in order, each its own subflow run; return their results."""
+    return {name: stage_flow(name)(params_path=params_path, overrides=overrides) for name in DATA_STAGES}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Prefect deployments of posescene: the nightly ``pipeline/nightly`` and one ``<stage>/on-demand`` per stage.
 
-Served by ``posescene serve`` (or ``python -m flows.deployments``) against the Prefect server named by
+Served by ``posescene serve`` (``flows/cli.py``; or ``python -m flows.deployments``) against the Prefect server named by
 PREFECT_API_URL: the serving process polls the server and starts each scheduled or triggered flow run as a
 subprocess in its working directory (the project root, so ``params.yaml`` and the relative data paths
 resolve as with ``dvc repro``).
@@ -11,7 +11,6 @@ Every deployment takes the flow's own parameters: ``params_path`` and ``override
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
+from flows.stages import PIPELINE_STAGES, check_stages, stage_flow
 from posescene.config import Params, load_params
 
 PIPELINE_DEPLOYMENT = "nightly"
@@ -27,12 +27,6 @@ STAGE_DEPLOYMENT = "on-demand"
 TAGS = ["posescene"]
 
 log = logging.getLogger("posescene.deployments")
-
-
-def stage_flow(name: str) -> Any:
-    """The Prefect flow object of stage ``name`` (``flows.<name>.<name>_flow``)."""
-    module = importlib.import_module(f"flows.{name}")
-    return getattr(module, f"{name}_flow")
 
 
 def build_deployments(
@@ -45,7 +39,7 @@ def build_deployments(
 ) -> list[RunnerDeployment]:
     """The deployments to serve.
 
-    ``stages``: which stage deployments (default: all of ``flows.pipeline.STAGES``); ``pipeline``: include
+    ``stages``: which stage deployments (default: all of ``flows.stages.PIPELINE_STAGES``); ``pipeline``: include
     ``pipeline/nightly``; ``schedule=False`` serves it without its cron (trigger by hand only); ``cron``
     replaces ``ops.pipeline_cron``. ``skip_missing`` skips stages whose flow module does not exist yet
     (instead of failing), for partial checkouts.
@@ -53,7 +47,7 @@ def build_deployments(
     Module-path entrypoints (``flows.synth.synth_flow``) because the project is installed: a flow run
     imports its flow the same way wherever the serving process was started.
     """
-    from flows.pipeline import STAGES, pipeline_flow
+    from flows.pipeline import pipeline_flow
 
     params: Params = load_params(params_path)  # fail at start on a bad params file, not at 2 a.m.
     defaults: dict[str, Any] = {"params_path": params_path, "overrides": {}}
@@ -74,9 +68,9 @@ def build_deployments(
                 entrypoint_type=EntrypointType.MODULE_PATH,
             )
         )
-    for name in STAGES if stages is None else stages:
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; choose from {list(STAGES)}")
+    chosen = list(PIPELINE_STAGES if stages is None else stages)
+    check_stages(chosen)
+    for name in chosen:
         try:
             flow_obj = stage_flow(name)
         except ModuleNotFoundError:
@@ -99,7 +93,7 @@ def build_deployments(
 def ensure_concurrency_limit(name: str, limit: int = 1) -> bool:
     """Create the global concurrency limit ``name`` on the configured server if missing; True if it exists now.
 
-    Flows occupy it (``flows/_ops.py``) so that the UI shows a run waiting for another one; without it they
+    Flows occupy it (``flows/run_lock.py``) so that the UI shows a run waiting for another one; without it they
     fall back to the file lock alone.
     """
     from prefect import get_client

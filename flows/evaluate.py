@@ -8,7 +8,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._ops import exclusive, mlflow_links
+from flows.mlflow_links import mlflow_links
+from flows.run_lock import exclusive
 from posescene.config import Params, load_params
 from posescene.evaluate import summary_markdown
 from tasks.evaluate import evaluate_task

@@ -6,7 +6,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._ops import exclusive
+from flows.run_lock import exclusive
 from posescene.config import load_params
 from tasks.pairs import pairs_task
 

@@ -1,4 +1,4 @@
-"""The end-to-end pipeline: synth -> ingest -> poses -> pairs -> render -> world -> cache -> train -> evaluate.
+"""The end-to-end pipeline: the stages of ``flows.stages.PIPELINE_STAGES``, in order.
 
 ``dvc repro`` runs the stages one by one (and skips what is up to date); this flow runs them all in one
 Prefect flow run, which is what the nightly deployment schedules. ``overrides`` are dotted params.yaml
@@ -12,15 +12,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows._ops import exclusive, publish_pipeline_summary
+from flows.run_lock import exclusive
+from flows.stages import PIPELINE_STAGES, check_stages, stage_flow
+from flows.summary import publish_pipeline_summary
 from posescene.config import load_params
-
-STAGES = ("synth", "ingest", "poses", "pairs", "render", "world", "cache", "train", "evaluate")
-
-
-def _stage_flow(name: str) -> Any:
-    module = __import__(f"flows.{name}", fromlist=[f"{name}_flow"])
-    return getattr(module, f"{name}_flow")
 
 
 @flow(name="pipeline", log_prints=True)
@@ -35,20 +30,18 @@ def pipeline_flow(
     Holds the posescene run lock for the whole run (``@exclusive``), so an overlapping scheduled or manual
     run queues behind it, and publishes a ``pipeline-summary`` artifact (stage states, times, MLflow links).
     """
-    chosen = list(stages or STAGES)
-    unknown = sorted(set(chosen) - set(STAGES))
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    chosen = list(stages or PIPELINE_STAGES)
+    check_stages(chosen)
     results: dict[str, Any] = {}
     timings: dict[str, tuple[str, float]] = {}
     error: BaseException | None = None
     try:
-        for name in STAGES:
+        for name in PIPELINE_STAGES:  # registry order, whatever order `stages` names them in
             if name in chosen:
                 start = time.monotonic()
                 timings[name] = ("running", 0.0)
                 try:
-                    results[name] = _stage_flow(name)(params_path=params_path, overrides=overrides)
+                    results[name] = stage_flow(name)(params_path=params_path, overrides=overrides)
                 finally:
                     timings[name] = ("completed" if name in results else "failed", time.monotonic() - start)
     except BaseException as exc:

@@ -5,8 +5,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows._ops import exclusive
 from flows.pairs import summary_markdown
+from flows.run_lock import exclusive
 from posescene.config import load_params
 from tasks.render import render_task
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._ops import exclusive
+from flows.run_lock import exclusive
 from posescene.config import load_params
 from tasks.synth import synth_task
 

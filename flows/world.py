@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._ops import exclusive
+from flows.run_lock import exclusive
 from posescene.config import load_params
 from tasks.world import world_task
 

@@ -1,4 +1,4 @@
-"""The run lock (posescene.locking, flows/_ops.exclusive) without a Prefect server: processes and threads."""
+"""The run lock (posescene.locking, flows/run_lock.exclusive) without a Prefect server: processes and threads."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_reentrant_in_context_exclusive_across_threads(tmp_path: Path) -> None:
 
 def test_exclusive_decorator_uses_params_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a Prefect server the decorator degrades to the file lock named by ops.lock_path."""
-    import flows._ops as ops
+    import flows.run_lock as ops
 
     monkeypatch.setattr(ops, "prefect_server_configured", lambda: False)
     lock = tmp_path / "locks" / "posescene.lock"
@@ -125,7 +125,7 @@ def _catch(errors: list[BaseException], fn: object, *args: object) -> None:
 
 def test_only_rank_zero_of_a_launch_takes_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun/accelerate launch rank 0 holds the lock for the run; rank 1 must not wait for it."""
-    import flows._ops as ops
+    import flows.run_lock as ops
 
     monkeypatch.setattr(ops, "prefect_server_configured", lambda: False)
     lock = tmp_path / "posescene.lock"

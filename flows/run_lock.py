@@ -1,4 +1,4 @@
-"""Operational glue shared by the flows: run exclusivity and the pipeline summary artifact.
+"""The run lock of the flows: ``@exclusive`` keeps overlapping posescene runs apart.
 
 ``@exclusive`` goes between ``@flow`` and the flow function of every flow that writes data, models or the
 registry. It takes, in order:
@@ -22,12 +22,12 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
+from flows._log import run_logger
 from posescene.config import Params, load_params
 from posescene.locking import LockTimeoutError, exclusive_lock, read_holder
 
@@ -37,16 +37,6 @@ R = TypeVar("R")
 # True while this execution context holds the Prefect concurrency slot (subflows must not ask again:
 # with one slot that would deadlock).
 _SLOT_HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("posescene_slot_held", default=False)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The Prefect run logger inside a run (shows in the UI), a plain logger elsewhere."""
-    try:
-        from prefect.logging import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a run context Prefect raises MissingContextError
-        return logging.getLogger("posescene.ops")
 
 
 def prefect_server_configured() -> bool:
@@ -90,7 +80,7 @@ def prefect_slot(name: str, timeout: float, lock_path: str | None = None) -> Ite
                 f"Gave up after waiting {timeout:g} s (ops.lock_timeout_s); wait for it to finish or raise the timeout."
             ) from exc
         except Exception as exc:  # noqa: BLE001 - server down or limit missing: the file lock still holds
-            _logger().warning(f"Prefect concurrency limit {name!r} not used ({exc}); relying on the file lock")
+            run_logger().warning(f"Prefect concurrency limit {name!r} not used ({exc}); relying on the file lock")
             taken = False
         token = _SLOT_HELD.set(True) if taken else None
         try:
@@ -123,7 +113,7 @@ def run_guard(params: Params, flow_name: str) -> Iterator[None]:
     with prefect_slot(params.ops.concurrency_limit, timeout, params.ops.lock_path):
         remaining = timeout if timeout <= 0 else max(1.0, timeout - (time.monotonic() - start))
         with exclusive_lock(
-            params.ops.lock_path, timeout=remaining, what=_run_description(flow_name), on_wait=_logger().warning
+            params.ops.lock_path, timeout=remaining, what=_run_description(flow_name), on_wait=run_logger().warning
         ):
             yield
 
@@ -145,93 +135,3 @@ def exclusive(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-# --------------------------------------------------------------------------------------------------
-# Pipeline summary artifact
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = str(value).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _find_key(obj: Any, names: tuple[str, ...]) -> Any:
-    """The first value under one of ``names`` anywhere in nested dicts/lists/objects (for run ids)."""
-    if isinstance(obj, dict):
-        for name in names:
-            if obj.get(name):
-                return obj[name]
-        for value in obj.values():
-            found = _find_key(value, names)
-            if found:
-                return found
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            found = _find_key(value, names)
-            if found:
-                return found
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return _find_key(vars(obj), names)
-    return None
-
-
-def mlflow_links(params: Params, results: dict[str, Any]) -> list[str]:
-    """Markdown lines pointing at the pipeline's MLflow run and the registry aliases, when known."""
-    import os
-
-    uri = params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    lines = [f"- MLflow tracking URI: `{uri}`"]
-    run_id = _find_key(results, ("mlflow_run_id", "run_id"))
-    web = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
-    if run_id:
-        if web:
-            try:
-                import mlflow
-
-                exp_id = mlflow.MlflowClient(tracking_uri=uri).get_run(str(run_id)).info.experiment_id
-                lines.append(f"- MLflow run: [{run_id}]({web}/#/experiments/{exp_id}/runs/{run_id})")
-            except Exception:  # noqa: BLE001 - a link is a courtesy; never fail the pipeline for it
-                lines.append(f"- MLflow run: [{run_id}]({web}/#/runs/{run_id})")
-        else:
-            lines.append(f"- MLflow run: `{run_id}` (`mlflow ui --backend-store-uri {uri}`)")
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        for alias in ("candidate", "champion"):
-            try:
-                mv = client.get_model_version_by_alias(params.mlflow.registered_model, alias)
-            except Exception:  # noqa: BLE001 - no such model/alias yet
-                continue
-            target = f"models:/{params.mlflow.registered_model}@{alias}"
-            link = f" ([open]({web}/#/models/{params.mlflow.registered_model}/versions/{mv.version}))" if web else ""
-            lines.append(f"- `{target}` → version {mv.version} (run `{mv.run_id}`){link}")
-    except Exception:  # noqa: BLE001
-        pass
-    return lines
-
-
-def publish_pipeline_summary(
-    params: Params, timings: dict[str, tuple[str, float]], results: dict[str, Any], error: BaseException | None = None
-) -> str:
-    """Create the ``pipeline-summary`` Markdown artifact (one row per stage, MLflow links); returns the Markdown."""
-    rows = ["| stage | state | seconds | result |", "|---|---|---:|---|"]
-    for stage, (state, seconds) in timings.items():
-        rows.append(f"| {stage} | {state} | {seconds:.1f} | {_short(results.get(stage, ''))} |")
-    parts = ["# posescene pipeline", ""]
-    if error is not None:
-        parts += [f"**Failed:** `{_short(repr(error), 300)}`", ""]
-    parts += rows + ["", "## Tracking", ""]
-    try:
-        parts += mlflow_links(params, results)
-    except Exception as exc:  # noqa: BLE001
-        parts.append(f"- MLflow not reachable: {_short(exc)}")
-    markdown = "\n".join(parts) + "\n"
-    try:
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(markdown=markdown, key="pipeline-summary", description="posescene pipeline summary")
-    except Exception as exc:  # noqa: BLE001 - outside a run (or server trouble) the summary is only logged
-        _logger().warning(f"could not create the pipeline-summary artifact: {exc}")
-    return markdown

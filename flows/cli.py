@@ -1,4 +1,10 @@
-"""Operations sub-commands: ``posescene serve`` (Prefect deployments) and ``posescene lock-status``.
+"""The ``posescene`` console command: the library's sub-commands plus the orchestration ones.
+
+The library CLI (``posescene.cli``: one sub-command per stage, ``python -m posescene.cli`` under a
+launcher) knows nothing of Prefect. The operations that do — ``serve`` (Prefect deployments) and
+``lock-status`` (the run lock the flows take) — live here, in the orchestration layer, and this app
+combines both so that users keep one command: ``posescene serve``, ``posescene lock-status``,
+``posescene train``, ... (``[project.scripts]`` in pyproject.toml). ``python -m flows`` runs the same app.
 
 See docs/operations.md for the server, the schedule, triggering runs and the lock.
 """
@@ -12,11 +18,21 @@ from pathlib import Path
 
 import typer
 
-from posescene.cli_app import app, fail
+from posescene.cli import app as library_app
+from posescene.cli_app import fail
 from posescene.errors import ConfigError, PosesceneError
 
+app = typer.Typer(
+    help=library_app.info.help,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+# The library's stage commands, unchanged (Typer keeps them as a list of registrations).
+app.registered_commands.extend(library_app.registered_commands)
+app.registered_groups.extend(library_app.registered_groups)
 
-def _check_server(api_url: str) -> None:
+
+def check_server(api_url: str) -> None:
     """Fail early (not on the first poll) when the Prefect API is not reachable."""
     try:
         urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=5).read()
@@ -52,8 +68,9 @@ def serve(
                 "Start one (`prefect server start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api, "
                 "or pass --api-url."
             )
-        _check_server(api_url)
+        check_server(api_url)
         os.environ["PREFECT_API_URL"] = api_url  # flow-run subprocesses inherit it
+        # Imported here: Prefect's import costs seconds, which the other commands should not pay.
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from flows.deployments import serve as serve_deployments
@@ -90,3 +107,12 @@ def lock_status(
         raise typer.Exit(code=1) from None
     probe.release()
     typer.echo(f"free: {lock_path}")
+
+
+def main() -> None:
+    """Entry point of the ``posescene`` console script and ``python -m flows``."""
+    app(prog_name="posescene")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,5 @@
+"""``python -m flows <command>``: the ``posescene`` command (library stages + serve, lock-status)."""
+
+from flows.cli import main
+
+main()
