@@ -117,21 +117,23 @@ class CacheParams(_Section):
 
 
 class TrainParams(_Section):
-    """Secondary-adapter fine-tuning (METHOD.md steps 3-4)."""
+    """Secondary-adapter fine-tuning (docs/method.md, steps 3-4)."""
 
     out_dir: str = "build/train"
     checkpoint_dir: str = "checkpoints/train"
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(16, ge=1)
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     warmup_steps: int = Field(20, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     balance: Literal["scale", "fixed", "uncertainty"] = "scale"
+    balance_reading: Literal["whole", "person", "distill"] = "whole"  # what L_bal measures (docs/method.md)
     lambda_diff: float = Field(1.0, ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
+    uncertainty_lr: float = Field(0.05, gt=0)  # only for balance=uncertainty: lr of the log-variances
     running_mean_momentum: float = Field(0.99, gt=0, lt=1)
     mask_margin: float = Field(0.15, ge=0, le=1)  # person box grown by this fraction of its size
     checkpoint_every: int = Field(100, ge=1)  # atomic step_<n>/ under checkpoint_dir; the last 2 are kept
@@ -139,6 +141,8 @@ class TrainParams(_Section):
     validation_poses: int = Field(4, ge=1)
     validation_steps: int = Field(10, ge=1)  # DDIM steps of the validation grid
     log_every: int = Field(10, ge=1)  # MLflow metrics and the progress bar
+    diagnose_every: int = Field(50, ge=1)  # gradient norms + pose sensitivity (at step 1 and every n steps)
+    probe_size: int = Field(16, ge=1)  # rows of the fixed probe batch of the pose sensitivity
 
 
 class PromotionParams(_Section):

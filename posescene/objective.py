@@ -1,4 +1,4 @@
-"""The two-adapter objective of METHOD.md steps 3-4 (the default reading), as small pure functions.
+"""The two-adapter objective of docs/method.md, steps 3-4 (the default reading), as small pure functions.
 
 Nothing here knows about models or files: the training loop computes eps_S (secondary adapter, with
 gradient) and eps_P (primary adapter, no gradient) and hands them here with the noise, the person mask
@@ -12,6 +12,17 @@ each piece (masks, stop-gradients, the rows' different treatment, J at equilibri
   the scene on the A row (there the pose in the image is A, not the B that drives S-Ad).
 - J (``scale``) = L_diff / sg(mean L_diff) + L_bal / sg(mean L_bal); its equilibrium value is 2.
   ``fixed``: J = L_bal + lambda * L_diff. ``uncertainty``: J = sum_i exp(-s_i) L_i + s_i (Kendall et al.).
+
+Readings of L_bal (``train.balance_reading``; docs/method.md): the patent does not say what the balance
+loss measures, and the default reading above turned out to carry almost no pose (issue 13: removing S-Ad's
+features changes it by ~0.3%), so two readings that look at the pose are selectable:
+
+- ``whole``: the reading above (:func:`two_branch_losses`).
+- ``person``: the B row's denoising error inside B's person region only. The A row is dropped from L_bal:
+  its image carries pose A while S-Ad is given B_0, so only its scene could enter, and the scene is what
+  dilutes the pose signal (and is L_diff's job already).
+- ``distill``: inside B's person region, eps_S(B_0) matches eps_P(B_0), the frozen primary on the same map
+  (the teacher), on both rows; L_diff still keeps the scene matched to eps_P(A_0) outside the person regions.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ import torch
 from torch import nn
 
 Balance = Literal["scale", "fixed", "uncertainty"]
+Reading = Literal["whole", "person", "distill"]
+READINGS: tuple[Reading, ...] = ("whole", "person", "distill")
 
 
 # --------------------------------------------------------------------------------------------- masks
@@ -95,18 +108,87 @@ def two_branch_losses(
     person_mask: torch.Tensor,
     is_b_row: torch.Tensor,
 ) -> Losses:
-    """L_diff and L_bal of METHOD.md step 3 (default reading).
+    """L_diff and L_bal of docs/method.md step 3 (the ``whole`` reading).
 
     ``person_mask`` (N, 1, h, w): 1 on the union of A's and B's person regions. ``is_b_row`` (N,) bool: the
     row's image carries pose B (y = y_B, image Z_B). ``eps_p`` must come from a no-grad pass; it is
     detached here as well so a caller's mistake cannot leak gradient into the primary branch.
     """
-    eps_p = eps_p.detach()
-    scene = 1.0 - person_mask
-    l_diff = masked_mean((eps_s - eps_p).pow(2), scene)
-    bal_weight = torch.where(is_b_row.view(-1, 1, 1, 1), torch.ones_like(scene), scene)
-    l_bal = masked_mean((noise - eps_s).pow(2), bal_weight)
-    return Losses(l_diff=l_diff, l_bal=l_bal)
+    return branch_losses("whole", noise, eps_s, eps_p, person_mask, person_mask, is_b_row)
+
+
+def difference_loss(eps_s: torch.Tensor, eps_p: torch.Tensor, person_mask: torch.Tensor) -> torch.Tensor:
+    """L_diff: scene mean of (eps_S - eps_P(A_0))^2 on every row; the same in every reading."""
+    return masked_mean((eps_s - eps_p.detach()).pow(2), 1.0 - person_mask)
+
+
+def balance_loss(
+    reading: Reading,
+    noise: torch.Tensor,
+    eps_s: torch.Tensor,
+    person_mask: torch.Tensor,
+    person_b: torch.Tensor,
+    is_b_row: torch.Tensor,
+    eps_teacher: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_bal under ``reading`` (module docstring). ``person_b`` (N, 1, h, w): B's person region only.
+
+    ``eps_teacher`` = eps_P(B_0) from a no-grad pass, needed by ``distill`` only; it is detached here too.
+    """
+    if reading == "whole":
+        weight = torch.where(is_b_row.view(-1, 1, 1, 1), torch.ones_like(person_mask), 1.0 - person_mask)
+        return masked_mean((noise - eps_s).pow(2), weight)
+    if reading == "person":
+        # A rows get an empty mask: masked_mean leaves them out instead of counting them as zero
+        weight = person_b * is_b_row.view(-1, 1, 1, 1).to(person_b.dtype)
+        return masked_mean((noise - eps_s).pow(2), weight)
+    if reading == "distill":
+        if eps_teacher is None:
+            raise ValueError("balance reading 'distill' needs eps_teacher = eps_P(B_0) (a no-grad primary pass)")
+        return masked_mean((eps_s - eps_teacher.detach()).pow(2), person_b)
+    raise ValueError(f"unknown balance reading {reading!r}; choose one of {', '.join(READINGS)}")
+
+
+def branch_losses(
+    reading: Reading,
+    noise: torch.Tensor,
+    eps_s: torch.Tensor,
+    eps_p: torch.Tensor,
+    person_mask: torch.Tensor,
+    person_b: torch.Tensor,
+    is_b_row: torch.Tensor,
+    eps_teacher: torch.Tensor | None = None,
+) -> Losses:
+    """L_diff and L_bal of one micro-batch under ``reading``; ``whole`` equals :func:`two_branch_losses`."""
+    return Losses(
+        l_diff=difference_loss(eps_s, eps_p, person_mask),
+        l_bal=balance_loss(reading, noise, eps_s, person_mask, person_b, is_b_row, eps_teacher),
+    )
+
+
+def needs_teacher(reading: Reading) -> bool:
+    """Whether the reading needs eps_P(B_0): one more no-grad U-Net + P-Ad forward per step."""
+    return reading == "distill"
+
+
+# ------------------------------------------------------------------------------------- diagnostics
+
+
+def relative_change(with_features: float, without_features: float) -> float:
+    """|L_without - L_with| / max(L_with, L_without), in [0, 1]: L_bal's pose sensitivity.
+
+    Symmetric and bounded on purpose: ``distill`` is exactly 0 at initialisation (S-Ad is a copy of P-Ad),
+    where a division by L_with would be infinite. 0 when both are 0.
+    """
+    top = max(abs(with_features), abs(without_features))
+    return abs(without_features - with_features) / top if top > 0 else 0.0
+
+
+def gradient_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
+    """L2 norm of d loss / d params, leaving the graph (and every .grad) as it was for the real backward."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
 
 # ------------------------------------------------------------------------------------------ balance
@@ -119,6 +201,14 @@ class Objective:
     j: torch.Tensor
     scale_diff: float
     scale_bal: float
+
+    @property
+    def lambda_eff(self) -> float:
+        """The weight of L_diff relative to L_bal that J applies: J is proportional to L_bal + lambda_eff L_diff.
+
+        ``scale``: mean(L_bal) / mean(L_diff); ``fixed``: lambda; ``uncertainty``: exp(-s_diff) / exp(-s_bal).
+        """
+        return self.scale_diff / self.scale_bal if self.scale_bal > 0 else math.inf
 
 
 class ScaleBalance(nn.Module):
@@ -181,18 +271,29 @@ class FixedBalance(nn.Module):
 class UncertaintyBalance(nn.Module):
     """Learned log-variance weighting (Kendall et al. 2018): J = sum_i exp(-s_i) L_i + s_i.
 
-    The s_i are parameters optimised together with the adapter (no weight decay); at the optimum
-    exp(-s_i) = 1 / L_i, i.e. the same scale mapping as ``scale`` but learned instead of measured.
+    The s_i are parameters optimised together with the adapter (no weight decay, their own learning rate
+    ``train.uncertainty_lr``); at the optimum exp(-s_i) = 1 / L_i, i.e. the same scale mapping as ``scale``
+    but learned instead of measured. With ``init_from_first_loss`` the first :meth:`update` sets
+    s_i = log L_i, so the weights start at the optimum instead of at 1: from s = 0 the L_diff weight would
+    have to travel to about log(1.5e-4) = -8.8, which at the adapter's lr Adam never does in a short run.
     """
 
     kind = "uncertainty"
 
-    def __init__(self) -> None:
+    def __init__(self, init_from_first_loss: bool = True) -> None:
         super().__init__()
         self.log_vars = nn.Parameter(torch.zeros(2))
+        # a buffer, so a resumed run does not re-initialise learned values (it is in the state_dict)
+        self.register_buffer("initialised", torch.tensor(not init_from_first_loss))
 
     def update(self, l_diff: float, l_bal: float) -> None:
-        """Nothing to track: the weights are learned."""
+        """On the first call (all ranks pass the same reduced values): s_i = log L_i."""
+        if bool(self.initialised):
+            return
+        with torch.no_grad():
+            values = torch.tensor([l_diff, l_bal], dtype=torch.float64).clamp_min(1e-12).log()
+            self.log_vars.copy_(values.to(self.log_vars.dtype))
+            self.initialised.fill_(True)
 
     def forward(self, l_diff: torch.Tensor, l_bal: torch.Tensor) -> Objective:
         s = self.log_vars.float()
@@ -202,7 +303,9 @@ class UncertaintyBalance(nn.Module):
         return Objective(j=j, scale_diff=float(logged[0]), scale_bal=float(logged[1]))
 
 
-def make_balance(kind: Balance, momentum: float = 0.99, lambda_diff: float = 1.0) -> nn.Module:
+def make_balance(
+    kind: Balance, momentum: float = 0.99, lambda_diff: float = 1.0
+) -> ScaleBalance | FixedBalance | UncertaintyBalance:
     if kind == "scale":
         return ScaleBalance(momentum)
     if kind == "fixed":

@@ -1,22 +1,28 @@
-"""Stage ``train``: fine-tune the secondary adapter S-Ad (METHOD.md steps 3-4), nanoGPT-style.
+"""Stage ``train``: fine-tune the secondary adapter S-Ad (docs/method.md, steps 3-4), nanoGPT-style.
 
 Stable Diffusion (VAE, U-Net, text encoder) and the pretrained primary adapter P-Ad stay frozen; S-Ad
 starts as a copy of P-Ad and is the only thing that learns. Read :func:`train` top to bottom: inputs,
-models, data, optimizer, resume, the loop, outputs. One step:
+models, data, optimizer, resume, the loop, outputs; the method itself is :func:`train_step`:
 
     rows of data/pairs.parquet (split == "train") -> x_0 (cached latent of the row's image), tau(y) (cached)
     eps ~ N(0, I), t ~ U{0..T-1}, x_t = add_noise(x_0, eps, t)
     eps_P = eps_theta(x_t, t, tau(y), F_P(A_0))   under no_grad (no graph, no backward)
     eps_S = eps_theta(x_t, t, tau(y), F_S(B_0))   gradient flows through the frozen U-Net into S-Ad only
-    L_diff, L_bal on the scene / person masks (posescene.objective) -> J -> backward -> clip -> AdamW
+    [distill reading only: eps_P(B_0) = eps_theta(x_t, t, tau(y), F_P(B_0)) under no_grad, the teacher]
+    L_diff, L_bal (posescene.objective, train.balance_reading) -> J (train.balance) -> backward -> clip -> AdamW
 
 The two U-Net calls are separate on purpose: batching them into one 2B forward would make autograd keep
 and backpropagate the P half as well (benchmarks/bench_train_step.py measures both; on the world model
 the separate calls are cheaper).
 
+Diagnostics (every step: lambda_eff; every ``train.diagnose_every`` steps and at step 1: each loss's gradient
+norm on S-Ad and L_bal's pose sensitivity on a fixed probe batch) go to MLflow and build/train/loss.csv. They
+are measured beside the step (autograd.grad on the same graph, no-grad probe forwards, no RNG drawn), so
+the training step and its result are the same with or without them.
+
 Determinism: the batch rows and the noise of each micro-batch are pure functions of (seed, sample
 position, rank), so a checkpoint only needs the position, and a resumed run reproduces the loss curve
-of an uninterrupted one. The checkpoint also keeps the global torch/numpy/python RNG states.
+of an uninterrupted one. The checkpoint (posescene.checkpoints) also keeps the global RNG states.
 """
 
 from __future__ import annotations
@@ -28,8 +34,6 @@ import hashlib
 import io
 import json
 import os
-import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -46,14 +50,24 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
+from posescene import checkpoints as ckpt
 from posescene import objective, pyfunc, tracking
 from posescene.cache import Cache, caption_key, load_cache, require_columns
-from posescene.config import Params
+from posescene.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from posescene.config import Params, TrainParams
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
 from posescene.models import BaseModel, check_compatible, load_adapter, load_base, prepare_adapter_input
 
-LOSS_COLUMNS = ("step", "l_diff", "l_bal", "j", "scale_diff", "scale_bal", "lr")
+__all__ = ["checkpoints", "train", "train_step"]  # checkpoints: re-exported for callers of the old location
+
+DIAGNOSTIC_COLUMNS = (
+    "gnorm_diff",
+    "gnorm_bal",
+    "gnorm_ratio",
+    *(f"pose_sens_{r}" for r in objective.READINGS),
+)
+LOSS_COLUMNS = ("step", "l_diff", "l_bal", "j", "scale_diff", "scale_bal", "lambda_eff", "lr", *DIAGNOSTIC_COLUMNS)
 PAIR_COLUMNS = ["pair_id", "row", "image_a", "image_b", "person_a", "person_b", "image_id", "caption", "split"]
 # train.* keys that do not change what is learned: a checkpoint made under other values can be resumed
 RESUMABLE_ACROSS = {
@@ -65,8 +79,10 @@ RESUMABLE_ACROSS = {
     "validation_poses",
     "validation_steps",
     "log_every",
+    "diagnose_every",
+    "probe_size",
 }
-KEEP_CHECKPOINTS = 2
+PROBE_SEED_OFFSET = 7_919  # the probe batch's rows and noise: fixed per seed, never the training stream's
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -84,6 +100,7 @@ class TrainSet:
     map_a: torch.Tensor  # per row: A_0 = map of (image_a, person_a)
     map_b: torch.Tensor  # per row: B_0 = map of (image_b, person_b)
     person_mask: torch.Tensor  # (rows, 1, l, l): union of A's and B's person boxes
+    person_b: torch.Tensor  # (rows, 1, l, l): B's person box only (the person and distill readings)
     is_b_row: torch.Tensor  # (rows,) bool: the row's image carries pose B
 
     def __len__(self) -> int:
@@ -97,6 +114,7 @@ class TrainSet:
             "map_a": self.maps[self.map_a[r]].to(device).float().div_(255.0),
             "map_b": self.maps[self.map_b[r]].to(device).float().div_(255.0),
             "mask": self.person_mask[r].to(device),
+            "mask_b": self.person_b[r].to(device),
             "is_b_row": self.is_b_row[r].to(device),
         }
 
@@ -174,6 +192,7 @@ def load_train_set(params: Params, pairs: dict[str, list], cache: Cache, boxes: 
         map_a=torch.tensor([map_row[k] for k in key_a]),
         map_b=torch.tensor([map_row[k] for k in key_b]),
         person_mask=objective.box_masks(both, latent_size, params.train.mask_margin),
+        person_b=objective.box_masks(both[:, 1:], latent_size, params.train.mask_margin),
         is_b_row=torch.tensor([r == "B" for r in col["row"]]),
     )
 
@@ -232,6 +251,19 @@ def predict_two_branches(
     return eps_s, eps_p
 
 
+@torch.no_grad()
+def predict_teacher(
+    unet: UNet2DConditionModel,
+    primary: T2IAdapter,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    cond_b: torch.Tensor,
+) -> torch.Tensor:
+    """eps_P(B_0) = eps(x_t, t, tau, F_P(B_0)): the frozen primary on S-Ad's own map, the distill teacher."""
+    return unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=primary(cond_b)).sample
+
+
 def run_fingerprint(params: Params) -> str:
     """What a checkpoint must share with this run to be resumed: model, data, seed and the learning setup."""
     train = {k: v for k, v in params.train.model_dump().items() if k not in RESUMABLE_ACROSS}
@@ -240,109 +272,9 @@ def run_fingerprint(params: Params) -> str:
     h.update(Path(params.pairs.out).read_bytes())
     # The objective's and the loop's code too: a code change retrains instead of silently "resuming" a
     # finished run with old semantics. After a crash, --resume-from still continues across a code fix.
-    for module in (objective, sys.modules[__name__]):
+    for module in (objective, ckpt, sys.modules[__name__]):
         h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------- checkpoints
-
-
-def checkpoints(root: str | Path, fingerprint: str | None = None) -> list[tuple[int, Path]]:
-    """Complete checkpoints (step_<n> dirs; temp dirs of an interrupted write are hidden), by step.
-
-    With ``fingerprint``, only those made by that setup (see :func:`run_fingerprint`).
-    """
-    found = []
-    for path in Path(root).glob("step_*"):
-        suffix = path.name[len("step_") :]
-        if not (path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").is_file()):
-            continue
-        if fingerprint is not None:
-            try:
-                if json.loads((path / "trainer_state.json").read_text()).get("fingerprint") != fingerprint:
-                    continue
-            except (OSError, json.JSONDecodeError):
-                continue
-        found.append((int(suffix), path))
-    return sorted(found)
-
-
-def save_checkpoint(
-    root: str | Path,
-    step: int,
-    secondary: T2IAdapter,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: Any,
-    balance: torch.nn.Module,
-    accelerator: Accelerator,
-    state: dict[str, Any],
-) -> Path:
-    """Write step_<n>/ atomically (temp dir + rename) and keep only the last KEEP_CHECKPOINTS."""
-    path = Path(root) / f"step_{step}"
-    with atomic_path(path) as tmp:
-        tmp.mkdir(parents=True)
-        secondary.save_pretrained(tmp / "secondary_adapter", safe_serialization=True)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "balance": balance.state_dict(),
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            tmp / "training_state.pt",
-        )
-        rng = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())}
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step, "rng": rng}))
-    for _, old in checkpoints(root, state["fingerprint"])[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def load_checkpoint(
-    path: str | Path,
-    secondary: T2IAdapter,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: Any,
-    balance: torch.nn.Module,
-    accelerator: Accelerator,
-) -> dict[str, Any]:
-    """Restore everything :func:`save_checkpoint` wrote; returns the trainer state (step, position, ...)."""
-    path = Path(path)
-    try:
-        saved = json.loads((path / "trainer_state.json").read_text())
-        weights = T2IAdapter.from_pretrained(path / "secondary_adapter", use_safetensors=True)
-        blob = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise InputDataError(f"{path}: not a readable training checkpoint ({exc}).") from exc
-    secondary.load_state_dict(weights.state_dict())
-    optimizer.load_state_dict(blob["optimizer"])
-    lr_scheduler.load_state_dict(blob["lr_scheduler"])
-    balance.load_state_dict(blob["balance"])
-    if blob["scaler"] is not None and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(blob["scaler"])
-    torch.set_rng_state(blob["torch_rng"])
-    if blob["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
-    restore_rng(saved["rng"])
-    return saved
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def restore_rng(rng: dict[str, Any]) -> None:
-    py = rng["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npy = rng["numpy"]
-    np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), *npy[2:]))
 
 
 # -------------------------------------------------------------------------------------- validation
@@ -401,6 +333,199 @@ def validation_grid(
     return Image.fromarray(grid)
 
 
+# -------------------------------------------------------------------------------------------- step
+
+
+@dataclass
+class StepContext:
+    """What a step needs, built once by :func:`train`: models, balance, optimizer and the settings."""
+
+    params: Params
+    accelerator: Accelerator
+    base: BaseModel
+    primary: T2IAdapter
+    secondary: torch.nn.Module  # S-Ad as accelerate prepared it (DDP-wrapped on several processes)
+    balance: objective.ScaleBalance | objective.FixedBalance | objective.UncertaintyBalance
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    weight_dtype: torch.dtype
+
+    @property
+    def s_ad(self) -> T2IAdapter:
+        """S-Ad itself (unwrapped from DDP): what is saved, validated and probed."""
+        return self.accelerator.unwrap_model(self.secondary)
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return list(self.s_ad.parameters())
+
+
+def draw_micro_batch(
+    data: TrainSet, params: Params, position: int, rank: int, world: int, device: torch.device, scheduler: Any
+) -> dict[str, torch.Tensor]:
+    """This rank's rows of the global batch at ``position``, its noise eps, timesteps t and x_t.
+
+    Rows and noise are pure functions of (seed, position, rank): the resume-exactness contract.
+    """
+    bs = params.train.batch_size
+    rows = batch_rows(position, bs * world, len(data), params.seed)[rank * bs : (rank + 1) * bs]
+    g = micro_batch_generator(params.seed, position, rank)
+    batch = data.batch(rows, device)
+    noise = torch.randn(batch["x0"].shape, generator=g).to(device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),), generator=g).to(device)
+    return {**batch, "noise": noise, "t": t, "x_t": scheduler.add_noise(batch["x0"], noise, t)}
+
+
+def forward_losses(ctx: StepContext, batch: dict[str, torch.Tensor]) -> objective.Losses:
+    """Both branches (+ the teacher for ``distill``) and L_diff, L_bal under ``train.balance_reading``."""
+    model, reading, dtype = ctx.params.model, ctx.params.train.balance_reading, ctx.weight_dtype
+    x_t, t, text = batch["x_t"].to(dtype), batch["t"], batch["text"].to(dtype)
+    cond_a = prepare_adapter_input(batch["map_a"], model.adapter_in_channels, model.adapter_invert).to(dtype)
+    cond_b = prepare_adapter_input(batch["map_b"], model.adapter_in_channels, model.adapter_invert)
+    teacher = None
+    with ctx.accelerator.autocast():
+        eps_s, eps_p = predict_two_branches(ctx.base.unet, ctx.primary, ctx.secondary, x_t, t, text, cond_a, cond_b)
+        if objective.needs_teacher(reading):
+            teacher = predict_teacher(ctx.base.unet, ctx.primary, x_t, t, text, cond_b.to(dtype)).float()
+    return objective.branch_losses(
+        reading,
+        batch["noise"],
+        eps_s.float(),
+        eps_p.float(),
+        batch["mask"],
+        batch["mask_b"],
+        batch["is_b_row"],
+        teacher,
+    )
+
+
+def gradient_diagnostics(losses: objective.Losses, obj: objective.Objective, params: list) -> dict[str, float]:
+    """Each loss's gradient norm on S-Ad, and their ratio as J weighs them (lambda_eff |dL_diff| / |dL_bal|)."""
+    g_diff = objective.gradient_norm(losses.l_diff, params)
+    g_bal = objective.gradient_norm(losses.l_bal, params)
+    out = {"gnorm_diff": g_diff, "gnorm_bal": g_bal}
+    if g_bal > 0:  # 0 e.g. for distill at initialisation, where S-Ad equals its teacher
+        out["gnorm_ratio"] = obj.lambda_eff * g_diff / g_bal
+    return out
+
+
+def train_step(
+    ctx: StepContext,
+    data: TrainSet,
+    step: int,
+    position: int,
+    diagnose: bool = False,
+    last_checkpoint: Path | None = None,
+) -> tuple[dict[str, float], int]:
+    """One optimizer step (``gradient_accumulation_steps`` micro-batches): the method. Returns (row, position).
+
+    ``diagnose`` (rank 0): also measure each loss's gradient norm on the first micro-batch, beside the step.
+    """
+    tp, acc = ctx.params.train, ctx.accelerator
+    rank, world = acc.process_index, acc.num_processes
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    sums, diagnostics = np.zeros(3), {}
+    for micro in range(tp.gradient_accumulation_steps):
+        batch = draw_micro_batch(data, ctx.params, position, rank, world, acc.device, ctx.base.noise_scheduler)
+        position += tp.batch_size * world
+        with acc.accumulate(ctx.secondary):
+            losses = forward_losses(ctx, batch)
+            both = acc.reduce(torch.stack([losses.l_diff, losses.l_bal]).detach(), "mean")
+            l_diff, l_bal = (float(v) for v in both)
+            if not objective.is_finite(l_diff, l_bal):  # before backward: no bad update is applied
+                raise _diverged(step, f"loss (L_diff={l_diff}, L_bal={l_bal})", lr, last_checkpoint)
+            ctx.balance.update(l_diff, l_bal)  # running means see every rank's losses
+            obj = ctx.balance(losses.l_diff, losses.l_bal)
+            if diagnose and micro == 0:
+                diagnostics = gradient_diagnostics(losses, obj, ctx.trainable)
+            acc.backward(obj.j)
+            if acc.sync_gradients:
+                if world > 1:  # the balance's own parameters are not DDP-wrapped: average them here
+                    for p in ctx.balance.parameters():
+                        p.grad = acc.reduce(p.grad, "mean")
+                grad_norm = acc.clip_grad_norm_(ctx.trainable, tp.max_grad_norm)
+                if tp.mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(grad_norm)):
+                    raise _diverged(step, f"gradient norm {float(grad_norm)}", lr, last_checkpoint)
+            ctx.optimizer.step()
+            ctx.optimizer.zero_grad(set_to_none=True)
+        sums += (l_diff, l_bal, float(obj.j.detach()))
+    ctx.lr_scheduler.step()
+    means = sums / tp.gradient_accumulation_steps
+    row = {
+        "step": step,
+        "l_diff": float(means[0]),
+        "l_bal": float(means[1]),
+        "j": float(means[2]),
+        "scale_diff": obj.scale_diff,
+        "scale_bal": obj.scale_bal,
+        "lambda_eff": obj.lambda_eff,
+        "lr": lr,
+    }
+    return {**row, **diagnostics}, position
+
+
+# ------------------------------------------------------------------------------------- diagnostics
+
+
+def make_probe(data: TrainSet, params: Params, device: torch.device, scheduler: Any) -> dict[str, torch.Tensor]:
+    """A fixed probe batch: ``train.probe_size`` training rows, fixed noise, timesteps spread over 0..T-1.
+
+    Its own RNG (never the training stream's), so measuring it changes nothing in training.
+    """
+    n = min(params.train.probe_size, len(data))
+    rows = np.random.default_rng([params.seed, PROBE_SEED_OFFSET]).permutation(len(data))[:n]
+    batch = data.batch(rows, device)
+    g = torch.Generator().manual_seed(params.seed + PROBE_SEED_OFFSET)
+    noise = torch.randn(batch["x0"].shape, generator=g).to(device)
+    steps = scheduler.config.num_train_timesteps
+    t = ((torch.arange(n) + 0.5) * steps / n).long().clamp_max(steps - 1).to(device)  # stratified, not random
+    return {**batch, "noise": noise, "t": t, "x_t": scheduler.add_noise(batch["x0"], noise, t)}
+
+
+@torch.no_grad()
+def pose_sensitivity(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L_bal's pose sensitivity under every reading: L_bal with S-Ad's features vs with them zeroed.
+
+    Zeroed features add nothing to the U-Net, i.e. the call without adapter residuals. Three no-grad
+    forwards on the probe batch (S-Ad, none, the P-Ad teacher on B_0), shared by the three readings.
+    """
+    model, dtype = ctx.params.model, ctx.weight_dtype
+    unet, secondary = ctx.base.unet, ctx.s_ad
+    x_t, t, text = probe["x_t"].to(dtype), probe["t"], probe["text"].to(dtype)
+    cond_b = prepare_adapter_input(probe["map_b"], model.adapter_in_channels, model.adapter_invert)
+    with ctx.accelerator.autocast():
+        eps_with = unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=secondary(cond_b))
+        eps_without = unet(x_t, t, encoder_hidden_states=text).sample
+        teacher = predict_teacher(unet, ctx.primary, x_t, t, text, cond_b.to(dtype))
+    out = {}
+    for reading in objective.READINGS:
+        losses = [
+            float(
+                objective.balance_loss(
+                    reading,
+                    probe["noise"],
+                    eps.float(),
+                    probe["mask"],
+                    probe["mask_b"],
+                    probe["is_b_row"],
+                    teacher.float(),
+                )
+            )
+            for eps in (eps_with.sample, eps_without)
+        ]
+        out[f"pose_sens_{reading}"] = objective.relative_change(*losses)
+    return out
+
+
+def is_diagnose_step(step: int, tp: TrainParams) -> bool:
+    """Step 1 (the state at initialisation) and every ``diagnose_every`` steps.
+
+    Not "the last step": that would depend on train.steps, and a run stopped early and resumed must log
+    the same rows as an uninterrupted one. The trained state's pose sensitivity goes to metrics.json.
+    """
+    return step == 1 or step % tp.diagnose_every == 0
+
+
 # ------------------------------------------------------------------------------------------- train
 
 
@@ -428,50 +553,38 @@ def _require_inputs(params: Params) -> None:
             raise InputDataError(f"{path}: not found. Run the {stage} stage first (posescene {stage} / dvc repro).")
 
 
-def write_loss_csv(path: str | Path, history: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOSS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(path, buffer.getvalue())
-
-
-def train(
-    params: Params, resume: bool = True, resume_from: str | Path | None = None, progress: bool = True
-) -> TrainResult:
-    """Fine-tune S-Ad for ``train.steps`` optimizer steps.
-
-    ``resume``: continue from the last checkpoint of the same setup (``False``: discard them, start over).
-    ``resume_from``: continue from this checkpoint even if train.lr changed (recovering from a divergence).
-    """
+def _check_request(params: Params, resume_from: str | Path | None) -> None:
+    """Everything that can fail before an accelerator or a model exists."""
     tp = params.train
-    out_dir, ckpt_root = Path(tp.out_dir), Path(tp.checkpoint_dir)
-
-    # -- inputs and accelerator: fail early, before any model is loaded
     if tp.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU.")
-    if resume_from is not None and not (Path(resume_from) / "trainer_state.json").is_file():
+    if resume_from is not None and not ckpt.is_checkpoint(resume_from):
         raise InputDataError(
             f"{resume_from}: not a training checkpoint (no trainer_state.json). Checkpoints are "
             f"{tp.checkpoint_dir}/step_<n>; pick one that exists."
         )
     _require_inputs(params)
+
+
+def make_accelerator(tp: TrainParams) -> Accelerator:
     accelerator = Accelerator(
         mixed_precision=tp.mixed_precision, gradient_accumulation_steps=tp.gradient_accumulation_steps
     )
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and world == 1:  # e.g. torchrun on a machine without GPUs and no ACCELERATE_USE_CPU=1
+    if launched > 1 and accelerator.num_processes == 1:  # e.g. torchrun without GPUs and no ACCELERATE_USE_CPU=1
         raise ConfigError(
             f"launched with WORLD_SIZE={launched} but accelerate sees 1 process: every process would train alone "
             "and write the same files. On CPU set ACCELERATE_USE_CPU=1 (docs/operations.md)."
         )
-    if tp.mixed_precision == "fp16" and device.type == "cpu":  # CUDA exists but accelerate chose the CPU
+    if tp.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # CUDA exists, accelerate chose CPU
         raise ConfigError("train.mixed_precision: fp16 needs a GPU; use 'no' or 'bf16' on a CPU.")
-    set_seed(params.seed)  # python, numpy, torch (all devices)
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[tp.mixed_precision]
+    return accelerator
 
-    # -- models: frozen SD + P-Ad; S-Ad = a trainable copy of P-Ad
+
+def load_models(params: Params, device: torch.device) -> tuple[BaseModel, T2IAdapter, T2IAdapter, torch.dtype]:
+    """Frozen SD + P-Ad on ``device``; S-Ad = a trainable copy of P-Ad (float32: the optimizer's copy)."""
+    tp = params.train
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[tp.mixed_precision]
     base = load_base(params.model.base).freeze()
     primary = load_adapter(params.model.primary_adapter)
     check_compatible(
@@ -483,36 +596,38 @@ def train(
         base.unet.enable_gradient_checkpointing()  # recompute U-Net activations in backward: memory for time
     base.to(device, weight_dtype)  # attention uses torch SDPA (diffusers' default processor)
     primary.to(device, weight_dtype)
-    in_ch, invert = params.model.adapter_in_channels, params.model.adapter_invert
+    return base, primary, secondary, weight_dtype
 
-    # -- data: pairs + cache + maps + masks, loaded once
-    pairs = read_pair_rows(params.pairs.out)
-    cache = load_cache(params.cache.out_dir, params.model.base, params.model.resolution)
-    data = load_train_set(params, pairs, cache, person_boxes(params.poses.out_dir))
-    val_prompt, val_maps = validation_inputs(params, pairs)
-    n_rows, bs = len(data), tp.batch_size
 
-    # -- optimizer: AdamW on S-Ad (+ the log-variances of uncertainty weighting), linear warmup
-    balance = objective.make_balance(tp.balance, tp.running_mean_momentum, tp.lambda_diff).to(device)
-    groups = [{"params": list(secondary.parameters()), "weight_decay": tp.weight_decay}]
-    if list(balance.parameters()):
-        groups.append({"params": list(balance.parameters()), "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=tp.lr)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=tp.warmup_steps)
-    secondary, optimizer = accelerator.prepare(secondary, optimizer)
-    noise_scheduler = base.noise_scheduler
+def group_lrs(tp: TrainParams, balance: torch.nn.Module) -> list[float]:
+    """Learning rate of each optimizer group: S-Ad at train.lr, learned log-variances at train.uncertainty_lr."""
+    return [tp.lr] + ([tp.uncertainty_lr] if list(balance.parameters()) else [])
 
-    # -- resume: the last checkpoint made by the same setup (run_fingerprint), or an explicit one
+
+def make_optimizer(tp: TrainParams, secondary: torch.nn.Module, balance: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW on S-Ad (+ the balance's log-variances, no weight decay, their own learning rate)."""
+    lrs = group_lrs(tp, balance)
+    groups = [{"params": list(secondary.parameters()), "weight_decay": tp.weight_decay, "lr": lrs[0]}]
+    if len(lrs) > 1:
+        groups.append({"params": list(balance.parameters()), "weight_decay": 0.0, "lr": lrs[1]})
+    return torch.optim.AdamW(groups, lr=tp.lr)
+
+
+def resume_state(
+    ctx: StepContext, params: Params, resume: bool, resume_from: str | Path | None
+) -> tuple[dict[str, Any], int, Path | None]:
+    """(trainer state, start step, checkpoint) from the last checkpoint of this setup, an explicit one, or none."""
+    tp, acc = params.train, ctx.accelerator
+    root = Path(tp.checkpoint_dir)
     fingerprint = run_fingerprint(params)
-    ours = checkpoints(ckpt_root, fingerprint)
-    if not resume and ours and accelerator.is_main_process:
+    ours = checkpoints(root, fingerprint)
+    if not resume and ours and acc.is_main_process:
         # all of them, also those past train.steps: left behind, they would outrank (and prune) the new ones
-        accelerator.print(f"--no-resume: removing {len(ours)} checkpoint(s) of this setup in {ckpt_root}")
-        for _, old in ours:
-            shutil.rmtree(old, ignore_errors=True)
+        acc.print(f"--no-resume: removing {len(ours)} checkpoint(s) of this setup in {root}")
+        ckpt.remove_checkpoints(ours)
         ours = []
     ours = [(s, p) for s, p in ours if s <= tp.steps]
-    accelerator.wait_for_everyone()
+    acc.wait_for_everyone()
     state: dict[str, Any] = {
         "fingerprint": fingerprint,
         "position": 0,
@@ -521,97 +636,122 @@ def train(
         "step_seconds": 0.0,
         "wall_seconds": 0.0,
     }
-    start_step, last_checkpoint = 0, None
     chosen = Path(resume_from) if resume_from is not None else (ours[-1][1] if resume and ours else None)
-    if chosen is not None:
-        saved = load_checkpoint(
-            chosen, accelerator.unwrap_model(secondary), optimizer, lr_scheduler, balance, accelerator
-        )
-        state.update({k: saved[k] for k in state if k != "fingerprint"})
-        start_step, last_checkpoint = int(saved["step"]), chosen
-        # an explicit --resume-from may change the learning rate (the fix after a divergence)
-        lr_scheduler.base_lrs = [tp.lr] * len(optimizer.param_groups)
-        for group, fn in zip(optimizer.param_groups, lr_scheduler.lr_lambdas, strict=True):
-            group["initial_lr"] = tp.lr
-            group["lr"] = tp.lr * fn(lr_scheduler.last_epoch)
-        accelerator.print(f"resuming from {chosen} (step {start_step} of {tp.steps})")
+    if chosen is None:
+        return state, 0, None
+    secondary = acc.unwrap_model(ctx.secondary)
+    saved = load_checkpoint(chosen, secondary, ctx.optimizer, ctx.lr_scheduler, ctx.balance, acc)
+    state.update({k: saved[k] for k in state if k != "fingerprint"})
+    # an explicit --resume-from may change the learning rates (the fix after a divergence)
+    lrs = group_lrs(tp, ctx.balance)
+    ctx.lr_scheduler.base_lrs = list(lrs)
+    for group, lr, fn in zip(ctx.optimizer.param_groups, lrs, ctx.lr_scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * fn(ctx.lr_scheduler.last_epoch)
+    acc.print(f"resuming from {chosen} (step {int(saved['step'])} of {tp.steps})")
+    return state, int(saved["step"]), chosen
 
-    # -- the loop (only rank 0 tracks, validates and writes)
-    main = accelerator.is_main_process
+
+def write_loss_csv(path: str | Path, history: list[dict[str, float]]) -> None:
+    """One row per step; the interval diagnostics are empty on the steps that did not measure them."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOSS_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def save_validation(ctx: StepContext, prompt: str, maps: torch.Tensor, step: int, run_id: str | None) -> None:
+    """The validation grid (held-out prompt x poses, primary vs secondary) to disk and MLflow."""
+    adapters = {"primary": ctx.primary, "secondary": ctx.s_ad}
+    with ctx.accelerator.autocast():
+        grid = validation_grid(ctx.base, adapters, prompt, maps, ctx.params, ctx.accelerator.device)
+    grid_path = Path(ctx.params.train.out_dir) / "validation" / f"step_{step}.png"
+    save_image_atomic(grid_path, grid)
+    if run_id is not None:
+        mlflow.log_artifact(str(grid_path), "validation")
+
+
+def publish(
+    ctx: StepContext, history: list[dict[str, float]], state: dict[str, Any], final: dict[str, float], run: Any
+) -> tuple[dict[str, float], Path, str | None, str | None]:
+    """The adapter (diffusers format), metrics.json, loss.csv; MLflow artifacts and the registry ``candidate``."""
+    tp, params = ctx.params.train, ctx.params
+    out_dir = Path(tp.out_dir)
+    adapter_dir = out_dir / "secondary_adapter"
+    with atomic_path(adapter_dir) as tmp:
+        ctx.s_ad.save_pretrained(tmp, safe_serialization=True)
+    batch = tp.batch_size * ctx.accelerator.num_processes * tp.gradient_accumulation_steps
+    metrics = {**final_metrics(history, tp.log_every, state, batch), **{f"final_{k}": v for k, v in final.items()}}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_loss_csv(out_dir / "loss.csv", history)
+    version = link = None
+    run_id = run.info.run_id if run is not None else None
+    if run is not None:
+        mlflow.log_metrics({k if k.startswith("final_") else f"final_{k}": v for k, v in metrics.items()})
+        mlflow.log_artifacts(str(adapter_dir), "secondary_adapter")
+        mlflow.log_artifact(str(out_dir / "metrics.json"))
+        mlflow.log_artifact(str(out_dir / "loss.csv"))
+        version = str(pyfunc.log_and_register(adapter_dir, params))
+        link = tracking.run_link(run)
+    # which MLflow run/registry version this adapter is: the evaluation's promotion gate checks that the
+    # `candidate` it would promote is the adapter it measured
+    write_json_atomic(out_dir / "run.json", {"mlflow_run_id": run_id, "model_version": version, "link": link})
+    return metrics, adapter_dir, version, link
+
+
+def train(
+    params: Params, resume: bool = True, resume_from: str | Path | None = None, progress: bool = True
+) -> TrainResult:
+    """Fine-tune S-Ad for ``train.steps`` optimizer steps.
+
+    ``resume``: continue from the last checkpoint of the same setup (``False``: discard them, start over).
+    ``resume_from``: continue from this checkpoint even if train.lr changed (recovering from a divergence).
+    """
+    tp = params.train
+
+    # -- inputs and accelerator: fail early, before any model is loaded
+    _check_request(params, resume_from)
+    accelerator = make_accelerator(tp)
+    device, main = accelerator.device, accelerator.is_main_process
+    set_seed(params.seed)  # python, numpy, torch (all devices)
+
+    # -- models: frozen SD + P-Ad; S-Ad = a trainable copy of P-Ad
+    base, primary, secondary, weight_dtype = load_models(params, device)
+
+    # -- data: pairs + cache + maps + masks, loaded once; the fixed probe batch of the diagnostics
+    pairs = read_pair_rows(params.pairs.out)
+    cache = load_cache(params.cache.out_dir, params.model.base, params.model.resolution)
+    data = load_train_set(params, pairs, cache, person_boxes(params.poses.out_dir))
+    val_prompt, val_maps = validation_inputs(params, pairs)
+    probe = make_probe(data, params, device, base.noise_scheduler)
+
+    # -- optimizer: AdamW on S-Ad (+ the log-variances of uncertainty weighting), linear warmup
+    balance = objective.make_balance(tp.balance, tp.running_mean_momentum, tp.lambda_diff).to(device)
+    optimizer = make_optimizer(tp, secondary, balance)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=tp.warmup_steps)
+    secondary, optimizer = accelerator.prepare(secondary, optimizer)
+    ctx = StepContext(params, accelerator, base, primary, secondary, balance, optimizer, lr_scheduler, weight_dtype)
+
+    # -- resume: the last checkpoint made by the same setup (run_fingerprint), or an explicit one
+    state, start_step, last_checkpoint = resume_state(ctx, params, resume, resume_from)
+
+    # -- the loop (only rank 0 tracks, diagnoses, validates and writes)
     with tracking.start_run(params, run_id=state["mlflow_run_id"]) if main else contextlib.nullcontext() as run:
-        run_id = run.info.run_id if run is not None else None
-        state["mlflow_run_id"] = run_id
-        trainable = list(accelerator.unwrap_model(secondary).parameters())
+        run_id = state["mlflow_run_id"] = run.info.run_id if run is not None else None
         history: list[dict[str, float]] = state["history"]
-        position = int(state["position"])
-        unlogged: list[dict[str, float]] = []
-        bar = tqdm(
-            range(start_step + 1, tp.steps + 1),
-            initial=start_step,
-            total=tp.steps,
-            desc="train S-Ad",
-            disable=not (progress and main),
-        )
+        position, unlogged = int(state["position"]), []
+        steps = range(start_step + 1, tp.steps + 1)
+        bar = tqdm(steps, initial=start_step, total=tp.steps, desc="train S-Ad", disable=not (progress and main))
         for step in bar:
+            t_start = time.perf_counter()
+            diagnose = main and is_diagnose_step(step, tp)
+            probed = pose_sensitivity(ctx, probe) if diagnose else {}  # the state this step starts from
             t_step = time.perf_counter()
-            sums = np.zeros(3)
-            lr = optimizer.param_groups[0]["lr"]
-            for _ in range(tp.gradient_accumulation_steps):
-                # rows and noise: pure functions of (seed, position, rank) -> exact resume
-                rows = batch_rows(position, bs * world, n_rows, params.seed)[rank * bs : (rank + 1) * bs]
-                g = micro_batch_generator(params.seed, position, rank)
-                position += bs * world
-                batch = data.batch(rows, device)
-                x0 = batch["x0"]
-                noise = torch.randn(x0.shape, generator=g).to(device)
-                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(rows),), generator=g).to(device)
-                x_t = noise_scheduler.add_noise(x0, noise, t)
-                with accelerator.accumulate(secondary):
-                    with accelerator.autocast():
-                        eps_s, eps_p = predict_two_branches(
-                            base.unet,
-                            primary,
-                            secondary,
-                            x_t.to(weight_dtype),
-                            t,
-                            batch["text"].to(weight_dtype),
-                            prepare_adapter_input(batch["map_a"], in_ch, invert).to(weight_dtype),
-                            prepare_adapter_input(batch["map_b"], in_ch, invert),
-                        )
-                    losses = objective.two_branch_losses(
-                        noise, eps_s.float(), eps_p.float(), batch["mask"], batch["is_b_row"]
-                    )
-                    both = accelerator.reduce(torch.stack([losses.l_diff, losses.l_bal]).detach(), "mean")
-                    l_diff, l_bal = (float(v) for v in both)
-                    if not objective.is_finite(l_diff, l_bal):  # before backward: no bad update is applied
-                        raise _diverged(step, f"loss (L_diff={l_diff}, L_bal={l_bal})", lr, last_checkpoint)
-                    balance.update(l_diff, l_bal)  # running means see every rank's losses
-                    obj = balance(losses.l_diff, losses.l_bal)
-                    accelerator.backward(obj.j)
-                    if accelerator.sync_gradients:
-                        if world > 1:  # the balance's own parameters are not DDP-wrapped: average them here
-                            for p in balance.parameters():
-                                p.grad = accelerator.reduce(p.grad, "mean")
-                        grad_norm = accelerator.clip_grad_norm_(trainable, tp.max_grad_norm)
-                        if tp.mixed_precision != "fp16" and not torch.isfinite(torch.as_tensor(grad_norm)):
-                            raise _diverged(step, f"gradient norm {float(grad_norm)}", lr, last_checkpoint)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                sums += (l_diff, l_bal, float(obj.j.detach()))
-            lr_scheduler.step()
-            means = sums / tp.gradient_accumulation_steps
-            row = {
-                "step": step,
-                "l_diff": float(means[0]),
-                "l_bal": float(means[1]),
-                "j": float(means[2]),
-                "scale_diff": obj.scale_diff,
-                "scale_bal": obj.scale_bal,
-                "lr": lr,
-            }
-            history.append(row)
-            unlogged.append(row)
+            row, position = train_step(ctx, data, step, position, diagnose, last_checkpoint)
             state["step_seconds"] += time.perf_counter() - t_step
+            history.append({**row, **probed})
+            unlogged.append(history[-1])
 
             if step % tp.log_every == 0 or step == tp.steps:
                 bar.set_postfix(j=f"{row['j']:.3f}", l_diff=f"{row['l_diff']:.4f}", l_bal=f"{row['l_bal']:.4f}")
@@ -619,69 +759,46 @@ def train(
                     tracking.log_rows(run_id, unlogged)
                 unlogged = []
             if (step % tp.validate_every == 0 or step == tp.steps) and main:
-                adapters = {"primary": primary, "secondary": accelerator.unwrap_model(secondary)}
-                with accelerator.autocast():
-                    grid = validation_grid(base, adapters, val_prompt, val_maps, params, device)
-                grid_path = out_dir / "validation" / f"step_{step}.png"
-                save_image_atomic(grid_path, grid)
-                if run_id is not None:
-                    mlflow.log_artifact(str(grid_path), "validation")
-            state["wall_seconds"] += time.perf_counter() - t_step
+                save_validation(ctx, val_prompt, val_maps, step, run_id)
+            state["wall_seconds"] += time.perf_counter() - t_start
             if step % tp.checkpoint_every == 0 or step == tp.steps:
                 state["position"] = position
                 if main:
                     last_checkpoint = save_checkpoint(
-                        ckpt_root,
-                        step,
-                        accelerator.unwrap_model(secondary),
-                        optimizer,
-                        lr_scheduler,
-                        balance,
-                        accelerator,
-                        state,
+                        tp.checkpoint_dir, step, ctx.s_ad, optimizer, lr_scheduler, balance, accelerator, state
                     )
                 accelerator.wait_for_everyone()
         bar.close()
 
-        # -- outputs: the adapter (diffusers format), metrics.json, loss.csv; MLflow artifacts + registry
-        adapter_dir = out_dir / "secondary_adapter"
+        # -- outputs: the trained state's pose sensitivity, the adapter, metrics, loss curve, MLflow registry
         metrics: dict[str, float] = {}
         version = link = None
+        adapter_dir = Path(tp.out_dir) / "secondary_adapter"
         if main:
-            with atomic_path(adapter_dir) as tmp:
-                accelerator.unwrap_model(secondary).save_pretrained(tmp, safe_serialization=True)
-            metrics = final_metrics(history, tp.log_every, state, bs * world * tp.gradient_accumulation_steps)
-            write_json_atomic(out_dir / "metrics.json", metrics)
-            write_loss_csv(out_dir / "loss.csv", history)
-            if run is not None:
-                mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-                mlflow.log_artifacts(str(adapter_dir), "secondary_adapter")
-                mlflow.log_artifact(str(out_dir / "metrics.json"))
-                mlflow.log_artifact(str(out_dir / "loss.csv"))
-                version = str(pyfunc.log_and_register(adapter_dir, params))
-                link = tracking.run_link(run)
-            # which MLflow run/registry version this adapter is: the evaluation's promotion gate checks that
-            # the `candidate` it would promote is the adapter it measured
-            write_json_atomic(out_dir / "run.json", {"mlflow_run_id": run_id, "model_version": version, "link": link})
+            metrics, adapter_dir, version, link = publish(ctx, history, state, pose_sensitivity(ctx, probe), run)
         accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(metrics, out_dir, adapter_dir, run_id, link, version, start_step)
+    return TrainResult(metrics, Path(tp.out_dir), adapter_dir, run_id, link, version, start_step)
 
 
 def final_metrics(history: list[dict[str, float]], window: int, state: dict[str, Any], batch: int) -> dict[str, float]:
-    """metrics.json: the losses averaged over the last ``window`` steps (single steps are noisy) and timings."""
+    """metrics.json: the losses averaged over the last ``window`` steps (single steps are noisy), timings and
+    the last measured gradient diagnostics."""
     last = history[-window:]
 
     def mean(key: str) -> float:
         return float(np.mean([r[key] for r in last])) if last else float("nan")
 
+    measured = [r for r in history if "gnorm_diff" in r]
     return {
         "l_diff": mean("l_diff"),
         "l_bal": mean("l_bal"),
         "j": mean("j"),
+        "lambda_eff": mean("lambda_eff"),
+        **{k: float(v) for k, v in (measured[-1] if measured else {}).items() if k.startswith("gnorm_")},
         "steps": len(history),
         "batch_size": batch,
-        "wall_time_s": round(float(state["wall_seconds"]), 3),  # steps + validation + checkpoints
+        "wall_time_s": round(float(state["wall_seconds"]), 3),  # steps + diagnostics + validation + checkpoints
         "s_per_step": round(float(state["step_seconds"]) / max(len(history), 1), 4),  # training steps only
     }
 

@@ -1,4 +1,4 @@
-"""The two-adapter objective (METHOD.md steps 3-4) piece by piece, without a U-Net: fast and exact."""
+"""The two-adapter objective (docs/method.md, steps 3-4) piece by piece, without a U-Net: fast and exact."""
 
 from __future__ import annotations
 
@@ -9,14 +9,21 @@ import pytest
 import torch
 from torch import nn
 
+from posescene.config import TrainParams
 from posescene.objective import (
     FixedBalance,
+    Objective,
     ScaleBalance,
     UncertaintyBalance,
+    balance_loss,
     box_masks,
+    branch_losses,
+    gradient_norm,
     keypoint_box,
     make_balance,
     masked_mean,
+    needs_teacher,
+    relative_change,
     two_branch_losses,
 )
 
@@ -204,3 +211,186 @@ def test_make_balance():
     assert isinstance(make_balance("uncertainty"), UncertaintyBalance)
     with pytest.raises(ValueError, match="unknown balance"):
         make_balance("foo")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ readings
+
+
+def _reading_inputs(n: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
+    """B's person region (2 x 2 cells of 16 x 16) inside a larger union with A's; rows alternate B, A."""
+    g = torch.Generator().manual_seed(1)
+    person_b = torch.zeros(n, 1, size, size)
+    person_b[:, :, 6:8, 6:8] = 1
+    mask = person_b.clone()
+    mask[:, :, 2:5, 10:13] = 1  # A's person elsewhere
+    return {
+        "noise": torch.randn(n, 4, size, size, generator=g),
+        "eps_s": torch.randn(n, 4, size, size, generator=g),
+        "eps_p": torch.randn(n, 4, size, size, generator=g),
+        "person_mask": mask,
+        "person_b": person_b,
+        "is_b_row": torch.tensor([True, False] * (n // 2)),
+        "eps_teacher": torch.randn(n, 4, size, size, generator=g),
+    }
+
+
+def test_whole_reading_is_the_default_reading_and_l_diff_is_shared():
+    x = _reading_inputs()
+    old = two_branch_losses(x["noise"], x["eps_s"], x["eps_p"], x["person_mask"], x["is_b_row"])
+    for reading in ("whole", "person", "distill"):
+        losses = branch_losses(reading, **x)
+        assert losses.l_diff.shape == () and losses.l_bal.shape == ()
+        assert losses.l_diff.item() == old.l_diff.item()  # L_diff does not depend on the reading
+    assert branch_losses("whole", **x).l_bal.item() == old.l_bal.item()
+    assert [needs_teacher(r) for r in ("whole", "person", "distill")] == [False, False, True]
+    with pytest.raises(ValueError, match="unknown balance reading"):
+        balance_loss("foo", x["noise"], x["eps_s"], x["person_mask"], x["person_b"], x["is_b_row"])  # type: ignore[arg-type]
+
+
+def test_person_reading_is_the_b_rows_error_inside_bs_person_region_only():
+    x = _reading_inputs()
+    args = ("person", x["noise"], x["eps_s"], x["person_mask"], x["person_b"], x["is_b_row"])
+    value = balance_loss(*args).item()
+    err = (x["noise"] - x["eps_s"]) ** 2
+    region = x["person_b"].bool().expand_as(err)
+    expected = torch.stack([err[i][region[i]].mean() for i in (0, 2)]).mean().item()  # B rows 0 and 2
+    assert value == pytest.approx(expected, rel=1e-6)
+    # outside B's region (scene, A's person) and anything on the A rows: ignored
+    outside = (1 - x["person_b"]) * 5.0
+    a_rows = (~x["is_b_row"]).float().view(-1, 1, 1, 1)
+    for moved in (x["noise"] + outside, x["noise"] + 5.0 * a_rows):
+        assert balance_loss("person", moved, *args[2:]).item() == pytest.approx(value, rel=1e-6)
+
+
+def test_distill_reading_matches_the_teacher_inside_bs_region_on_both_rows_without_teacher_gradient():
+    x = _reading_inputs()
+    teacher = x["eps_teacher"].clone().requires_grad_(True)  # a caller that forgot no_grad
+    eps_s = x["eps_s"].clone().requires_grad_(True)
+    l_bal = balance_loss("distill", x["noise"], eps_s, x["person_mask"], x["person_b"], x["is_b_row"], teacher)
+    err = (eps_s.detach() - teacher.detach()) ** 2
+    region = x["person_b"].bool().expand_as(err)
+    assert l_bal.item() == pytest.approx(torch.stack([err[i][region[i]].mean() for i in range(4)]).mean().item())
+    l_bal.backward()
+    assert teacher.grad is None and eps_s.grad is not None and eps_s.grad.abs().sum() > 0
+    assert (eps_s.grad * (1 - x["person_b"])).abs().sum() == 0  # no pull outside B's person region
+    # S-Ad equal to the teacher (a copy of P-Ad at initialisation) gives exactly 0; the noise plays no part
+    same = balance_loss(
+        "distill", x["noise"] * 3, teacher.detach(), x["person_mask"], x["person_b"], x["is_b_row"], teacher
+    )
+    assert same.item() == 0.0
+    with pytest.raises(ValueError, match="eps_teacher"):
+        balance_loss("distill", x["noise"], x["eps_s"], x["person_mask"], x["person_b"], x["is_b_row"])
+
+
+def test_removing_pose_features_moves_person_and_distill_a_lot_and_whole_little():
+    """The issue-13 measurement in miniature: the pose lives in a small region, the rest is non-pose error.
+
+    eps with S-Ad's features: the noise plus a non-pose error everywhere; without them, an extra error in B's
+    person region (the pose is lost). The teacher (P-Ad on B_0) knows the pose, up to a small error.
+    """
+    x = _reading_inputs()
+    g = torch.Generator().manual_seed(2)
+    shape = x["noise"].shape
+    eps_with = x["noise"] + 0.3 * torch.randn(shape, generator=g)
+    eps_without = eps_with + 0.3 * torch.randn(shape, generator=g) * x["person_b"]
+    teacher = eps_with + 0.05 * torch.randn(shape, generator=g)
+
+    def sensitivity(reading: str) -> float:
+        losses = [
+            balance_loss(reading, x["noise"], eps, x["person_mask"], x["person_b"], x["is_b_row"], teacher).item()  # type: ignore[arg-type]
+            for eps in (eps_with, eps_without)
+        ]
+        return relative_change(*losses)
+
+    assert sensitivity("whole") < 0.02
+    assert sensitivity("person") > 0.3
+    assert sensitivity("distill") > 0.9
+
+
+def test_relative_change_is_symmetric_bounded_and_zero_for_zero():
+    assert relative_change(1.0, 1.01) == pytest.approx(0.01 / 1.01)
+    assert relative_change(2.0, 1.0) == relative_change(1.0, 2.0) == pytest.approx(0.5)
+    assert relative_change(0.0, 0.3) == 1.0 and relative_change(0.0, 0.0) == 0.0
+
+
+def test_gradient_norm_leaves_the_backward_unchanged():
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    x = torch.randn(5, 3)
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        out = layer(x)
+        return out.pow(2).mean(), (out - 1).abs().mean()
+
+    a, b = losses()
+    (a + b).backward()
+    plain = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad(set_to_none=True)
+    a, b = losses()
+    norm_a = gradient_norm(a, list(layer.parameters()))
+    assert all(p.grad is None for p in layer.parameters())  # measuring accumulates nothing
+    expected = torch.cat([g.flatten() for g in torch.autograd.grad(a, list(layer.parameters()), retain_graph=True)])
+    assert norm_a == pytest.approx(expected.norm().item(), rel=1e-6)
+    (a + b).backward()  # the graph is still there, and the gradients are those of a plain step
+    assert all(torch.equal(p.grad, q) for p, q in zip(layer.parameters(), plain, strict=True))
+
+
+def test_lambda_eff_of_each_balance():
+    scale = ScaleBalance(0.9)
+    scale.update(1.5e-4, 0.0349)
+    assert scale(torch.tensor(1.5e-4), torch.tensor(0.0349)).lambda_eff == pytest.approx(0.0349 / 1.5e-4)
+    assert FixedBalance(7.5)(torch.tensor(1.0), torch.tensor(1.0)).lambda_eff == 7.5
+    unc = UncertaintyBalance(init_from_first_loss=False)
+    with torch.no_grad():
+        unc.log_vars.copy_(torch.tensor([-3.0, -1.0]))
+    assert unc(torch.tensor(1.0), torch.tensor(1.0)).lambda_eff == pytest.approx(math.exp(3.0) / math.exp(1.0))
+    assert Objective(torch.tensor(0.0), 1.0, 0.0).lambda_eff == math.inf
+
+
+# ---------------------------------------------------------------------------- uncertainty that learns
+
+
+def _toy_uncertainty_run(balance: UncertaintyBalance, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two losses four decades apart, sharing one parameter; Adam as in training (S-Ad lr, log-variance lr)."""
+    defaults = TrainParams()
+    w = nn.Parameter(torch.tensor(0.3))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [w], "lr": defaults.lr, "weight_decay": 0.0},
+            {"params": list(balance.parameters()), "lr": defaults.uncertainty_lr, "weight_decay": 0.0},
+        ]
+    )
+    for _ in range(steps):
+        l_diff = 1.5e-4 * (1 + (w - 1) ** 2)
+        l_bal = 3.5e-2 * (1 + (w + 1) ** 2)
+        balance.update(l_diff.item(), l_bal.item())
+        balance(l_diff, l_bal).j.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        losses = torch.stack([1.5e-4 * (1 + (w - 1) ** 2), 3.5e-2 * (1 + (w + 1) ** 2)])
+    return torch.exp(-balance.log_vars.detach()), losses
+
+
+def test_uncertainty_weights_learn_one_over_each_loss_from_zero_within_a_few_hundred_steps():
+    """From s = 0 (weights 1) at the default train.uncertainty_lr: the weights reach ~1 / L_i (issue 13)."""
+    weights, losses = _toy_uncertainty_run(UncertaintyBalance(init_from_first_loss=False), steps=300)
+    assert (weights * losses).tolist() == pytest.approx([1.0, 1.0], rel=0.15)
+    # at the adapter's learning rate alone (the old setup) they would still be near 1: the test can fail
+    assert TrainParams().uncertainty_lr * 300 > -math.log(1.5e-4)
+
+
+def test_uncertainty_weights_start_at_one_over_the_first_losses_and_keep_learned_values_on_resume():
+    balance = UncertaintyBalance()
+    balance.update(1.5e-4, 0.0349)
+    obj = balance(torch.tensor(1.5e-4), torch.tensor(0.0349))
+    assert (obj.scale_diff, obj.scale_bal) == pytest.approx((1 / 1.5e-4, 1 / 0.0349), rel=1e-5)
+    with torch.no_grad():
+        balance.log_vars.add_(0.5)  # "learned" since
+    balance.update(1.0, 1.0)  # later updates do not re-initialise
+    restored = UncertaintyBalance()
+    restored.load_state_dict(balance.state_dict())
+    restored.update(1.0, 1.0)  # nor does the first update after a resume
+    assert torch.equal(restored.log_vars, balance.log_vars)
+    weights, losses = _toy_uncertainty_run(UncertaintyBalance(), steps=200)
+    assert (weights * losses).tolist() == pytest.approx([1.0, 1.0], rel=0.15)

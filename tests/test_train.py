@@ -67,6 +67,7 @@ def tiny_params(world: dict[str, Any], run_dir: Path, **train: Any) -> Params:
         "train.validation_poses": 2,
         "train.validation_steps": 2,
         "train.log_every": 4,
+        "train.diagnose_every": STEPS // 2,
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
         "mlflow.experiment": "test-train",
         "mlflow.registered_model": "tiny-secondary",
@@ -190,21 +191,53 @@ def test_training_lowers_the_objective(trained: dict[str, Any]):
     assert float(rows[0]["j"]) == pytest.approx(2.0)  # scale balance: J starts at its equilibrium value
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics == pytest.approx(result.metrics)
+    assert {"final_pose_sens_whole", "final_pose_sens_person", "final_pose_sens_distill"} <= set(metrics)
     assert (result.out_dir / "validation" / f"step_{STEPS}.png").is_file()
 
 
-def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict[str, Any], tmp_path: Path):
-    """A run stopped at STEPS/2 and resumed writes exactly the loss curve of the uninterrupted run."""
-    from posescene.train import checkpoints, train
+def test_every_run_logs_the_balance_diagnostics(trained: dict[str, Any]):
+    """lambda_eff on every step; gradient norms and pose sensitivity at step 1 and every diagnose_every."""
+    rows = read_loss_csv(trained["result"].out_dir / "loss.csv")
+    # scale mapping: lambda_eff = mean(L_bal) / mean(L_diff); at step 1 the means are the first losses
+    assert float(rows[0]["lambda_eff"]) == pytest.approx(float(rows[0]["l_bal"]) / float(rows[0]["l_diff"]), rel=1e-5)
+    assert all(float(r["lambda_eff"]) == pytest.approx(float(r["scale_diff"]) / float(r["scale_bal"])) for r in rows)
+    diagnosed = [int(r["step"]) for r in rows if r["gnorm_diff"]]
+    assert diagnosed == [1, STEPS // 2, STEPS]
+    for r in rows:
+        if not r["gnorm_diff"]:
+            assert not r["pose_sens_whole"]  # measured together, blank in between
+            continue
+        assert float(r["gnorm_diff"]) > 0 and float(r["gnorm_bal"]) > 0
+        ratio = float(r["lambda_eff"]) * float(r["gnorm_diff"]) / float(r["gnorm_bal"])
+        assert float(r["gnorm_ratio"]) == pytest.approx(ratio, rel=1e-6)
+        assert all(0.0 <= float(r[f"pose_sens_{k}"]) <= 1.0 for k in ("whole", "person", "distill"))
+    # at initialisation S-Ad is P-Ad: the distill loss is 0 with its features and not without them
+    assert float(rows[0]["pose_sens_distill"]) == 1.0
 
-    half = train(tiny_params(world, tmp_path, steps=STEPS // 2), progress=False)  # "crashes" after STEPS/2
+
+def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict[str, Any], tmp_path: Path):
+    """A run stopped at STEPS/2 and resumed writes exactly the loss curve of the uninterrupted run.
+
+    The first half also measures the diagnostics on every step (the shared run: at 1, 8 and 16): measuring
+    them beside the step changes nothing in training.
+    """
+    from posescene.checkpoints import checkpoints
+    from posescene.train import train
+
+    half = train(tiny_params(world, tmp_path, steps=STEPS // 2, diagnose_every=1), progress=False)  # "crashes"
     assert half.resumed_from == 0
     assert [s for s, _ in checkpoints(tmp_path / "checkpoints")] == [STEPS // 2]
     resumed = train(tiny_params(world, tmp_path), progress=False)
     assert resumed.resumed_from == STEPS // 2
     assert resumed.run_id == half.run_id  # the MLflow run continues too
     uninterrupted = read_loss_csv(trained["result"].out_dir / "loss.csv")
-    assert read_loss_csv(resumed.out_dir / "loss.csv") == uninterrupted
+    got = read_loss_csv(resumed.out_dir / "loss.csv")
+    assert sum(bool(r["gnorm_diff"]) for r in got) == STEPS // 2 + 1  # every step of the first half, then 16
+    assert len(got) == len(uninterrupted)
+    for mine, theirs in zip(got, uninterrupted, strict=True):
+        both = {k for k in mine if mine[k] and theirs[k]}  # diagnostics: where both runs measured them
+        assert {k: mine[k] for k in both} == {k: theirs[k] for k in both}
+        assert {k for k in mine if not k.startswith(("gnorm", "pose_sens"))} <= both  # losses on every row
     a = (trained["result"].adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (resumed.adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes() == a
 
@@ -221,6 +254,10 @@ def test_bad_params_fail_early_naming_the_key(world: dict[str, Any], tmp_path: P
 
     with pytest.raises(ConfigError, match=r"train\.balance.*'scale', 'fixed', 'uncertainty'"):
         tiny_params(world, tmp_path, balance="foo")
+    with pytest.raises(ConfigError, match=r"train\.balance_reading.*'whole', 'person', 'distill'"):
+        tiny_params(world, tmp_path, balance_reading="pose")
+    with pytest.raises(ConfigError, match=r"train\.uncertainty_lr"):
+        tiny_params(world, tmp_path, uncertainty_lr=0.0)
     with pytest.raises(ConfigError, match=r"train\.lr"):
         tiny_params(world, tmp_path, lr=-1.0)
     if not torch.cuda.is_available():
@@ -245,6 +282,10 @@ def test_mlflow_run_and_registered_candidate(trained: dict[str, Any]):
     assert run.data.metrics["final_j"] == pytest.approx(result.metrics["j"])
     history = client.get_metric_history(result.run_id, "l_diff")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+    assert sorted(m.step for m in client.get_metric_history(result.run_id, "lambda_eff")) == list(range(1, STEPS + 1))
+    for key in ("gnorm_ratio", "pose_sens_whole", "pose_sens_person", "pose_sens_distill"):
+        assert sorted(m.step for m in client.get_metric_history(result.run_id, key)) == [1, STEPS // 2, STEPS]
+    assert "final_pose_sens_person" in run.data.metrics
     name = params.mlflow.registered_model
     assert client.get_model_version(name, str(result.model_version)).run_id == result.run_id
     # every training run registers a version and moves `candidate` to it (other tests here train too)
@@ -252,8 +293,48 @@ def test_mlflow_run_and_registered_candidate(trained: dict[str, Any]):
     assert int(client.get_model_version_by_alias(name, "candidate").version) == newest
 
 
+@pytest.mark.parametrize(
+    ("reading", "balance"), [("person", "fixed"), ("distill", "uncertainty")], ids=["person-fixed", "distill-unc"]
+)
+def test_each_reading_and_balance_trains(
+    world: dict[str, Any], trained: dict[str, Any], tmp_path: Path, reading, balance
+):
+    """The other readings train; fixed weighting applies lambda; uncertainty starts at 1 / L_i, at its own lr."""
+    from posescene.checkpoints import checkpoints
+    from posescene.train import train
+
+    params = tiny_params(world, tmp_path, steps=3, balance_reading=reading, balance=balance, lambda_diff=7.5)
+    result = train(params, progress=False)
+    rows = read_loss_csv(result.out_dir / "loss.csv")
+    assert len(rows) == 3 and all(
+        torch.isfinite(torch.tensor([float(r["l_diff"]), float(r["l_bal"])])).all() for r in rows
+    )
+    whole = read_loss_csv(trained["result"].out_dir / "loss.csv")[0]
+    assert rows[0]["l_diff"] == whole["l_diff"]  # same batch, same L_diff: only L_bal's reading changed
+    first = {k: float(v) for k, v in rows[0].items() if v}
+    if reading == "distill":
+        assert first["l_bal"] == 0.0  # S-Ad starts as P-Ad, its own teacher
+        assert float(rows[2]["l_bal"]) > 0.0  # and moves away once L_diff has pulled it
+    else:
+        assert first["l_bal"] != float(whole["l_bal"])
+    if balance == "fixed":
+        assert all(float(r["lambda_eff"]) == 7.5 for r in rows)
+    else:  # log-variances start at log L_i of the first step and learn at train.uncertainty_lr
+        assert first["scale_diff"] == pytest.approx(1 / first["l_diff"], rel=1e-4)
+        blob = torch.load(checkpoints(tmp_path / "checkpoints")[-1][1] / "training_state.pt", weights_only=True)
+        assert [g["lr"] for g in blob["optimizer"]["param_groups"]] == [params.train.lr, params.train.uncertainty_lr]
+
+
+def test_train_params_defaults_are_params_yaml():
+    """One set of defaults: the schema's TrainParams agrees with params.yaml's train section (issue 15)."""
+    from posescene.config import TrainParams
+
+    assert load_params(REPO_ROOT / "params.yaml").train == TrainParams()
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(world: dict[str, Any], tmp_path: Path):
-    from posescene.train import checkpoints, train
+    from posescene.checkpoints import checkpoints
+    from posescene.train import train
 
     params = tiny_params(world, tmp_path, lr=1e30, checkpoint_every=1, steps=6)
     with pytest.raises(TrainingDivergedError, match=r"non-finite .*train\.lr") as info:
