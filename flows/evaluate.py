@@ -1,4 +1,4 @@
-"""The ``evaluate`` stage: scene drift across poses and pose fidelity for every model, and the promotion gate."""
+"""The ``evaluate`` stage: the drift-vs-fidelity frontier of every adapter, the verdict, and the promotion gate."""
 
 from __future__ import annotations
 
@@ -6,24 +6,23 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
 from flows.mlflow_links import mlflow_links
 from flows.run_lock import exclusive
 from posescene.config import Params, load_params
-from posescene.evaluate import summary_markdown
+from posescene.evaluation.report import summary_markdown
 from tasks.evaluate import evaluate_task
 
 
 def evaluate_markdown(summary: dict[str, Any], params: Params) -> str:
-    """The flow's artifact: the drift/fidelity table, the promotion decision and where MLflow has the run."""
+    """The flow's artifact: the verdict, the gate, the arms, and where MLflow has the run."""
     run = summary.get("run", {})
     lines = [
-        "# evaluate: scene drift across poses",
+        "# evaluate: scene drift across poses at matched pose fidelity",
         "",
-        f"{run.get('n_prompts')} held-out prompts x {len(params.evaluate.seeds)} seed(s) x {run.get('n_poses')} poses "
-        f"per model, {params.evaluate.steps} DDIM steps; {run.get('n_images')} images at "
-        f"{run.get('images_per_s')} images/s. Lower drift is better; PCK is pose fidelity.",
+        f"{run.get('n_sets')} sets x {run.get('n_poses')} poses x {run.get('n_arms')} arms = {run.get('n_images')} "
+        f"images at {run.get('images_per_s')} images/s.",
         "",
         summary_markdown(summary),
         "## Tracking",
@@ -37,22 +36,18 @@ def evaluate_markdown(summary: dict[str, Any], params: Params) -> str:
 @flow(name="evaluate", log_prints=True)
 @exclusive
 def evaluate_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stage 9: evaluate base/primary/secondary (+ both, ablations) and promote the candidate if it earns it."""
+    """Stage 9: sweep every adapter's conditioning scale, compare at matched fidelity, gate the candidate."""
     params = load_params(params_path, overrides)
     summary = evaluate_task(params)
-    for name, values in summary.items():
-        if name not in ("promotion", "run"):
-            print(
-                f"evaluate {name}: drift_rmse {values.get('drift_rmse')}, drift_ssim {values.get('drift_ssim')}, "
-                f"pck {values.get('pck')}"
-            )
-    promo = summary["promotion"]
-    print(f"promotion: {promo['status']} (candidate version {promo['candidate_version']}): {promo['reason']}")
+    print(f"verdict: {summary['verdict']['text']}")
+    print(f"gate: {summary['verdict']['gate']}")
     create_markdown_artifact(
         markdown=evaluate_markdown(summary, params),
         key="evaluate-summary",
-        description="posescene evaluate: scene drift, pose fidelity and the promotion decision",
+        description="posescene evaluate: verdict, gate checks, drift and fidelity per arm",
     )
+    frontier = Path(params.evaluate.out_dir, "plots", "frontier.png").resolve()
+    create_image_artifact(image_url=frontier.as_uri(), key="evaluate-frontier", description="drift vs fidelity")
     return summary
 
 

@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, MultiAdapter, StableDiffusionAdapterPipeline, StableDiffusionPipeline, T2IAdapter
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    MultiAdapter,
+    StableDiffusionAdapterPipeline,
+    StableDiffusionPipeline,
+    T2IAdapter,
+)
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from tqdm.auto import tqdm
 
@@ -273,6 +280,24 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
+SAMPLERS = ("ddim", "dpmsolver")
+
+
+@dataclass(frozen=True)
+class ArmJob:
+    """One image of an evaluation: a prompt, an initial-noise seed, a pose, and the arm that draws it.
+
+    ``adapter`` is a key of the bank's adapters (None: the base model) and ``scale`` its
+    ``adapter_conditioning_scale`` (0 is the base model too).
+    """
+
+    prompt: str
+    seed: int
+    pose: Pose | None
+    adapter: str | None
+    scale: float
+
+
 @dataclass(frozen=True)
 class Job:
     """One image to generate: a prompt, a seed (-> its initial noise) and a pose (ignored by ``base``)."""
@@ -448,6 +473,102 @@ class ModelBank:
                         kwargs.update(image=[cond] * len(spec.adapters), adapter_conditioning_scale=weights)
                 images = pipe(**kwargs).images
                 out[start : start + n] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+                bar.update(n)
+        bar.close()
+        return out
+
+    # batched sampling across adapters and scales ---------------------------------------------------
+
+    def sampling_scheduler(self, sampler: str) -> DDIMScheduler | DPMSolverMultistepScheduler:
+        """A fresh scheduler of kind ``sampler`` from the base model's scheduler config."""
+        if sampler == "ddim":
+            return DDIMScheduler.from_config(self.scheduler.config)
+        if sampler == "dpmsolver":
+            return DPMSolverMultistepScheduler.from_config(self.scheduler.config, algorithm_type="dpmsolver++")
+        raise ConfigError(f"sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+
+    def sample(
+        self,
+        jobs: Sequence[ArmJob],
+        *,
+        steps: int,
+        guidance_scale: float,
+        batch_size: int,
+        maps: Callable[[Sequence[Pose]], torch.Tensor],
+        sampler: str = "ddim",
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* adapters and scales.
+
+        The same computation as ``StableDiffusionAdapterPipeline`` (classifier-free guidance with the adapter's
+        features on both halves, the scheduler's own steps, the VAE decode and [0, 1] clamp), written out so
+        that one U-Net call serves every arm: an arm only changes the features added to the encoder, and a
+        scale-0 (base) row adds zeros, which is the base model exactly. Adapter features are computed once
+        per (adapter, pose). ``tests/test_generate.py`` pins the equality with the stock pipeline.
+        """
+        unet, vae = self.base.unet, self.base.vae
+        negative = self.text([""])
+        cfg = guidance_scale > 1.0
+        features: dict[tuple[str, int], list[torch.Tensor]] = {}
+        pose_ids: dict[int, int] = {}
+        out = np.empty((len(jobs), self.resolution, self.resolution, 3), dtype=np.uint8)
+        bar = tqdm(total=len(jobs), desc="sample", unit="img", disable=not progress)
+
+        def residuals(batch: Sequence[ArmJob]) -> list[torch.Tensor] | None:
+            keyed = [j for j in batch if j.adapter is not None and j.scale != 0]
+            if not keyed:
+                return None
+            for j in keyed:
+                assert j.pose is not None
+                key = (j.adapter, pose_ids.setdefault(id(j.pose), len(pose_ids)))
+                if key not in features:
+                    if j.adapter not in self.adapters:
+                        raise ModelLoadError(f"adapter {j.adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
+                    cond = maps([j.pose]).to(self.device, self.dtype)
+                    features[key] = [f[0] for f in self.adapters[j.adapter](cond)]
+            levels: list[torch.Tensor] | None = None
+            for row, j in enumerate(batch):
+                if j.adapter is None or j.scale == 0:
+                    continue
+                feats = features[(j.adapter, pose_ids[id(j.pose)])]
+                if levels is None:
+                    levels = [torch.zeros((len(batch), *f.shape), device=f.device, dtype=f.dtype) for f in feats]
+                for level, f in zip(levels, feats, strict=True):
+                    level[row] = f * j.scale
+            return levels
+
+        with torch.inference_mode():
+            for start in range(0, len(jobs), batch_size):
+                batch = jobs[start : start + batch_size]
+                n = len(batch)
+                if any(j.adapter is not None and j.scale != 0 and j.pose is None for j in batch):
+                    raise InputDataError("an adapter arm needs a pose for every job")
+                cond = self.text([j.prompt for j in batch]).to(self.device, self.dtype)
+                text = torch.cat([negative.expand(n, -1, -1).to(cond), cond]) if cfg else cond
+                res = residuals(batch)
+                if res is not None and cfg:
+                    res = [torch.cat([r, r]) for r in res]
+                scheduler = self.sampling_scheduler(sampler)
+                scheduler.set_timesteps(steps, device=self.device)
+                latents = torch.cat([self.initial_noise(j.seed) for j in batch]).to(self.device, self.dtype)
+                latents = latents * scheduler.init_noise_sigma
+                for t in scheduler.timesteps:
+                    inp = torch.cat([latents, latents]) if cfg else latents
+                    inp = scheduler.scale_model_input(inp, t)
+                    eps = unet(
+                        inp,
+                        t,
+                        encoder_hidden_states=text,
+                        down_intrablock_additional_residuals=None if res is None else [r.clone() for r in res],
+                        cross_attention_kwargs=self.cross_attention_kwargs,
+                    ).sample
+                    if cfg:
+                        uncond, conditioned = eps.chunk(2)
+                        eps = uncond + guidance_scale * (conditioned - uncond)
+                    latents = scheduler.step(eps, t, latents).prev_sample
+                image = vae.decode(latents / vae.config.scaling_factor).sample
+                image = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+                out[start : start + n] = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
                 bar.update(n)
         bar.close()
         return out

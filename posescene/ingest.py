@@ -81,6 +81,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("scene_id", pa.string()),
         ("scene_kind", pa.string()),
         ("action", pa.string()),
+        ("synth_seed", pa.int64()),  # PoseScenes provenance (null for photos): disjointness checks
+        ("scene_index", pa.int64()),
         ("gt_x", pa.list_(pa.float32())),
         ("gt_y", pa.list_(pa.float32())),
     ]
@@ -395,6 +397,16 @@ def _optional_str(fields: dict[str, Any], key: str) -> str | None:
     return value or None
 
 
+def _optional_int(fields: dict[str, Any], key: str) -> int | None:
+    value = fields.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None  # provenance is optional; a malformed value only disables the disjointness check
+
+
 def _keypoints(fields: dict[str, Any]) -> tuple[list[float | None] | None, list[float | None] | None]:
     """``{"x": [18 floats|null], "y": [...]}`` (pixels) -> two lists with None for missing points."""
     kp = fields.get("keypoints")
@@ -617,6 +629,8 @@ def ingest(
                 "scene_id": _optional_str(item.fields, "scene_id"),
                 "scene_kind": _optional_str(item.fields, "scene_kind"),
                 "action": _optional_str(item.fields, "action"),
+                "synth_seed": _optional_int(item.fields, "synth_seed"),
+                "scene_index": _optional_int(item.fields, "scene_index"),
                 "gt_x": gt_x,
                 "gt_y": gt_y,
             })  # fmt: skip

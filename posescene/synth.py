@@ -366,10 +366,11 @@ def _draw_person(pil: Image.Image, person: Person, time: str, scale: float) -> N
     )
 
 
-def scene_specs(n_scenes: int, seed: int) -> list[SceneSpec]:
-    """The scene instances of the world: kinds cycle so every kind is equally represented."""
+def scene_specs(n_scenes: int, seed: int, first_scene: int = 0) -> list[SceneSpec]:
+    """Scenes ``first_scene .. first_scene + n_scenes - 1`` of the world (kinds cycle, so every kind is equally
+    represented). Scene ``i`` depends only on ``(seed, i)``: disjoint index ranges are disjoint scenes."""
     specs = []
-    for i in range(n_scenes):
+    for i in range(first_scene, first_scene + n_scenes):
         rng = np.random.default_rng([seed, i, 0])
         kind = SCENE_KINDS[i % len(SCENE_KINDS)]
         time = TIMES[int(rng.integers(len(TIMES)))]
@@ -419,10 +420,15 @@ def generate(
     seed: int,
     progress: bool = True,
     on_scene: Callable[[int], None] | None = None,
+    first_scene: int = 0,
 ) -> Path:
-    """Write the PoseScenes imagefolder to ``out_dir`` atomically (the old one is replaced whole)."""
+    """Write the PoseScenes imagefolder to ``out_dir`` atomically (the old one is replaced whole).
+
+    Every row records ``synth_seed`` and ``scene_index``, so a consumer can check that its scenes are disjoint
+    from the scenes a model was trained on (``models/world/training_data.json``).
+    """
     out_dir = Path(out_dir)
-    specs = scene_specs(n_scenes, seed)
+    specs = scene_specs(n_scenes, seed, first_scene)
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
         rows = []
@@ -434,6 +440,8 @@ def generate(
                     "file_name": name,
                     "text": caption,
                     "scene_id": spec.scene_id,
+                    "synth_seed": seed,
+                    "scene_index": int(spec.scene_id[1:]),
                     "scene_kind": spec.kind,
                     "time_of_day": spec.time,
                     "action": person.action,

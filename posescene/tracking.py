@@ -184,3 +184,42 @@ def run_link(run: Any) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{rid}"
     return f"run {rid} in experiment {exp} at {uri} (view: mlflow ui --backend-store-uri {uri})"
+
+
+def client(uri: str) -> Any:
+    """An ``MlflowClient`` for tracking and registry at ``uri`` (the one API style for stage code)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client: Any, name: str, uri: str) -> str:
+    """The experiment's id, created with artifacts beside a SQLite store (never the cwd-relative ./mlruns)."""
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(mlflow_client.create_experiment(name, artifact_location=artifact_location(uri, name)))
+
+
+def open_registry(params: Params) -> tuple[Any, str]:
+    """(client, uri) for ``mlflow.tracking_uri``; an unusable store fails here with the fix, before any work."""
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(params.mlflow.tracking_uri)
+    try:
+        c = client(uri)
+        c.search_registered_models(max_results=1)  # touches the store: a bad URI or directory fails now
+    except (MlflowException, OSError) as exc:  # OSError: a SQLite store whose directory cannot be created
+        raise ConfigError(
+            f"MLflow tracking at {uri!r} is unusable ({exc}). Fix mlflow.tracking_uri in params.yaml or "
+            "MLFLOW_TRACKING_URI, or set both to null/unset for the embedded store (sqlite:///mlflow.db)."
+        ) from exc
+    return c, uri
+
+
+def create_stage_run(mlflow_client: Any, params: Params, uri: str, stage: str) -> str:
+    """A new run for ``stage`` in the params' experiment; returns its id."""
+    run = mlflow_client.create_run(
+        experiment_id(mlflow_client, params.mlflow.experiment, uri), run_name=stage, tags={"posescene.stage": stage}
+    )
+    return str(run.info.run_id)

@@ -112,7 +112,7 @@ def _generate(
 
     from posescene.config import load_params, parse_set_option
     from posescene.errors import InputDataError
-    from posescene.evaluate import make_grid
+    from posescene.evaluation.report import make_grid
     from posescene.generate import (
         STANDARD_MODELS,
         Job,
@@ -239,10 +239,10 @@ def evaluate(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set evaluate.n_prompts=4."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Scene drift across poses + pose fidelity for every model, reports/, and the registry promotion gate."""
+    """Drift vs fidelity frontier of every adapter, the matched-fidelity verdict, reports/, and the promotion gate."""
     from posescene.config import load_params, parse_set_option
     from posescene.evaluate import evaluate as run_evaluate
-    from posescene.evaluate import summary_markdown
+    from posescene.evaluation.report import summary_markdown
 
     try:
         result = run_evaluate(load_params(params, parse_set_option(set_)), progress=progress)

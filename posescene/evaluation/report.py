@@ -1,0 +1,356 @@
+"""The evaluation's outputs: ``metrics.json`` (DVC metrics, the decision first), CSVs, the frontier figure,
+pose x arm grids and ``report.md`` (the verdict in words on its first line)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from posescene.config import Params
+from posescene.evaluation.frontier import Interval, arm_key
+from posescene.evaluation.promotion import CHAMPION_ALIAS
+from posescene.evaluation.result import EvaluationResult
+from posescene.generate import Pose, condition_maps
+from posescene.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+
+ADAPTER_COLOURS = {"primary": "#4477aa", "secondary": "#ee6677", "champion": "#228833"}
+
+
+def _num(v: float) -> float | None:
+    return round(float(v), 6) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _interval(i: Interval | None, prefix: str) -> dict[str, float | None]:
+    if i is None:
+        return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
+    return {k: _num(v) for k, v in i.as_dict(prefix).items()}
+
+
+def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
+    """The DVC metrics file. Key order is what ``dvc metrics show`` / ``dvc exp show`` display first: the
+    verdict and the gate, then chance/ceiling, then every arm, then the run."""
+    f = result.frontier
+    comp = f.comparisons.get("secondary")
+    verdict: dict[str, Any] = {"text": result.verdict, "gate": result.promotion.status}
+    if comp is not None:
+        verdict |= _interval(comp.delta_drift, "delta_drift_matched")
+        verdict |= _interval(comp.delta_fidelity, "delta_fidelity_matched")
+        verdict |= _interval(comp.rel_fidelity, "rel_fidelity")
+        verdict |= _interval(comp.drift_ratio, "drift_ratio")
+        verdict["mde_delta_drift_rel"] = _num(comp.mde_delta_drift)
+        verdict["mde_rel_fidelity"] = _num(comp.mde_rel_fidelity)
+    gate = {
+        c.name.replace(" ", "_"): {"pass": int(c.passed), "bound": _num(c.bound), "limit": _num(c.limit)}
+        for c in result.decision.checks
+    }
+    arms: dict[str, Any] = {}
+    for key, a in f.arms.items():
+        arms[key] = {
+            **_interval(a.drift, "drift"),
+            **_interval(a.fidelity_norm, "fidelity_norm"),
+            **_interval(a.fidelity, f"{f.measure}"),
+            "drift_ssim": _num(a.drift_ssim.value),
+            **{m: _num(v.value) for m, v in a.measures.items() if m != f.measure},
+        }
+    return {
+        "verdict": verdict,
+        "gate": gate,
+        "fidelity": {
+            "measure": f.measure,
+            **_interval(f.chance[f.measure], "chance"),
+            **_interval(f.ceiling[f.measure], "ceiling"),
+            **{f"chance_{m}": _num(v.value) for m, v in f.chance.items() if m != f.measure},
+            **{f"ceiling_{m}": _num(v.value) for m, v in f.ceiling.items() if m != f.measure},
+        },
+        "arms": arms,
+        "run": {
+            "n_sets": f.n_sets,
+            "n_poses": f.n_poses,
+            "n_arms": len(result.arms),
+            "n_images": int(np.prod(result.images.shape[:3])),
+            "images_per_s": _num(result.images_per_s),
+            "scene_fraction": _num(result.scene_fraction),
+            "seconds": round(result.seconds, 1),
+            "mlflow_run_id": result.mlflow_run_id,
+        },
+    }
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def frontier_rows(result: EvaluationResult) -> list[dict[str, Any]]:
+    """One row per (adapter, scale), the base model repeated at scale 0 of every adapter's curve (the plot's
+    data: ``plots/frontier.csv``)."""
+    f = result.frontier
+    rows = []
+    adapters = list(dict.fromkeys(a for a, _ in result.arms if a != "base"))
+    for adapter in adapters:
+        keys = ["base"] + [arm_key(a, s) for a, s in sorted(result.arms, key=lambda x: x[1]) if a == adapter]
+        for key in keys:
+            arm = f.arms[key]
+            rows.append({
+                "adapter": adapter, "scale": arm.scale, "fidelity_norm": arm.fidelity_norm.value,
+                "fidelity_norm_low": arm.fidelity_norm.low, "fidelity_norm_high": arm.fidelity_norm.high,
+                "drift": arm.drift.value, "drift_low": arm.drift.low, "drift_high": arm.drift.high,
+            })  # fmt: skip
+    return rows
+
+
+def _errors(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    """(2, N) distances from the value to its CI ends, for matplotlib's errorbar."""
+    return np.abs(np.array([[r[key] - r[f"{key}_low"], r[f"{key}_high"] - r[key]] for r in rows], dtype=float).T)
+
+
+def write_frontier_plot(result: EvaluationResult, path: Path, metric: str) -> None:
+    """Drift (y) against normalised fidelity (x) per adapter as its scale grows, with 95% CIs both ways."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = frontier_rows(result)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for adapter in dict.fromkeys(r["adapter"] for r in rows):
+        pts = [r for r in rows if r["adapter"] == adapter]
+        x = np.array([r["fidelity_norm"] for r in pts])
+        y = np.array([r["drift"] for r in pts])
+        xerr, yerr = _errors(pts, "fidelity_norm"), _errors(pts, "drift")
+        colour = ADAPTER_COLOURS.get(adapter, "#ccbb44")
+        ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="-o", color=colour, label=adapter,
+                    capsize=2, lw=1.5, ms=4, alpha=0.9)  # fmt: skip
+        for r in pts:
+            ax.annotate(f"{r['scale']:g}", (r["fidelity_norm"], r["drift"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points", color=colour)  # fmt: skip
+    ax.axvline(0.0, color="#999999", ls=":", lw=1)
+    ax.axvline(1.0, color="#999999", ls="--", lw=1)
+    ax.text(0.0, ax.get_ylim()[1], " chance", fontsize=7, va="top", color="#666666")
+    ax.text(1.0, ax.get_ylim()[1], " judge on real images", fontsize=7, va="top", color="#666666")
+    ax.set_xlabel(f"pose fidelity ({result.frontier.measure}, normalised: 0 = chance, 1 = ceiling)")
+    ax.set_ylabel(f"scene drift ({metric}; lower is better)")
+    ax.set_title("drift vs fidelity as adapter_conditioning_scale grows (labels), 95% CIs", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def make_grid(
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]],
+    column_labels: Sequence[str],
+    header: Sequence[np.ndarray] | None = None,
+    title: str = "",
+    cell: int = 128,
+) -> Image.Image:
+    """A labelled image grid: one row per model, one column per pose (optional header row of pose maps)."""
+    n_cols = max(len(images) for _, images in rows)
+    font = _font(12)
+    label_w, top = 100, 36 if title else 18
+    all_rows = ([("pose map", header)] if header is not None else []) + list(rows)
+    grid = Image.new("RGB", (label_w + n_cols * cell, top + len(all_rows) * (cell + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((4, 2), title[:130], fill="black", font=font)
+    for c, label in enumerate(column_labels):
+        draw.text((label_w + c * cell + 4, top - 16), str(label)[:18], fill="black", font=font)
+    for r, (label, images) in enumerate(all_rows):
+        y = top + r * (cell + 4)
+        draw.text((4, y + cell // 2 - 6), label[:16], fill="black", font=font)
+        for c, image in enumerate(images):
+            tile = Image.fromarray(np.asarray(image)).convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            grid.paste(tile, (label_w + c * cell, y))
+    return grid
+
+
+def pose_label(pose: Pose) -> str:
+    action = pose.meta.get("action") if pose.meta else None
+    return str(action or pose.label)
+
+
+def write_grids(result: EvaluationResult, params: Params, grid_dir: Path, max_sets: int = 4) -> list[Path]:
+    """One grid per set (first ``max_sets``): rows = arms, columns = poses, header = the pose maps."""
+    h = result.heldout
+    res = params.model.resolution
+    maps = condition_maps(h.poses, res, params.render.radius, params.render.limbs, 1, False)
+    header = [np.repeat((m[0].numpy() * 255).astype(np.uint8)[..., None], 3, axis=-1) for m in maps]
+    labels = [pose_label(p) for p in h.poses]
+    paths = []
+    with atomic_path(grid_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for s, pose_set in enumerate(h.sets[:max_sets]):
+            rows = [(key, list(result.images[s, :, a])) for a, key in enumerate(result.arm_keys)]
+            title = f"set {pose_set.set_id} (seed {pose_set.seed}): {pose_set.prompt.caption}"
+            make_grid(rows, labels, header, title, cell=max(96, res)).save(tmp / f"set_{pose_set.set_id}.png")
+            paths.append(grid_dir / f"set_{pose_set.set_id}.png")
+    return paths
+
+
+def _fmt(i: Interval | None, digits: int = 3, signed: bool = False) -> str:
+    if i is None or not math.isfinite(i.value):
+        return "–"
+    spec = f"+.{digits}f" if signed else f".{digits}f"
+    if not (math.isfinite(i.low) and math.isfinite(i.high)):
+        return f"{i.value:{spec}}"
+    return f"{i.value:{spec}} [{i.low:{spec}}, {i.high:{spec}}]"
+
+
+def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Path]) -> str:
+    """The human report: verdict first, then the frontier figure, the gate, the table, the design and power."""
+    ev = params.evaluate
+    f = result.frontier
+    comp = f.comparisons.get("secondary")
+    p = result.promotion
+    status = {
+        "promoted": f"**Promoted**: version {p.candidate_version} of `{params.mlflow.registered_model}` is now "
+        f"`{CHAMPION_ALIAS}` (was {p.champion_before or 'none'}).",
+        "rejected": f"**Not promoted**: version {p.candidate_version} stays `candidate`; `{CHAMPION_ALIAS}` "
+        f"unchanged ({p.champion_before or 'none'}).",
+        "not_evaluated": f"**Not evaluated**: no alias moved (`{CHAMPION_ALIAS}`: {p.champion_before or 'none'}).",
+        "no_candidate": "**No candidate** in the registry: nothing to promote; no alias changed.",
+    }[p.status]
+    lines = [
+        "# posescene evaluation: scene drift across poses at matched pose fidelity",
+        "",
+        f"**Verdict: {result.verdict}**",
+        "",
+        status,
+        "",
+        "![drift vs fidelity frontier](plots/frontier.png)",
+        "",
+        "## Gate (every check on the pessimistic end of its 95% CI)",
+        "",
+        *[f"- {line}" for line in p.lines],
+        "",
+        f"## Arms ({f.n_sets} sets x {f.n_poses} poses each; 95% CIs: paired two-way bootstrap over sets and poses, "
+        f"{f.n_boot} replicates)",
+        "",
+        f"Fidelity measure `{f.measure}`; normalised = (raw - chance) / (ceiling - chance). Chance "
+        f"{_fmt(f.chance[f.measure])} = the judge on the primary's images scored against the *other* poses of their "
+        f"set; ceiling {_fmt(f.ceiling[f.measure])} = the judge on the real images the poses come from.",
+        "",
+        f"| arm | scale | drift ({ev.promotion.metric}) | drift 1-SSIM | {f.measure} | normalised fidelity | "
+        "keypoint error | PCK@0.1 box |",
+        "|---|---:|---|---:|---|---|---:|---:|",
+    ]
+    for key, a in f.arms.items():
+        lines.append(
+            f"| {key} | {a.scale:g} | {_fmt(a.drift, 4)} | {a.drift_ssim.value:.4f} | {_fmt(a.fidelity)} | "
+            f"{_fmt(a.fidelity_norm)} | {a.measures['keypoint_error'].value:.3f} | "
+            f"{a.measures['pck@0.1box'].value:.3f} |"
+        )
+    lines += [
+        f"| chance | – | – | – | {_fmt(f.chance[f.measure])} | 0 | {f.chance['keypoint_error'].value:.3f} | "
+        f"{f.chance['pck@0.1box'].value:.3f} |",
+        f"| ceiling (real images) | – | – | – | {_fmt(f.ceiling[f.measure])} | 1 | "
+        f"{f.ceiling['keypoint_error'].value:.3f} | {f.ceiling['pck@0.1box'].value:.3f} |",
+        "",
+    ]
+    if "keypoint_ap" in f.chance:
+        lines += [
+            "Keypoint AP (COCO, from OKS): "
+            + ", ".join(f"{k} {a.measures['keypoint_ap'].value:.3f}" for k, a in f.arms.items())
+            + f"; chance {f.chance['keypoint_ap'].value:.3f}, ceiling {f.ceiling['keypoint_ap'].value:.3f}.",
+            "",
+        ]
+    if comp is not None:
+        lines += [
+            "## Secondary vs the primary",
+            "",
+            f"- Δdrift at matched fidelity (secondary at scale 1 minus the primary turned down to the same "
+            f"fidelity): {_fmt(comp.delta_drift, 4, True)}",
+            f"- Δ normalised fidelity at matched drift: {_fmt(comp.delta_fidelity, 3, True)}",
+            f"- relative above-chance fidelity (F_S - chance) / (F_P - chance): {_fmt(comp.rel_fidelity)}",
+            f"- drift ratio (secondary / primary, both at scale 1): {_fmt(comp.drift_ratio)}",
+            "",
+            "### Power",
+            "",
+            f"With {f.n_sets} sets x {f.n_poses} poses, the smallest Δdrift this run detects with 80% power at the "
+            f"5% level is {comp.mde_delta_drift:.0%} of the primary's drift (target: 20%), and the smallest relative "
+            f"fidelity loss {comp.mde_rel_fidelity:.1%} (target: 5%) (1.96 + 0.84 = 2.8 bootstrap SEs). "
+            + (
+                "Both targets are met."
+                if comp.mde_delta_drift <= 0.2 and comp.mde_rel_fidelity <= 0.05
+                else "Where a target is missed, more sets (evaluate.n_prompts x evaluate.seeds) shrink the SE "
+                "as 1/sqrt(sets): see README for the full-power configuration."
+            ),
+            "",
+        ]
+    lines += [
+        "## Design",
+        "",
+        f"- {len(result.heldout.prompts)} held-out prompts x {len(ev.seeds)} seeds = {f.n_sets} sets; each set has its "
+        f"own initial noise, and every pose and arm of a set starts from it. Captions name no action (the action "
+        "phrase of the source image is removed), so no pose contradicts the prompt.",
+        f"- {f.n_poses} held-out poses, distinct actions where the data has them; adapter_conditioning_scale grid "
+        f"{list(ev.scales)} (scale 0 = the base model); {ev.steps} {ev.sampler} steps, guidance {ev.guidance_scale}, "
+        f"{params.model.resolution} px.",
+        f"- Drift: mean over pose pairs of the distance outside the union of the set's person regions (keypoint boxes "
+        f"grown by {ev.mask_margin:.0%} of their larger side; the scene is {result.scene_fraction:.0%} of the image).",
+        f"- Held-out scenes checked against the world's training record: {result.checked_scenes} scene(s) with "
+        "PoseScenes provenance, none trained on.",
+        f"- {len(result.arms)} arms x {int(np.prod(result.images.shape[:2]))} images = "
+        f"{int(np.prod(result.images.shape[:3]))} images at {result.images_per_s:.2f} images/s.",
+    ]
+    if result.notices:
+        lines += ["", "## Notices", ""] + [f"- {n}" for n in result.notices]
+    if result.mlflow_run_id:
+        lines += ["", f"MLflow run `{result.mlflow_run_id}` at `{result.tracking_uri}`."]
+    lines += ["", "## Pose x arm grids (first sets)", ""]
+    for path in grids:
+        lines += [f"![{path.stem}]({path.relative_to(result.out_dir).as_posix()})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: EvaluationResult, params: Params) -> dict[str, Any]:
+    """Everything under ``evaluate.out_dir``, each file written atomically; returns the metrics dict."""
+    out = result.out_dir
+    write_text_atomic(out / "drift.csv", _csv(result.drift_rows))
+    write_text_atomic(out / "fidelity.csv", _csv(result.fidelity_rows))
+    write_text_atomic(out / "plots" / "frontier.csv", _csv(frontier_rows(result)))
+    write_frontier_plot(result, out / "plots" / "frontier.png", params.evaluate.promotion.metric)
+    grids = write_grids(result, params, out / "grids")
+    write_text_atomic(out / "report.md", report_markdown(result, params, grids))
+    metrics = metrics_json(result, params)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def summary_markdown(metrics: Mapping[str, Any]) -> str:
+    """Markdown of a ``metrics.json`` dict (the Prefect artifact and the CLI): verdict, gate, arms."""
+    v = metrics.get("verdict", {})
+    lines = [f"**{v.get('text')}**", "", f"Gate: **{v.get('gate')}**", ""]
+    for name, check in metrics.get("gate", {}).items():
+        lines.append(f"- {'PASS' if check.get('pass') else 'FAIL'} {name}: bound {check.get('bound')} vs "
+                     f"limit {check.get('limit')}")  # fmt: skip
+    lines += ["", "| arm | drift | normalised fidelity |", "|---|---:|---:|"]
+    for name, arm in metrics.get("arms", {}).items():
+        lines.append(f"| {name} | {arm.get('drift')} | {arm.get('fidelity_norm')} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["make_grid", "metrics_json", "summary_markdown", "write_outputs"]
