@@ -17,6 +17,7 @@ def poses_markdown(summary: dict[str, Any]) -> str:
         ("already done (kept)", summary["images_existing"]),
         ("processed now", summary["images_processed"]),
         ("  with a person", summary["images_with_person"]),
+        ("  **no person found**", summary["images_without_person"]),
         ("  persons found", summary["persons_found"]),
         ("part files written", summary["parts_written"]),
         ("stale images pruned", summary["pruned_images"]),
@@ -24,6 +25,10 @@ def poses_markdown(summary: dict[str, Any]) -> str:
     ]
     lines = [f"# poses ({summary['detector']}, beta={summary['beta']})", "", "| | |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
+    if summary["images_without_person"]:
+        examples = ", ".join(summary["no_person_examples"][:5])
+        lines += ["", f"**No person found in {summary['images_without_person']} images** (e.g. {examples}): if they "
+                  "show people, lower poses.min_detection_confidence / poses.min_presence_confidence."]  # fmt: skip
     if summary["restarted"]:
         lines += ["", f"**Started over:** existing lattices had other settings ({summary['restart_reason']})."]
     return "\n".join(lines) + "\n"
@@ -42,7 +47,8 @@ def poses_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | Non
         summary = poses_task(params.poses, params.ingest.out_dir, params.poses.out_dir)
     print(
         f"poses ({summary['detector']}): {summary['images_processed']} images processed, "
-        f"{summary['images_existing']} already done, {summary['persons_found']} persons found "
+        f"{summary['images_existing']} already done, {summary['persons_found']} persons found, "
+        f"{summary['images_without_person']} images with nobody found "
         f"({summary['images_per_second']:.1f} images/s) -> {params.poses.out_dir}"
     )
     create_markdown_artifact(

@@ -2,9 +2,10 @@
 
 ``make_detector(name, weights)`` builds one of:
 
-- ``mediapipe``: MediaPipe Pose (``mediapipe.solutions.pose``, its bundled *full* model; offline), one
-  person per image, 33 landmarks mapped by :data:`posescene.topology.MEDIAPIPE_TO_OPENPOSE`, the neck
-  being the shoulder midpoint with the smaller of the two scores; score = landmark visibility.
+- ``mediapipe``: MediaPipe's PoseLandmarker (``mediapipe.tasks``) on the pose detector and *full*
+  landmark model that the mediapipe wheel bundles (offline; see :func:`mediapipe_pose_bundle`), up to
+  ``max_persons`` people per image, 33 landmarks mapped by :data:`posescene.topology.MEDIAPIPE_TO_OPENPOSE`,
+  the neck being the shoulder midpoint with the smaller of the two scores; score = landmark visibility.
 - ``openpose``: the OpenPose body estimator of ``controlnet_aux`` (``body_pose_model.pth`` from a
   local directory, or a hub id such as ``lllyasviel/Annotators`` already in the HF cache / with
   network); its ``candidate``/``subset`` output already is the 18-point order, with per-point scores.
@@ -123,27 +124,126 @@ class GroundTruthDetector:
         pass
 
 
+# The pose detector (SSD, 224x224 input in [-1, 1]) and the full landmark model (256x256 input in [0, 1])
+# that the mediapipe wheel ships for its legacy ``solutions.pose``. PoseLandmarker wants them as a ``.task``
+# bundle whose models carry input-normalisation metadata; the wheel's copies carry none, so
+# :func:`mediapipe_pose_bundle` adds it (the values of the legacy graphs' ImageToTensor calculators).
+_MP_DETECTOR = ("modules/pose_detection/pose_detection.tflite", 127.5, 127.5, 2)  # path, mean, std, outputs
+_MP_LANDMARKS = ("modules/pose_landmark/pose_landmark_full.tflite", 0.0, 255.0, 5)
+_MP_BUNDLE: bytes | None = None
+
+
+def _with_input_metadata(model: bytes, mean: float, std: float, outputs: int) -> bytes:
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
+
+    writer = metadata_writer.MetadataWriter.create(bytearray(model))
+    writer.add_image_input(norm_mean=[mean], norm_std=[std])
+    for _ in range(outputs):
+        writer.add_feature_output()
+    return bytes(writer.populate()[0])
+
+
+def mediapipe_pose_bundle() -> bytes:
+    """A PoseLandmarker ``.task`` bundle (zip) built from the models inside the installed mediapipe wheel.
+
+    Built once per process (about 0.1 s); nothing is downloaded. Raises :class:`DetectorUnavailableError`
+    when the wheel lacks the models (another mediapipe version than requirements.lock's 0.10.14).
+    """
+    global _MP_BUNDLE
+    if _MP_BUNDLE is None:
+        import io
+        import zipfile
+
+        import mediapipe
+
+        root = Path(mediapipe.__file__).parent
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as bundle:
+            for member, (rel, mean, std, outputs) in (
+                ("pose_detector.tflite", _MP_DETECTOR),
+                ("pose_landmarks_detector.tflite", _MP_LANDMARKS),
+            ):
+                path = root / rel
+                if not path.is_file():
+                    raise DetectorUnavailableError(
+                        f"mediapipe: {path} is missing (mediapipe {getattr(mediapipe, '__version__', '?')}); "
+                        "install mediapipe==0.10.14, which bundles the pose models (see requirements.lock)."
+                    )
+                bundle.writestr(member, _with_input_metadata(path.read_bytes(), mean, std, outputs))
+        _MP_BUNDLE = buffer.getvalue()
+    return _MP_BUNDLE
+
+
+def _box(xy: np.ndarray) -> tuple[float, float, float, float] | None:
+    finite = xy[np.isfinite(xy).all(axis=1)]
+    if not len(finite):
+        return None
+    return float(finite[:, 0].min()), float(finite[:, 1].min()), float(finite[:, 0].max()), float(finite[:, 1].max())
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection of two boxes over the smaller one's area (1.0: one lies inside the other)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / smaller if smaller > 0 else 0.0
+
+
+def drop_duplicates(persons: Sequence[PersonKeypoints], overlap: float = 0.5) -> list[PersonKeypoints]:
+    """Drop each person whose keypoint box lies mostly (> ``overlap``) inside a surer person's box.
+
+    PoseLandmarker can return one person twice, or a second "person" made of part of the first (measured
+    on PoseScenes: 1 of 120 images, the legs and torso of the only figure read as another person). Two
+    real people side by side overlap far less; one half hidden behind another may be dropped.
+    """
+    kept: list[tuple[PersonKeypoints, tuple[float, float, float, float] | None]] = []
+    for person in sorted(persons, key=lambda p: -float(p.score.sum())):
+        box = _box(person.xy)
+        if box is not None and any(other is not None and _overlap(box, other) > overlap for _, other in kept):
+            continue
+        kept.append((person, box))
+    return [person for person, _ in kept]
+
+
 class MediaPipeDetector:
-    """MediaPipe Pose in static-image mode with the bundled full model; at most one person per image."""
+    """MediaPipe PoseLandmarker (image mode, the wheel's bundled full model): up to ``max_persons`` people."""
 
     name = "mediapipe"
     needs_pixels = True
 
-    def __init__(self, min_detection_confidence: float = 0.5) -> None:
+    def __init__(
+        self, min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5, max_persons: int = 4
+    ) -> None:
         try:
-            from mediapipe.python.solutions import pose as mp_pose
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
         except ImportError as exc:
             raise DetectorUnavailableError(
                 f"the mediapipe detector needs the mediapipe package ({exc}); install mediapipe==0.10.14"
             ) from None
-        # model_complexity=1 is the model the wheel bundles; 0 and 2 would be downloaded at first use.
-        self._pose = mp_pose.Pose(
-            static_image_mode=True,
-            model_complexity=1,
-            enable_segmentation=False,
-            min_detection_confidence=min_detection_confidence,
+        self._mp = mp
+        options = vision.PoseLandmarkerOptions(
+            base_options=BaseOptions(model_asset_buffer=mediapipe_pose_bundle()),
+            running_mode=vision.RunningMode.IMAGE,
+            num_poses=max_persons,
+            min_pose_detection_confidence=min_detection_confidence,
+            min_pose_presence_confidence=min_presence_confidence,
         )
+        self._landmarker = vision.PoseLandmarker.create_from_options(options)
         self._map = [MEDIAPIPE_TO_OPENPOSE[name] for name in KEYPOINT_NAMES]
+
+    def _person(self, landmarks: Sequence[object], w: int, h: int) -> PersonKeypoints:
+        lm = np.array([(p.x * w, p.y * h, p.visibility) for p in landmarks], np.float64)  # type: ignore[attr-defined]
+        xy, score = _empty()
+        for i, src in enumerate(self._map):
+            if isinstance(src, tuple):  # the neck: midpoint of the shoulders, the weaker score
+                a, b = lm[src[0]], lm[src[1]]
+                xy[i] = (a[:2] + b[:2]) / 2
+                score[i] = min(a[2], b[2])
+            else:
+                xy[i] = lm[src, :2]
+                score[i] = lm[src, 2]
+        return PersonKeypoints(xy, np.clip(score, 0.0, 1.0).astype(np.float32))
 
     def detect(
         self, images: Sequence[np.ndarray | None], records: Sequence[ImageRecord] | None = None
@@ -152,25 +252,12 @@ class MediaPipeDetector:
         for image in images:
             image = _check_image(image)
             h, w = image.shape[:2]
-            result = self._pose.process(image)
-            if result.pose_landmarks is None:
-                out.append([])
-                continue
-            lm = np.array([(p.x * w, p.y * h, p.visibility) for p in result.pose_landmarks.landmark], np.float64)
-            xy, score = _empty()
-            for i, src in enumerate(self._map):
-                if isinstance(src, tuple):  # the neck: midpoint of the shoulders, the weaker score
-                    a, b = lm[src[0]], lm[src[1]]
-                    xy[i] = (a[:2] + b[:2]) / 2
-                    score[i] = min(a[2], b[2])
-                else:
-                    xy[i] = lm[src, :2]
-                    score[i] = lm[src, 2]
-            out.append([PersonKeypoints(xy, np.clip(score, 0.0, 1.0).astype(np.float32))])
+            result = self._landmarker.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image))
+            out.append(drop_duplicates([self._person(landmarks, w, h) for landmarks in result.pose_landmarks]))
         return out
 
     def close(self) -> None:
-        self._pose.close()
+        self._landmarker.close()
 
 
 class OpenPoseDetector:
@@ -359,18 +446,29 @@ def check_detector(name: str, weights: str | None = None) -> None:
     raise ConfigError(f"unknown detector {name!r}; choose one of {list(DETECTORS)}")
 
 
-def make_detector(name: str, weights: str | None = None, *, device: str | None = None) -> Detector:
+def make_detector(
+    name: str,
+    weights: str | None = None,
+    *,
+    device: str | None = None,
+    min_detection_confidence: float = 0.5,
+    min_presence_confidence: float = 0.5,
+    max_persons: int = 4,
+) -> Detector:
     """Build detector ``name``; raise :class:`DetectorUnavailableError` when its weights/packages are missing.
 
     ``weights``: openpose/dwpose: a local directory (or checkpoint file) or a hub id; mediapipe: None
     (its bundled model); groundtruth: ignored. ``device``: "cpu"/"cuda" for the torch-based detectors
-    (default: cuda when available).
+    (default: cuda when available). ``min_detection_confidence`` (a person box), ``min_presence_confidence``
+    (the landmarks of a found box) and ``max_persons`` (people per image) are MediaPipe's own thresholds
+    (``poses.*`` in params.yaml); the other detectors return every person they find and
+    :mod:`posescene.poses` keeps the ``max_persons`` most prominent.
     """
     check_detector(name, weights)
     if name == "groundtruth":
         return GroundTruthDetector()
     if name == "mediapipe":
-        return MediaPipeDetector()
+        return MediaPipeDetector(min_detection_confidence, min_presence_confidence, max_persons)
     if name == "openpose":
         return OpenPoseDetector(openpose_weights(weights), device=device)
     det_ckpt, pose_ckpt = dwpose_weights(weights)

@@ -6,6 +6,12 @@ or it lies outside the image; a person with no point left is dropped; an image w
 row with ``has_person=false``. Present points are normalised with bias beta by
 :func:`posescene.lattice.normalise` (x_hat = (x + beta w) / ((1 + 2 beta) w), likewise y).
 
+Several people: every person the detector finds is kept, up to ``max_persons``, ordered by prominence
+(the area of the box around the person's present points, as a fraction of the image; more prominent
+first), so ``person`` 0 is the most prominent one, and each row says how prominent it is and how many
+people its image has (``prominence``, ``n_persons``). The run counts the images where nobody was found
+and warns about them: a detector that misses obvious people shows at once.
+
 The output directory holds one ``part-<hash>.parquet`` per batch (columns and schema metadata in
 docs/architecture.md). The work is:
 
@@ -68,13 +74,18 @@ LATTICE_SCHEMA = pa.schema(
         ("score", _LIST),
         ("x_norm", _LIST),
         ("y_norm", _LIST),
+        ("prominence", pa.float32()),  # keypoint-box area / image area; null on has_person=false rows
+        ("n_persons", pa.int32()),  # people kept in this image (0 on the has_person=false row)
     ]
 )
+# Columns added after the first lattices were written: read_lattices fills them with nulls for old parts.
+OPTIONAL_COLUMNS = ("prominence", "n_persons")
 META_TOPOLOGY = "posescene.topology"
 META_BETA = "posescene.beta"
 META_DETECTOR = "posescene.detector"
 META_WEIGHTS = "posescene.weights"
 META_MIN_SCORE = "posescene.min_score"
+META_DETECTOR_OPTIONS = "posescene.detector_options"  # JSON: the detector's thresholds that change its output
 
 MapFn = Callable[[Callable[["BatchTask"], "BatchResult"], Sequence["BatchTask"]], Iterable["BatchResult"]]
 
@@ -86,6 +97,21 @@ class DetectorSpec:
     name: str
     weights: str | None = None
     device: str | None = None
+    min_detection_confidence: float = 0.5
+    min_presence_confidence: float = 0.5
+    max_persons: int = 4
+
+    def options(self) -> dict[str, float | int]:
+        """The settings that change what this detector finds (stored with the lattices; a change restarts)."""
+        if self.name == "groundtruth":
+            return {}
+        if self.name == "mediapipe":
+            return {
+                "max_persons": self.max_persons,
+                "min_detection_confidence": self.min_detection_confidence,
+                "min_presence_confidence": self.min_presence_confidence,
+            }
+        return {"max_persons": self.max_persons}
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,7 @@ class BatchResult:
     images_with_person: int
     persons: int
     seconds: float
+    no_person: tuple[str, ...] = ()  # image ids where nobody was found
 
 
 @dataclass
@@ -120,6 +147,8 @@ class PosesSummary:
     images_existing: int = 0
     images_processed: int = 0
     images_with_person: int = 0
+    images_without_person: int = 0  # processed images where the detector found nobody (see the warning)
+    no_person_examples: list[str] = field(default_factory=list)  # up to 10 of their image ids
     persons_found: int = 0
     parts_written: int = 0
     pruned_images: int = 0
@@ -133,13 +162,16 @@ class PosesSummary:
         return asdict(self)
 
 
-def schema_metadata(detector: str, beta: float, min_score: float, weights: str | None) -> dict[str, str]:
+def schema_metadata(
+    detector: str, beta: float, min_score: float, weights: str | None, options: dict[str, float | int] | None = None
+) -> dict[str, str]:
     return {
         META_TOPOLOGY: json.dumps(list(KEYPOINT_NAMES)),
         META_BETA: repr(float(beta)),
         META_DETECTOR: detector,
         META_MIN_SCORE: repr(float(min_score)),
         META_WEIGHTS: weights or "",
+        META_DETECTOR_OPTIONS: json.dumps(options or {}, sort_keys=True),
     }
 
 
@@ -153,7 +185,14 @@ def get_detector(spec: DetectorSpec) -> Detector:
     """The detector for ``spec``, built on first use in this process and kept (one per worker)."""
     detector = _DETECTORS.get(spec)
     if detector is None:
-        detector = _DETECTORS[spec] = make_detector(spec.name, spec.weights, device=spec.device)
+        detector = _DETECTORS[spec] = make_detector(
+            spec.name,
+            spec.weights,
+            device=spec.device,
+            min_detection_confidence=spec.min_detection_confidence,
+            min_presence_confidence=spec.min_presence_confidence,
+            max_persons=spec.max_persons,
+        )
     return detector
 
 
@@ -176,12 +215,27 @@ def _as_list(values: np.ndarray, present: np.ndarray) -> list[float | None]:
     return [float(v) if ok else None for v, ok in zip(values.tolist(), present.tolist(), strict=True)]
 
 
+def _prominence(xy: np.ndarray, present: np.ndarray, w: int, h: int) -> float:
+    """Area of the box around the present points as a fraction of the image (0 for a single point)."""
+    pts = xy[present]
+    return float(np.ptp(pts[:, 0]) * np.ptp(pts[:, 1]) / (w * h))
+
+
 def lattice_rows(
-    record: dict[str, Any], persons: Sequence[PersonKeypoints], detector: str, beta: float, min_score: float
+    record: dict[str, Any],
+    persons: Sequence[PersonKeypoints],
+    detector: str,
+    beta: float,
+    min_score: float,
+    max_persons: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one image: one per person with at least one present point, or one has_person=false row."""
+    """Rows of one image: one per person with at least one present point, or one has_person=false row.
+
+    Persons are ordered by prominence (most prominent first, ``person`` 0) and the first ``max_persons``
+    kept (all with None).
+    """
     w, h = int(record["width"]), int(record["height"])
-    rows = []
+    found: list[tuple[float, float, np.ndarray, np.ndarray, np.ndarray]] = []
     for person in persons:
         xy = np.asarray(person.xy, dtype=np.float64)
         score = np.asarray(person.score, dtype=np.float64)
@@ -195,19 +249,25 @@ def lattice_rows(
                 & (xy[:, 1] >= 0)
                 & (xy[:, 1] < h)
             )
-        if not present.any():
-            continue
+        if present.any():
+            found.append((_prominence(xy, present, w, h), float(score[present].sum()), xy, score, present))
+    found.sort(key=lambda f: (-f[0], -f[1]))  # ties (single points) by total score
+    found = found[:max_persons] if max_persons is not None else found
+    rows = []
+    for prominence, _, xy, score, present in found:
         x_norm, y_norm = normalise(xy[:, 0], xy[:, 1], w, h, beta)
         rows.append({
             "image_id": record["image_id"], "person": len(rows), "width": w, "height": h,
             "detector": detector, "has_person": True,
             "x": _as_list(xy[:, 0], present), "y": _as_list(xy[:, 1], present), "score": _as_list(score, present),
             "x_norm": _as_list(x_norm, present), "y_norm": _as_list(y_norm, present),
+            "prominence": prominence, "n_persons": len(found),
         })  # fmt: skip
     if not rows:
         rows.append({
             "image_id": record["image_id"], "person": 0, "width": w, "height": h, "detector": detector,
             "has_person": False, "x": None, "y": None, "score": None, "x_norm": None, "y_norm": None,
+            "prominence": None, "n_persons": 0,
         })  # fmt: skip
     return rows
 
@@ -239,8 +299,12 @@ def process_batch(task: BatchTask) -> BatchResult:
         if len(detections) != len(chunk):
             raise RuntimeError(f"detector {detector.name} returned {len(detections)} results for {len(chunk)} images")
         for record, persons in zip(chunk, detections, strict=True):
-            rows.extend(lattice_rows(record, persons, task.detector.name, task.beta, task.min_score))
-    meta = schema_metadata(task.detector.name, task.beta, task.min_score, task.detector.weights)
+            rows.extend(
+                lattice_rows(record, persons, task.detector.name, task.beta, task.min_score, task.detector.max_persons)
+            )
+    meta = schema_metadata(
+        task.detector.name, task.beta, task.min_score, task.detector.weights, task.detector.options()
+    )
     table = pa.Table.from_pylist(rows, schema=LATTICE_SCHEMA).replace_schema_metadata(meta)
     name = part_name(r["image_id"] for r in task.records)
     with atomic_path(Path(task.out_dir) / name) as tmp:
@@ -252,6 +316,7 @@ def process_batch(task: BatchTask) -> BatchResult:
         images_with_person=len(with_person),
         persons=sum(1 for r in rows if r["has_person"]),
         seconds=time.perf_counter() - start,
+        no_person=tuple(r["image_id"] for r in rows if not r["has_person"]),
     )
 
 
@@ -314,13 +379,13 @@ def _mismatch(meta: dict[bytes, bytes], wanted: dict[str, str]) -> str:
     """Why a part made with ``meta`` cannot be extended under ``wanted`` ('' when it can)."""
     got = {k.decode(): v.decode() for k, v in (meta or {}).items()}
     diffs = []
-    for key in (META_DETECTOR, META_WEIGHTS, META_BETA, META_MIN_SCORE, META_TOPOLOGY):
-        old, new = got.get(key), wanted[key]
+    for key in (META_DETECTOR, META_WEIGHTS, META_BETA, META_MIN_SCORE, META_TOPOLOGY, META_DETECTOR_OPTIONS):
+        old, new = got.get(key), wanted.get(key)  # lattices written before a key existed lack it
         if key in (META_BETA, META_MIN_SCORE) and old is not None:
             try:
                 if math.isclose(float(old), float(new), rel_tol=0, abs_tol=1e-12):
                     continue
-            except ValueError:
+            except (TypeError, ValueError):  # one side missing or not a number: compare as text
                 pass
         if old != new:
             diffs.append(f"{key.removeprefix('posescene.')} {old!r} -> {new!r}")
@@ -394,6 +459,9 @@ def run_poses(
     weights: str | None = None,
     beta: float = 0.05,
     min_score: float = 0.3,
+    min_detection_confidence: float = 0.5,
+    min_presence_confidence: float = 0.5,
+    max_persons: int = 4,
     batch_size: int = 64,
     workers: int = 1,
     device: str | None = None,
@@ -402,12 +470,21 @@ def run_poses(
 ) -> PosesSummary:
     """Compute the lattices of every manifest image not yet in ``out_dir``; return what was done.
 
-    ``manifest``: the ingest output directory or its ``manifest.parquet``. ``map_fn(process_batch,
+    ``manifest``: the ingest output directory or its ``manifest.parquet``. ``min_detection_confidence``,
+    ``min_presence_confidence``: mediapipe's thresholds for a person box and its landmarks (lower finds
+    more, less sure, people); ``max_persons``: people kept per image, most prominent first. ``map_fn(process_batch,
     tasks)`` overrides the runner (default: this process for ``workers == 1``, else a spawn process pool);
     it must yield one :class:`BatchResult` per task, in any order.
     """
-    if batch_size < 1 or workers < 1:
-        raise InputDataError(f"batch_size ({batch_size}) and workers ({workers}) must be >= 1")
+    if batch_size < 1 or workers < 1 or max_persons < 1:
+        raise InputDataError(
+            f"poses.batch_size ({batch_size}), poses.workers ({workers}) and poses.max_persons ({max_persons}) "
+            "must be >= 1"
+        )
+    for key, value in (("min_detection_confidence", min_detection_confidence),
+                       ("min_presence_confidence", min_presence_confidence)):  # fmt: skip
+        if not 0.0 <= value <= 1.0:
+            raise InputDataError(f"poses.{key} must be in [0, 1] (got {value})")
     if not 0.0 <= min_score <= 1.0 or not 0.0 <= beta:
         raise InputDataError(f"min_score must be in [0, 1] and beta >= 0 (got {min_score}, {beta})")
     start = time.perf_counter()
@@ -422,7 +499,8 @@ def run_poses(
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)
     summary = PosesSummary(out_dir=str(out_dir), detector=detector, beta=beta, images_total=len(records))
-    wanted = schema_metadata(detector, beta, min_score, weights)
+    spec = DetectorSpec(detector, weights, device, min_detection_confidence, min_presence_confidence, max_persons)
+    wanted = schema_metadata(detector, beta, min_score, weights, spec.options())
     existing, reason = _scan_existing(out_dir, wanted)
     if reason:
         summary.restarted, summary.restart_reason = True, reason
@@ -441,7 +519,7 @@ def run_poses(
             records=tuple(todo[i : i + batch_size]),
             manifest_dir=str(manifest_dir),
             out_dir=str(out_dir),
-            detector=DetectorSpec(detector, weights, device),
+            detector=spec,
             beta=beta,
             min_score=min_score,
         )
@@ -456,6 +534,8 @@ def run_poses(
         for result in runner(process_batch, tasks):
             summary.images_processed += result.images
             summary.images_with_person += result.images_with_person
+            summary.images_without_person += len(result.no_person)
+            summary.no_person_examples += list(result.no_person[: 10 - len(summary.no_person_examples)])
             summary.persons_found += result.persons
             summary.parts_written += 1
             elapsed = time.perf_counter() - t0
@@ -464,6 +544,14 @@ def run_poses(
     finally:
         bar.close()
     work = time.perf_counter() - t0
+    if summary.images_without_person:
+        msg = (
+            f"poses: no person found in {summary.images_without_person} of {summary.images_processed} images "
+            f"(detector {detector}; e.g. {', '.join(summary.no_person_examples[:5])}). If they show people, lower "
+            "poses.min_detection_confidence / poses.min_presence_confidence or try another poses.detector."
+        )
+        log.warning(msg)
+        summary.warnings.append(msg)
     summary.seconds = time.perf_counter() - start
     summary.images_per_second = summary.images_processed / work if summary.images_processed and work > 0 else 0.0
     return summary
@@ -494,6 +582,9 @@ def read_lattices(path: str | Path) -> pa.Table:
             reason = _mismatch(table.schema.metadata, {k.decode(): v.decode() for k, v in meta.items()})
             if reason:
                 raise InputDataError(f"{path}: parts made with different settings ({reason}); rerun the poses stage.")
+        for name in OPTIONAL_COLUMNS:  # parts written before the column existed
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, LATTICE_SCHEMA.field(name).type))
         tables.append(table.select(LATTICE_SCHEMA.names).cast(LATTICE_SCHEMA))
     table = pa.concat_tables(tables).sort_by([("image_id", "ascending"), ("person", "ascending")])
     keys = list(zip(table.column("image_id").to_pylist(), table.column("person").to_pylist(), strict=True))

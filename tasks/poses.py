@@ -48,6 +48,9 @@ def poses_task(params: PosesParams, manifest: str, out_dir: str) -> dict[str, An
         weights=params.weights,
         beta=params.beta,
         min_score=params.min_score,
+        min_detection_confidence=params.min_detection_confidence,
+        min_presence_confidence=params.min_presence_confidence,
+        max_persons=params.max_persons,
         batch_size=params.batch_size,
         workers=params.workers,
     )

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import posescene.poses as poses_mod
-from posescene.detectors import DetectorUnavailableError, PersonKeypoints, make_detector
+from posescene.detectors import DetectorUnavailableError, PersonKeypoints, drop_duplicates, make_detector
 from posescene.errors import InputDataError
 from posescene.ingest import ingest
 from posescene.poses import lattice_rows, read_lattices, run_poses
@@ -63,16 +63,23 @@ def photo_ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _ingest(src, tmp_path_factory)
 
 
-def test_mediapipe_keypoints_land_on_the_person(photo_ingested, tmp_path):
-    summary = run_poses(photo_ingested, tmp_path / "lat", detector="mediapipe", beta=0.05, progress=False)
+def test_mediapipe_keypoints_land_on_the_person(photo_ingested, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="posescene.poses"):
+        summary = run_poses(photo_ingested, tmp_path / "lat", detector="mediapipe", beta=0.05, progress=False)
     assert summary.images_processed == 2 and summary.persons_found == 1
+    # the blank image is counted and named, so a detector that misses people shows at once
+    assert summary.images_without_person == 1 and len(summary.no_person_examples) == 1
+    assert "no person found in 1 of 2 images" in caplog.text and "min_detection_confidence" in caplog.text
     table = read_lattices(tmp_path / "lat")
     manifest = {r["source_path"]: r["image_id"] for r in pq.read_table(photo_ingested / "manifest.parquet").to_pylist()}
     rows = {r["image_id"]: r for r in table.to_pylist()}
     blank = rows[manifest["blank.png"]]
     assert blank["has_person"] is False and blank["x"] is None and blank["x_norm"] is None
+    assert blank["prominence"] is None and blank["n_persons"] == 0
+    assert summary.no_person_examples == [blank["image_id"]]
     person = rows[manifest["astronaut.png"]]
     assert person["has_person"] and person["person"] == 0 and (person["width"], person["height"]) == (512, 512)
+    assert person["n_persons"] == 1 and 0.15 < person["prominence"] < 1.0  # upper body: a large share of the photo
 
     def pt(name: str) -> tuple[float, float]:
         i = INDEX[name]
@@ -101,6 +108,7 @@ def test_groundtruth_detector_and_the_lattice_contract(synth_ingested, tmp_path)
     assert float(meta[b"posescene.beta"]) == 0.1 and meta[b"posescene.detector"] == b"groundtruth"
     assert [f.name for f in table.schema] == [
         "image_id", "person", "width", "height", "detector", "has_person", "x", "y", "score", "x_norm", "y_norm",
+        "prominence", "n_persons",
     ]  # fmt: skip
     for row in table.to_pylist():
         gt = manifest[row["image_id"]]
@@ -116,6 +124,107 @@ def test_groundtruth_detector_and_the_lattice_contract(synth_ingested, tmp_path)
             assert row["x_norm"][i] == pytest.approx((x + beta * w) / ((1 + 2 * beta) * w), abs=1e-6)
             assert row["y_norm"][i] == pytest.approx((y + beta * h) / ((1 + 2 * beta) * h), abs=1e-6)
             assert 0 < row["x_norm"][i] < 1 and 0 < row["y_norm"][i] < 1
+
+
+@pytest.fixture(scope="module")
+def people_ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photographs shipped by scikit-image: the cameraman (one person, standing, grayscale) and a
+    two-person picture made of the astronaut photo and a smaller mirrored copy beside it."""
+    from skimage import data
+
+    src = tmp_path_factory.mktemp("people")
+    Image.fromarray(data.camera()).convert("RGB").save(src / "cameraman.png")
+    astronaut = data.astronaut()
+    small = Image.fromarray(astronaut[:, ::-1]).resize((384, 384))
+    pair = Image.new("RGB", (512 + 64 + 384, 512), (128, 128, 128))
+    pair.paste(Image.fromarray(astronaut), (0, 0))
+    pair.paste(small, (576, 64))
+    pair.save(src / "two_people.png")
+    rows = [
+        {"file_name": "cameraman.png", "text": "a man filming with a camera on a tripod in a field"},
+        {"file_name": "two_people.png", "text": "two astronauts in front of a flag"},
+    ]
+    (src / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return _ingest(src, tmp_path_factory)
+
+
+def _by_source(ingested: Path) -> dict[str, str]:
+    return {r["source_path"]: r["image_id"] for r in pq.read_table(ingested / "manifest.parquet").to_pylist()}
+
+
+def _point(row: dict, name: str) -> tuple[float, float] | None:
+    i = INDEX[name]
+    return None if row["x"][i] is None else (row["x"][i], row["y"][i])
+
+
+def test_mediapipe_finds_the_standing_cameraman_and_both_people(people_ingested, tmp_path):
+    summary = run_poses(people_ingested, tmp_path / "lat", detector="mediapipe", progress=False)
+    assert (summary.images_processed, summary.images_without_person, summary.persons_found) == (2, 0, 3)
+    ids = _by_source(people_ingested)
+    rows = read_lattices(tmp_path / "lat").to_pylist()
+
+    (man,) = [r for r in rows if r["image_id"] == ids["cameraman.png"]]
+    nose = _point(man, "nose")
+    assert nose is not None and 200 < nose[0] < 300 and 100 < nose[1] < 220  # on his face, behind the camera
+    hips = [p for p in (_point(man, "r_hip"), _point(man, "l_hip")) if p is not None]
+    assert hips and all(nose[1] + 100 < hip[1] for hip in hips)  # nose well above the hips
+    ankles = [p for p in (_point(man, "r_ankle"), _point(man, "l_ankle")) if p is not None]
+    assert all(ankle[1] > max(hip[1] for hip in hips) for ankle in ankles)
+
+    pair = sorted((r for r in rows if r["image_id"] == ids["two_people.png"]), key=lambda r: r["person"])
+    assert [r["person"] for r in pair] == [0, 1] and all(r["n_persons"] == 2 for r in pair)
+    big, small = pair
+    assert big["prominence"] > small["prominence"] > 0  # person 0 is the most prominent
+    assert _point(big, "nose")[0] < 512 < 576 < _point(small, "nose")[0]  # each on its own photo
+    for person in pair:
+        nose, neck = _point(person, "nose"), _point(person, "neck")
+        assert nose is not None and neck is not None and nose[1] < neck[1]
+        assert all(v is None or v >= 0.3 for v in person["score"])
+
+
+def test_detector_thresholds_are_params(people_ingested, tmp_path):
+    """max_persons keeps the most prominent; a stricter detection confidence finds nobody; each change restarts."""
+    out = tmp_path / "lat"
+    summary = run_poses(people_ingested, out, detector="mediapipe", max_persons=1, progress=False)
+    assert summary.persons_found == 2 and summary.images_with_person == 2
+    ids = _by_source(people_ingested)
+    (only,) = [r for r in read_lattices(out).to_pylist() if r["image_id"] == ids["two_people.png"]]
+    assert only["n_persons"] == 1 and _point(only, "nose")[0] < 512  # the larger astronaut
+    options = json.loads(read_lattices(out).schema.metadata[b"posescene.detector_options"])
+    assert options == {"max_persons": 1, "min_detection_confidence": 0.5, "min_presence_confidence": 0.5}
+
+    summary = run_poses(people_ingested, out, detector="mediapipe", min_detection_confidence=1.0, progress=False)
+    assert summary.restarted and "detector_options" in summary.restart_reason
+    assert summary.images_without_person == 2 and summary.persons_found == 0
+    with pytest.raises(InputDataError, match="min_presence_confidence"):
+        run_poses(people_ingested, out, detector="mediapipe", min_presence_confidence=1.5, progress=False)
+
+
+def test_duplicates_and_parts_of_a_person_are_dropped():
+    def person(x0: float, y0: float, size: float, conf: float) -> PersonKeypoints:
+        xy = np.stack([np.linspace(x0, x0 + size, N_KEYPOINTS), np.linspace(y0, y0 + size, N_KEYPOINTS)], 1)
+        return PersonKeypoints(xy.astype(np.float32), np.full(N_KEYPOINTS, conf, np.float32))
+
+    whole, part, beside = person(100, 100, 100, 0.9), person(130, 150, 60, 0.5), person(260, 100, 100, 0.8)
+    kept = drop_duplicates([part, beside, whole])
+    assert kept == [whole, beside]  # the part lies inside the surer whole; the person beside stays
+
+
+def test_most_prominent_person_first_and_max_persons():
+    small_xy = np.tile(np.array([[30.0, 10.0]], np.float32), (N_KEYPOINTS, 1))
+    small_xy[1] = (34.0, 14.0)
+    big_xy = np.tile(np.array([[2.0, 2.0]], np.float32), (N_KEYPOINTS, 1))
+    big_xy[1] = (20.0, 25.0)
+    ones = np.ones(N_KEYPOINTS, np.float32)
+    record = {"image_id": "abc", "width": 40, "height": 30}
+    rows = lattice_rows(record, [PersonKeypoints(small_xy, ones), PersonKeypoints(big_xy, ones)], "openpose", 0.05, 0.3)
+    assert [(r["person"], r["x"][1], r["n_persons"]) for r in rows] == [(0, 20.0, 2), (1, 34.0, 2)]
+    assert rows[0]["prominence"] == pytest.approx(18 * 23 / (40 * 30)) and rows[1]["prominence"] == pytest.approx(
+        16 / 1200
+    )
+    (only,) = lattice_rows(record, [PersonKeypoints(small_xy, ones), PersonKeypoints(big_xy, ones)], "openpose",
+                           0.05, 0.3, max_persons=1)  # fmt: skip
+    assert only["x"][1] == 20.0 and only["n_persons"] == 1
 
 
 def test_threshold_bounds_and_people_without_points():

@@ -92,6 +92,13 @@ def poses(
     min_score: float = typer.Option(
         0.3, min=0.0, max=1.0, help="Keypoints with a lower confidence are missing (null)."
     ),
+    min_detection_confidence: float = typer.Option(
+        0.5, min=0.0, max=1.0, help="mediapipe: confidence a person box needs (lower finds more, less sure, people)."
+    ),
+    min_presence_confidence: float = typer.Option(
+        0.5, min=0.0, max=1.0, help="mediapipe: presence score the landmarks of a found box need."
+    ),
+    max_persons: int = typer.Option(4, min=1, help="People kept per image, most prominent first."),
     batch_size: int = typer.Option(64, min=1, help="Images per batch (and per part file)."),
     workers: int = typer.Option(1, min=1, help="Processes running batches in parallel (each loads the model once)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -111,6 +118,9 @@ def poses(
             weights=weights,
             beta=beta,
             min_score=min_score,
+            min_detection_confidence=min_detection_confidence,
+            min_presence_confidence=min_presence_confidence,
+            max_persons=max_persons,
             batch_size=batch_size,
             workers=workers,
             progress=progress,
@@ -122,6 +132,7 @@ def poses(
     typer.echo(
         f"{summary.images_processed} images processed ({summary.images_existing} already done), "
         f"{summary.persons_found} persons in {summary.images_with_person} images, "
+        f"no person found in {summary.images_without_person}, "
         f"{summary.images_per_second:.1f} images/s -> {out_dir}"
     )
 
