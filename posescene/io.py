@@ -44,8 +44,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """``obj`` as indented JSON; ``sort_keys=False`` keeps the caller's order (a DVC metrics file that leads
+    with the decision)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def write_parquet_atomic(path: str | Path, table: pa.Table) -> None:

@@ -161,41 +161,6 @@ def pairwise_drift(
 
 
 # --------------------------------------------------------------------------------------------------
-# statistics
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean with a percentile-bootstrap confidence interval."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-
-def bootstrap_ci(values: Sequence[float], n_samples: int, seed: int, confidence: float = 0.95) -> Estimate:
-    """Mean and percentile-bootstrap CI of ``values`` (NaN dropped), deterministic for ``seed``.
-
-    Resample the *independent units* (callers pass one value per prompt x seed pose set, not per
-    pair: the pairs of one set share an image each and are correlated).
-    """
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    mean = float(v.mean())
-    if v.size == 1:
-        return Estimate(mean, mean, mean, 1)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_samples, v.size))
-    means = v[idx].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    # the percentile interval of a resampled mean always brackets the sample mean up to float error
-    return Estimate(mean, float(min(low, mean)), float(max(high, mean)), int(v.size))
-
-
-# --------------------------------------------------------------------------------------------------
 # pose fidelity
 
 
@@ -234,44 +199,6 @@ def pck(
     dist = np.linalg.norm(np.where(found[:, None], pred, 0.0) - np.where(present[:, None], tgt, 0.0), axis=1)
     hits = present & found & (dist <= thr)
     return float(hits.sum() / present.sum())
-
-
-def is_detected(scores: np.ndarray | None, keypoints: np.ndarray | None, min_score: float, min_points: int) -> bool:
-    """A person counts as detected when at least ``min_points`` keypoints are present and confident."""
-    if keypoints is None:
-        return False
-    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
-    ok = np.isfinite(kp).all(axis=1)
-    if scores is not None:
-        ok &= np.asarray(scores, dtype=np.float64).reshape(-1) >= min_score
-    return int(ok.sum()) >= min_points
-
-
-def best_match(
-    persons: Sequence[tuple[np.ndarray, np.ndarray | None]], target: np.ndarray, alpha: float, min_score: float
-) -> tuple[int, float]:
-    """Index and PCK of the detected person that best matches the target (``(-1, 0.0)`` if none).
-
-    A generated image may contain extra people; fidelity asks whether *the* conditioned person is there.
-    """
-    best, best_pck = -1, 0.0
-    for k, (kp, sc) in enumerate(persons):
-        value = pck(kp, sc, target, alpha, min_score)
-        if best < 0 or (np.isfinite(value) and value > best_pck):
-            best, best_pck = k, value if np.isfinite(value) else 0.0
-    return best, best_pck
-
-
-# --------------------------------------------------------------------------------------------------
-# text alignment
-
-
-def scene_accuracy(predicted: Sequence[str | None], expected: Sequence[str | None]) -> float:
-    """Fraction of images whose predicted scene kind equals the caption's (unknown kinds skipped)."""
-    pairs = [(p, e) for p, e in zip(predicted, expected, strict=True) if e is not None]
-    if not pairs:
-        return float("nan")
-    return float(np.mean([p == e for p, e in pairs]))
 
 
 def nanmean(values: Sequence[float]) -> float:

@@ -108,22 +108,6 @@ def test_perceptual_distance_sees_only_the_scene():
     assert all(p.perceptual == 0.0 for p in metrics.pairwise_drift(images, scene, perceptual=l1))
 
 
-def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
-    rng = np.random.default_rng(0)
-    small = metrics.bootstrap_ci(rng.normal(1.0, 0.5, 10), n_samples=1000, seed=0)
-    large = metrics.bootstrap_ci(rng.normal(1.0, 0.5, 1000), n_samples=1000, seed=0)
-    for est in (small, large):
-        assert est.low <= est.mean <= est.high
-    assert (large.high - large.low) < (small.high - small.low) / 3
-    assert large.low < 1.0 < large.high
-    again = metrics.bootstrap_ci(rng.normal(1.0, 0.5, 10), n_samples=1000, seed=0)
-    assert again != small  # different data
-    assert metrics.bootstrap_ci([0.3] * 5, 100, 0).low == pytest.approx(0.3)
-    assert np.isnan(metrics.bootstrap_ci([], 100, 0).mean)
-    a = metrics.bootstrap_ci([1.0, 2.0, 4.0], 200, seed=3)
-    assert a == metrics.bootstrap_ci([1.0, 2.0, 4.0], 200, seed=3)  # seeded
-
-
 def test_pck_perfect_for_identical_and_zero_for_far_keypoints():
     target = POSES[0]
     assert metrics.pck(target, None, target, alpha=0.1) == 1.0
@@ -140,18 +124,42 @@ def test_pck_perfect_for_identical_and_zero_for_far_keypoints():
     assert np.isnan(metrics.pck(target, None, np.full((18, 2), np.nan)))
 
 
-def test_detection_and_best_match():
-    target = POSES[1]
-    assert metrics.is_detected(np.ones(18), target, 0.3, 4)
-    assert not metrics.is_detected(np.full(18, 0.1), target, 0.3, 4)
-    assert not metrics.is_detected(None, None, 0.3, 1)
-    idx, value = metrics.best_match([(POSES[0], None), (target, None)], target, 0.1, 0.0)
-    assert (idx, value) == (1, 1.0)
-    assert metrics.best_match([], target, 0.1, 0.0) == (-1, 0.0)
+def test_oks_is_one_for_a_perfect_prediction_and_falls_with_distance():
+    target = POSES[0]
+    assert metrics.oks(target, None, target) == pytest.approx(1.0)
+    near, far = metrics.oks(target + 1.0, None, target), metrics.oks(target + 6.0, None, target)
+    assert 1.0 > near > far >= 0.0
+    # a missing or unconfident point contributes 0; nobody found is 0 everywhere
+    assert metrics.oks(target, np.zeros(18), target, min_score=0.5) == pytest.approx(0.0)
+    assert metrics.oks(None, None, target) == pytest.approx(0.0)
+    assert metrics.keypoint_error(target, None, target) == pytest.approx(0.0)
+    assert metrics.keypoint_error(None, None, target) == pytest.approx(1.0)
 
 
-def test_scene_accuracy_and_nanmean():
-    assert metrics.scene_accuracy(["beach", "forest", "lake"], ["beach", "lake", None]) == 0.5
-    assert np.isnan(metrics.scene_accuracy(["beach"], [None]))
-    assert metrics.nanmean([1.0, float("nan"), 3.0]) == 2.0
+def test_keypoint_ap_follows_coco_and_weights_act_as_multiplicities():
+    assert metrics.keypoint_ap([1.0, 1.0, 1.0], [0.9, 0.5, 0.1]) == pytest.approx(1.0)
+    assert metrics.keypoint_ap([0.0, 0.0], [0.9, 0.5]) == pytest.approx(0.0)
+    # a confident miss ranked first costs precision at every recall level
+    good_first = metrics.keypoint_ap([1.0, 0.0], [0.9, 0.1])
+    bad_first = metrics.keypoint_ap([0.0, 1.0], [0.9, 0.1])
+    assert good_first > bad_first > 0
+    oks, scores = [0.9, 0.6, 0.3, 0.8], [0.4, 0.9, 0.2, 0.7]
+    weighted = metrics.keypoint_ap(oks, scores, weights=[2, 0, 1, 1])
+    assert weighted == pytest.approx(metrics.keypoint_ap([0.9, 0.9, 0.3, 0.8], [0.4, 0.4, 0.2, 0.7]))
+
+
+def test_fidelity_scores_and_best_person():
+    target = POSES[0]
+    persons = [(POSES[1], None), (target + 0.5, np.ones(18))]
+    kp, sc = metrics.best_person(persons, target, min_score=0.3)
+    assert kp is persons[1][0]
+    scores = metrics.fidelity_scores(kp, sc, target, 0.3)
+    assert set(scores) == {"oks", "keypoint_error", "pck@0.05box", "pck@0.1box", "pck@0.2box"}
+    assert scores["pck@0.2box"] == pytest.approx(1.0) and scores["oks"] > 0.5
+    assert metrics.best_person([], target, 0.3) == (None, None)
+    assert metrics.fidelity_scores(None, None, target, 0.3)["pck@0.1box"] == 0.0
+
+
+def test_nanmean():
     assert np.isnan(metrics.nanmean([]))
+    assert metrics.nanmean([1.0, float("nan"), 3.0]) == pytest.approx(2.0)

@@ -108,7 +108,9 @@ def _registry_workflow(
 
     from posescene import tracking
     from posescene.config import load_params
-    from posescene.evaluate import CANDIDATE_ALIAS, CHAMPION_ALIAS, run_promotion_gate
+    from posescene.evaluate import champion_adapter_dir
+    from posescene.evaluation import promotion as gate
+    from posescene.evaluation.promotion import CANDIDATE_ALIAS, CHAMPION_ALIAS
     from posescene.pyfunc import log_and_register
     from posescene.world import build_tiny_models
 
@@ -140,19 +142,26 @@ def _registry_workflow(
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
 
-    # 2. The evaluation stage's gate. The summaries stand in for a measured evaluation (that is
-    # test_evaluate's business); the registry side (tags, decision, alias move) is the real code.
-    # First a candidate that drifts more than the primary: rejected, no champion.
-    primary = {"drift_rmse": 0.20, "pck": 0.50}
-    worse = run_promotion_gate(client, params, {"primary": primary, "secondary": {"drift_rmse": 0.25, "pck": 0.5}})
-    assert worse.status == "rejected", worse.reasons
+    # 2. The evaluation stage's gate. The decisions stand in for a measured evaluation (the checks themselves
+    # are test_frontier's and test_evaluate's business); the registry side (tags, description, alias move) is
+    # the real code. First a failing decision: rejected, no champion.
+    failing = gate.Decision("fail", [gate.Check("drift vs primary", False, 1.1, 1.0, "drift ratio 1.05 [1.0, 1.1]")])
+    worse = gate.apply(client, MODEL_NAME, failing, candidate=candidate, champion=None, trained_run_id=train_run_id,
+                       tags={"verdict": "Worse than turning the primary down"}, description="first")  # fmt: skip
+    assert worse.status == "rejected" and worse.lines == [failing.checks[0].line()]
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
-    better = run_promotion_gate(client, params, {"primary": primary, "secondary": {"drift_rmse": 0.10, "pck": 0.48}})
-    assert better.promoted and better.candidate_version == str(version), better.reasons
+    passing = gate.Decision("pass", [gate.Check("drift vs primary", True, 0.8, 1.0, "drift ratio 0.7 [0.6, 0.8]")])
+    better = gate.apply(client, MODEL_NAME, passing, candidate=candidate, champion=None, trained_run_id=train_run_id,
+                        tags={"verdict": "Pareto-better"}, description="how to load it")  # fmt: skip
+    assert better.promoted and better.candidate_version == str(version), better.lines
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
-    assert str(champion.version) == str(version)
-    assert champion.tags["eval.drift_rmse"] == "0.1" and champion.tags["eval.decision"] == "promoted"
+    assert str(champion.version) == str(version) and champion.description == "how to load it"
+    assert champion.tags["eval.verdict"] == "Pareto-better" and champion.tags["eval.decision"] == "promoted"
+    # the next evaluation re-evaluates the champion: its adapter comes back through the server
+    adapter = champion_adapter_dir(MODEL_NAME, champion, None, mlflow_server)
+    assert adapter is not None and (adapter / "config.json").is_file()
+    assert champion_adapter_dir(MODEL_NAME, champion, champion, mlflow_server) is None  # the candidate itself
     t_registry = time.monotonic() - t0
 
     # 3. A fresh process loads the champion through the server (artifacts proxied by it) and predicts.

@@ -336,7 +336,7 @@ def write_outputs(result: EvaluationResult, params: Params) -> dict[str, Any]:
     grids = write_grids(result, params, out / "grids")
     write_text_atomic(out / "report.md", report_markdown(result, params, grids))
     metrics = metrics_json(result, params)
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics, sort_keys=False)
     return metrics
 
 
