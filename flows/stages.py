@@ -44,14 +44,14 @@ REGISTRY: tuple[Stage, ...] = (
         "evaluate",
         (
             "reports/metrics.json",
-            "reports/plots/drift_by_model.csv",
-            "reports/plots/drift.png",
+            "reports/plots/frontier.png",
+            "reports/plots/frontier",
             "reports/drift.csv",
             "reports/fidelity.csv",
             "reports/grids",
             "reports/report.md",
         ),
-        "scene drift and pose fidelity per model; the promotion gate (@champion)",
+        "drift vs fidelity frontier, matched-fidelity verdict; the promotion gate (@champion)",
     ),
 )
 

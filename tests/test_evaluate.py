@@ -164,8 +164,10 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     assert len(drift) == len(arms) * 2 and {"arm", "set", "pose_i", "pose_j", "rmse", "one_minus_ssim"} <= set(drift[0])
     fidelity = pacsv.read_csv(out / "fidelity.csv").to_pylist()
     assert len(fidelity) == 4 * len(arms) and {"oks", "keypoint_error", "pck@0.1box"} <= set(fidelity[0])
-    frontier = pacsv.read_csv(out / "plots" / "frontier.csv").to_pylist()
-    assert [(r["adapter"], r["scale"]) for r in frontier][:3] == [("primary", 0.0), ("primary", 0.5), ("primary", 1.0)]
+    assert sorted(p.name for p in (out / "plots" / "frontier").iterdir()) == ["primary.csv", "secondary.csv"]
+    frontier = pacsv.read_csv(out / "plots" / "frontier" / "primary.csv").to_pylist()
+    assert [r["scale"] for r in frontier] == [0.0, 0.5, 1.0]  # the base model is every curve's scale-0 point
+    assert {"fidelity_norm", "fidelity_norm_low", "drift", "drift_high"} <= set(frontier[0])
     with Image.open(out / "plots" / "frontier.png") as plot:
         assert plot.format == "PNG" and plot.width > 400
     grids = sorted((out / "grids").glob("set_*.png"))

@@ -97,7 +97,7 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def frontier_rows(result: EvaluationResult) -> list[dict[str, Any]]:
     """One row per (adapter, scale), the base model repeated at scale 0 of every adapter's curve (the plot's
-    data: ``plots/frontier.csv``)."""
+    data: ``plots/frontier/<adapter>.csv``)."""
     f = result.frontier
     rows = []
     adapters = list(dict.fromkeys(a for a, _ in result.arms if a != "base"))
@@ -331,7 +331,11 @@ def write_outputs(result: EvaluationResult, params: Params) -> dict[str, Any]:
     out = result.out_dir
     write_text_atomic(out / "drift.csv", _csv(result.drift_rows))
     write_text_atomic(out / "fidelity.csv", _csv(result.fidelity_rows))
-    write_text_atomic(out / "plots" / "frontier.csv", _csv(frontier_rows(result)))
+    rows = frontier_rows(result)
+    with atomic_path(out / "plots" / "frontier") as tmp:  # one CSV per adapter: DVC's plot draws one line each
+        tmp.mkdir(parents=True)
+        for adapter in dict.fromkeys(r["adapter"] for r in rows):
+            (tmp / f"{adapter}.csv").write_text(_csv([r for r in rows if r["adapter"] == adapter]))
     write_frontier_plot(result, out / "plots" / "frontier.png", params.evaluate.promotion.metric)
     grids = write_grids(result, params, out / "grids")
     write_text_atomic(out / "report.md", report_markdown(result, params, grids))
