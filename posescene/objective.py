@@ -217,15 +217,22 @@ class ScaleBalance(nn.Module):
     The means are exponential moving averages with bias correction (Adam-style), so the first step already
     divides by the first value and J starts at 2. They are plain floats (extra state), updated by the
     caller with the values of all processes reduced, so every rank divides by the same numbers.
+
+    ``bal_reference`` (set by the caller for the ``distill`` reading): L_bal is divided by this fixed scale
+    instead of its running mean. L_distill starts at exactly 0 (S-Ad is a copy of its teacher), and dividing
+    a loss that starts at 0 by its own running mean makes J a log barrier (d J = d log L_bal): measured, it
+    holds S-Ad at the teacher and L_diff does not move. The reference is the loss's pose effect, L_distill
+    with S-Ad's features removed, so the term reads "fraction of the pose behaviour lost".
     """
 
     kind = "scale"
 
-    def __init__(self, momentum: float) -> None:
+    def __init__(self, momentum: float, bal_reference: float | None = None) -> None:
         super().__init__()
         self.momentum = momentum
         self.ema = [0.0, 0.0]
         self.count = 0
+        self.bal_reference = bal_reference
 
     def update(self, l_diff: float, l_bal: float) -> None:
         self.count += 1
@@ -240,6 +247,8 @@ class ScaleBalance(nn.Module):
 
     def forward(self, l_diff: torch.Tensor, l_bal: torch.Tensor) -> Objective:
         mean_diff, mean_bal = self.running_means()
+        if self.bal_reference is not None:
+            mean_bal = self.bal_reference
         # tiny floor: a loss that is exactly 0 (e.g. an all-person batch) must not divide by zero
         w_diff, w_bal = 1.0 / max(mean_diff, 1e-12), 1.0 / max(mean_bal, 1e-12)
         return Objective(j=w_diff * l_diff + w_bal * l_bal, scale_diff=w_diff, scale_bal=w_bal)

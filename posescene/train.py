@@ -483,38 +483,54 @@ def make_probe(data: TrainSet, params: Params, device: torch.device, scheduler: 
 
 
 @torch.no_grad()
-def pose_sensitivity(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, float]:
-    """L_bal's pose sensitivity under every reading: L_bal with S-Ad's features vs with them zeroed.
+def probe_predictions(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """eps on the probe batch with S-Ad's features, with them zeroed, and the teacher eps_P(B_0) (no grad).
 
-    Zeroed features add nothing to the U-Net, i.e. the call without adapter residuals. Three no-grad
-    forwards on the probe batch (S-Ad, none, the P-Ad teacher on B_0), shared by the three readings.
+    Zeroed features add nothing to the U-Net, i.e. the call without adapter residuals.
     """
     model, dtype = ctx.params.model, ctx.weight_dtype
-    unet, secondary = ctx.base.unet, ctx.s_ad
+    unet = ctx.base.unet
     x_t, t, text = probe["x_t"].to(dtype), probe["t"], probe["text"].to(dtype)
     cond_b = prepare_adapter_input(probe["map_b"], model.adapter_in_channels, model.adapter_invert)
     with ctx.accelerator.autocast():
-        eps_with = unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=secondary(cond_b))
-        eps_without = unet(x_t, t, encoder_hidden_states=text).sample
+        with_features = unet(
+            x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=ctx.s_ad(cond_b)
+        ).sample
+        without = unet(x_t, t, encoder_hidden_states=text).sample
         teacher = predict_teacher(unet, ctx.primary, x_t, t, text, cond_b.to(dtype))
+    return {"with": with_features.float(), "without": without.float(), "teacher": teacher.float()}
+
+
+def probe_balance_loss(
+    reading: objective.Reading, probe: dict[str, torch.Tensor], eps: torch.Tensor, teacher: torch.Tensor
+) -> float:
+    return float(
+        objective.balance_loss(reading, probe["noise"], eps, probe["mask"], probe["mask_b"], probe["is_b_row"], teacher)
+    )
+
+
+def pose_sensitivity(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L_bal's pose sensitivity under every reading: L_bal with S-Ad's features vs with them zeroed.
+
+    Three no-grad forwards on the probe batch (S-Ad, none, the P-Ad teacher on B_0), shared by the readings.
+    """
+    eps = probe_predictions(ctx, probe)
     out = {}
     for reading in objective.READINGS:
-        losses = [
-            float(
-                objective.balance_loss(
-                    reading,
-                    probe["noise"],
-                    eps.float(),
-                    probe["mask"],
-                    probe["mask_b"],
-                    probe["is_b_row"],
-                    teacher.float(),
-                )
-            )
-            for eps in (eps_with.sample, eps_without)
-        ]
-        out[f"pose_sens_{reading}"] = objective.relative_change(*losses)
+        with_features = probe_balance_loss(reading, probe, eps["with"], eps["teacher"])
+        without = probe_balance_loss(reading, probe, eps["without"], eps["teacher"])
+        out[f"pose_sens_{reading}"] = objective.relative_change(with_features, without)
     return out
+
+
+def distill_pose_effect(ctx: StepContext, probe: dict[str, torch.Tensor]) -> float:
+    """L_distill with S-Ad's features removed, on the probe batch: the scale of the distill loss.
+
+    It does not depend on S-Ad (the U-Net without adapter vs the P-Ad teacher), so every rank, and a resumed
+    run, computes the same number.
+    """
+    eps = probe_predictions(ctx, probe)
+    return probe_balance_loss("distill", probe, eps["without"], eps["teacher"])
 
 
 def is_diagnose_step(step: int, tp: TrainParams) -> bool:
@@ -732,6 +748,8 @@ def train(
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=tp.warmup_steps)
     secondary, optimizer = accelerator.prepare(secondary, optimizer)
     ctx = StepContext(params, accelerator, base, primary, secondary, balance, optimizer, lr_scheduler, weight_dtype)
+    if isinstance(balance, objective.ScaleBalance) and tp.balance_reading == "distill":
+        balance.bal_reference = distill_pose_effect(ctx, probe)  # not its running mean: see ScaleBalance
 
     # -- resume: the last checkpoint made by the same setup (run_fingerprint), or an explicit one
     state, start_step, last_checkpoint = resume_state(ctx, params, resume, resume_from)

@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# The objective ablation (METHOD.md step 4) as DVC experiments: the scale-matched objective (the default),
-# fixed weights J = L_bal + lambda * L_diff for lambda in {0.1, 1, 10}, and learned uncertainty weighting.
-# Each experiment reruns only `train` and `evaluate` (upstream stages are unchanged), then the table compares
-# their drift and fidelity:
+# The objective ablation (docs/method.md, step 4) as DVC experiments, and the diagnostics that size it.
 #
-#   bash scripts/ablation.sh                 # run the five experiments one after another in the workspace
+#   bash scripts/ablation.sh --diagnose      # train each balance reading (whole, person, distill) once with the
+#                                            # default budget, train stage only, and write the diagnostics
+#                                            # (lambda_eff, gradient-norm ratio, pose sensitivity, step time) to
+#                                            # reports/ablation/objective_diagnostics.md (~10 min on 2 CPU cores)
+#   bash scripts/ablation.sh                 # run every arm as a DVC experiment in the workspace, one after another
 #   bash scripts/ablation.sh --queue -j 2    # queue them and run 2 at a time (isolated temp workspaces)
 #   bash scripts/ablation.sh --dry           # print what each experiment would run, run nothing
 #   bash scripts/ablation.sh --show          # only print the comparison table
+#
+# Arms (each sets train.balance, train.balance_reading and train.lambda_diff, so no arm inherits another's):
+#   scale-<reading>           the scale-matched objective, for every reading in READINGS
+#   fixed-<reading>-<lambda>  J = L_bal + lambda L_diff on a log grid lambda_eff/30 .. 30 lambda_eff (7 points,
+#                             a factor 30^(1/3) = 3.1 apart), lambda_eff = what the scale mapping applies to that
+#                             reading after the default 200 steps: build/diagnostics/<reading>/metrics.json when
+#                             --diagnose ran, else the measured numbers below (reports/ablation/objective_diagnostics.md)
+#   uncertainty-<reading>     learned log-variance weighting
+# READINGS (env, default "$DEFAULT_READING" = params.yaml's train.balance_reading) picks the readings the fixed and
+# uncertainty arms are run for; GRID_READINGS likewise for the fixed grid alone.
+#
+# Ranking: NOT by drift alone. The evaluation writes reports/metrics.json with a `verdict` section and
+# `delta_drift_matched` (drift difference at matched pose fidelity, against turning the primary down); the
+# table keeps those columns and sorts by SORT_BY (default: delta_drift_matched, ascending = the secondary's
+# drift below the matched primary's). Which sub-key is the headline is the evaluation's to say: pass a full
+# column name (dvc exp show lists them) as SORT_BY if the default is ambiguous.
 #
 # Models trained here register under their own MLflow model name (mlflow.registered_model=$ABLATION_MODEL),
 # so an ablation run can never move the production `candidate`/`champion` aliases.
@@ -16,14 +33,15 @@ cd "$(dirname "$0")/.."
 [ -d .venv/bin ] && export PATH="$(pwd)/.venv/bin:$PATH"
 export HF_HUB_OFFLINE=1
 
-mode=workspace jobs=1 dry=() show_only=0
+mode=workspace jobs=1 dry=() show_only=0 diagnose=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --queue) mode=queue ;;
     -j|--jobs) jobs="$2"; shift ;;
     --dry) dry=(--dry) ;;
     --show) show_only=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --diagnose) diagnose=1 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -31,21 +49,217 @@ done
 
 PREFIX="${ABLATION_PREFIX:-abl}"
 ABLATION_MODEL="${ABLATION_MODEL:-posescene-ablation-adapter}"
-# name|-S overrides (every experiment sets both keys: workspace runs start from the previous one's params)
-EXPERIMENTS=(
-  "scale|train.balance=scale train.lambda_diff=1.0"
-  "fixed-0.1|train.balance=fixed train.lambda_diff=0.1"
-  "fixed-1|train.balance=fixed train.lambda_diff=1.0"
-  "fixed-10|train.balance=fixed train.lambda_diff=10.0"
-  "uncertainty|train.balance=uncertainty train.lambda_diff=1.0"
-)
-# Columns: the ablated params and the drift/fidelity metrics (reports/metrics.json), nothing else.
-KEEP='train\.balance|train\.lambda_diff|(secondary|primary)\.(drift_rmse|drift_ssim|drift_lpips|pck)$'
-DROP='_ci_(low|high)$|images_per_s|n_images|scene_fraction|detection_rate|^run\.|promotion|mlflow\.|Created|State|Executor'
+DIAG_DIR="${DIAG_DIR:-build/diagnostics}"
+REPORT="reports/ablation/objective_diagnostics.md"
+DEFAULT_READING=$(python -c "from posescene.config import load_params; print(load_params('params.yaml').train.balance_reading)")
+READINGS="${READINGS:-$DEFAULT_READING}"
+GRID_READINGS="${GRID_READINGS:-$READINGS}"
+# lambda_eff of the scale mapping after the default 200 steps (mean of the last train.log_every steps),
+# measured by `bash scripts/ablation.sh --diagnose` (reports/ablation/objective_diagnostics.md); used when
+# build/diagnostics/<reading>/metrics.json is not there.
+declare -A MEASURED_LAMBDA=([whole]=240 [person]=418 [distill]=0.0013)
+
+# ------------------------------------------------------------------------------------------- diagnose
+
+if [ "$diagnose" = 1 ]; then
+  # One thread: the numbers (and the step-time comparison) must not depend on what else runs on the box.
+  export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false
+  for reading in whole person distill; do
+    echo "== diagnose $reading: posescene train (train.balance_reading=$reading) -> $DIAG_DIR/$reading"
+    posescene train --no-progress --no-resume \
+      --set "train.balance_reading=$reading" --set "train.out_dir=$DIAG_DIR/$reading" \
+      --set "train.checkpoint_dir=checkpoints/diagnostics/$reading" \
+      --set mlflow.experiment=posescene-diagnostics --set mlflow.registered_model=posescene-diagnostics-adapter \
+      > "$DIAG_DIR.$reading.log" 2>&1 || { echo "failed: see $DIAG_DIR.$reading.log" >&2; exit 1; }
+  done
+  echo "== step time (whole vs distill, interleaved in one process) and probe losses of each trained adapter"
+  python - "$DIAG_DIR" <<'PY'
+"""Seconds per train_step for whole vs distill, alternating in one process (same load for both); then L_diff
+and every reading's L_bal on the fixed probe batch for P-Ad's copy (initialisation) and each trained S-Ad."""
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+
+from posescene import objective
+from posescene import train as T
+from posescene.cache import load_cache
+from posescene.config import load_params
+from posescene.models import load_adapter
+
+torch.set_num_threads(1)
+diag = Path(sys.argv[1])
+params = load_params("params.yaml")
+acc = Accelerator()
+base, primary, secondary, dtype = T.load_models(params, acc.device)
+cache = load_cache(params.cache.out_dir, params.model.base, params.model.resolution)
+data = T.load_train_set(params, T.read_pair_rows(params.pairs.out), cache, T.person_boxes(params.poses.out_dir))
+
+
+def context(reading: str, adapter: torch.nn.Module) -> T.StepContext:
+    p = load_params("params.yaml", {"train.balance_reading": reading, "train.balance": "scale"})
+    balance = objective.make_balance("scale", p.train.running_mean_momentum)
+    optimizer = T.make_optimizer(p.train, adapter, balance)
+    return T.StepContext(p, acc, base, primary, adapter, balance, optimizer, get_scheduler("constant", optimizer), dtype)
+
+
+probe = T.make_probe(data, params, acc.device, base.noise_scheduler)
+adapters = {"init (P-Ad copy)": secondary}
+adapters.update({r: load_adapter(str(diag / r / "secondary_adapter")) for r in ("whole", "person", "distill")})
+probe_losses = {}
+with torch.no_grad():
+    for name, adapter in adapters.items():
+        row = {}
+        for reading in objective.READINGS:
+            losses = T.forward_losses(context(reading, adapter), probe)
+            row["l_diff"], row[f"l_bal_{reading}"] = float(losses.l_diff), float(losses.l_bal)
+        probe_losses[name] = row
+
+contexts = {reading: context(reading, secondary) for reading in ("whole", "distill")}
+times = {reading: [] for reading in contexts}
+position = 0
+for i in range(2 * 25):
+    reading = ("whole", "distill")[i % 2]
+    start = time.perf_counter()
+    _, position = T.train_step(contexts[reading], data, i + 1, position)
+    times[reading].append(time.perf_counter() - start)
+median = {r: statistics.median(v[2:]) for r, v in times.items()}  # the first steps warm up
+out = {
+    "step_time": {"s_per_step_median": median, "distill_over_whole": median["distill"] / median["whole"], "steps": 25},
+    "probe_losses": probe_losses,
+}
+(diag / "probe.json").write_text(json.dumps(out, indent=1))
+print(json.dumps(out, indent=1))
+PY
+  echo "== writing $REPORT"
+  python - "$DIAG_DIR" "$REPORT" <<'PY'
+"""reports/ablation/objective_diagnostics.md from the three diagnostics runs."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+from posescene.io import write_text_atomic
+
+diag, report = Path(sys.argv[1]), Path(sys.argv[2])
+readings = ("whole", "person", "distill")
+
+
+def fmt(value: str | float | None) -> str:
+    if value in (None, ""):
+        return "-"
+    v = float(value)
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+rows = []
+for reading in readings:
+    loss = list(csv.DictReader(open(diag / reading / "loss.csv")))
+    metrics = json.loads((diag / reading / "metrics.json").read_text())
+    measured = [r for r in loss if r["gnorm_diff"]]
+    init, last = measured[0], measured[-1]
+    rows.append(
+        f"| `{reading}` | {fmt(init['lambda_eff'])} | {fmt(metrics['lambda_eff'])} | {fmt(init.get('gnorm_ratio'))} "
+        f"| {fmt(last.get('gnorm_ratio'))} (step {last['step']}) | {fmt(init[f'pose_sens_{reading}'])} "
+        f"| {fmt(metrics[f'final_pose_sens_{reading}'])} | {fmt(metrics['l_diff'])} | {fmt(metrics['l_bal'])} "
+        f"| {metrics['s_per_step']:.3f} |"
+    )
+extra = json.loads((diag / "probe.json").read_text())
+timing = extra["step_time"]
+probe_rows = [
+    f"| {name} | " + " | ".join(fmt(v[k]) for k in ("l_diff", *(f"l_bal_{r}" for r in readings))) + " |"
+    for name, v in extra["probe_losses"].items()
+]
+sens = []
+for reading in readings:
+    metrics = json.loads((diag / reading / "metrics.json").read_text())
+    sens.append(
+        f"| S-Ad trained with `{reading}` | "
+        + " | ".join(fmt(metrics[f"final_pose_sens_{r}"]) for r in readings)
+        + " |"
+    )
+text = f"""# Objective diagnostics: the balance readings at initialisation and after the default training
+
+Made by `bash scripts/ablation.sh --diagnose` (train stage only; one torch thread; default params.yaml, each run
+with `train.balance_reading` set; the built-in world and its default data). Per-step and per-interval values are in
+`{diag}/<reading>/loss.csv` and the MLflow experiment `posescene-diagnostics`.
+
+- lambda_eff: the weight of L_diff relative to L_bal that the scale mapping applies (mean L_bal / mean L_diff);
+  "after" is the mean over the last `train.log_every` steps.
+- grad ratio: lambda_eff x |dL_diff/dS-Ad| / |dL_bal/dS-Ad| on the step's batch: > 1 means J pulls towards
+  scene stability more than towards the pose. "-" where |dL_bal| = 0 (distill at initialisation: S-Ad = its teacher).
+- pose sensitivity: |L_bal(S-Ad's features zeroed) - L_bal(with them)| / max of the two, on a fixed probe batch
+  (16 training rows, timesteps spread over 0..T-1), in [0, 1].
+
+| reading | lambda_eff init | lambda_eff after | grad ratio init | grad ratio after | pose sens. init | pose sens. after | L_diff after | L_bal after | s/step (run) |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Pose sensitivity of each reading's L_bal (columns) for the adapter each run trained (rows):
+
+| trained adapter | whole | person | distill |
+|---|---:|---:|---:|
+{chr(10).join(sens)}
+
+Losses on the same probe batch for P-Ad's copy (S-Ad at initialisation) and each trained S-Ad (L_diff: lower =
+output closer to the primary's on the scene; L_bal columns: each reading's balance loss):
+
+| adapter | L_diff | L_bal whole | L_bal person | L_bal distill |
+|---|---:|---:|---:|---:|
+{chr(10).join(probe_rows)}
+
+Step time, `train_step` alternating whole / distill in one process ({timing['steps']} steps each, median after
+2 warm-up steps): whole {timing['s_per_step_median']['whole']:.3f} s, distill {timing['s_per_step_median']['distill']:.3f} s
+(x{timing['distill_over_whole']:.2f}: distill's extra no-grad U-Net + P-Ad forward on B_0).
+"""
+write_text_atomic(report, text)
+print(text)
+PY
+  exit 0
+fi
+
+# ------------------------------------------------------------------------------------------- the arms
+
+lambda_eff() {  # $1 = reading: the scale mapping's lambda_eff after the default run
+  local metrics="$DIAG_DIR/$1/metrics.json"
+  if [ -f "$metrics" ]; then
+    python -c "import json,sys; print(json.load(open(sys.argv[1]))['lambda_eff'])" "$metrics"
+  else
+    echo "${MEASURED_LAMBDA[$1]}"
+  fi
+}
+
+log_grid() {  # $1 = lambda_eff -> 7 values lambda_eff * 30^(k/3), k = -3..3 (3 significant digits)
+  python -c "import sys; l=float(sys.argv[1]); print(' '.join(f'{l*30**(k/3):.3g}' for k in range(-3, 4)))" "$1"
+}
+
+# name|overrides
+EXPERIMENTS=()
+for reading in whole person distill; do
+  EXPERIMENTS+=("scale-$reading|train.balance=scale train.balance_reading=$reading train.lambda_diff=1.0")
+done
+for reading in $GRID_READINGS; do
+  for lam in $(log_grid "$(lambda_eff "$reading")"); do
+    EXPERIMENTS+=("fixed-$reading-$lam|train.balance=fixed train.balance_reading=$reading train.lambda_diff=$lam")
+  done
+done
+for reading in $READINGS; do
+  EXPERIMENTS+=("uncertainty-$reading|train.balance=uncertainty train.balance_reading=$reading train.lambda_diff=1.0")
+done
+
+SORT_BY="${SORT_BY:-delta_drift_matched}"
+# Columns: the ablated params, the evaluation's verdict and matched-fidelity drift difference, drift and fidelity.
+KEEP='train\.balance|train\.balance_reading|train\.lambda_diff|verdict|delta_drift_matched|drift_rmse$|pck$|fidelity'
+DROP='images_per_s|n_images|scene_fraction|detection_rate|^run\.|promotion|mlflow\.|Created|State|Executor'
 
 show() {
-  dvc exp show --only-changed --keep "$KEEP" --drop "$DROP" --sort-by secondary.drift_rmse --sort-order asc \
-    --no-pager "$@" || dvc exp show --only-changed --keep "$KEEP" --drop "$DROP" --no-pager "$@"
+  dvc exp show --only-changed --keep "$KEEP" --drop "$DROP" --sort-by "$SORT_BY" --sort-order asc --no-pager "$@" \
+    || dvc exp show --only-changed --keep "$KEEP" --drop "$DROP" --no-pager "$@"
 }
 
 if [ "$show_only" = 1 ]; then show; exit 0; fi
@@ -61,7 +275,7 @@ trap restore EXIT
 for spec in "${EXPERIMENTS[@]}"; do
   name="${PREFIX}-${spec%%|*}"
   sets=()
-  for kv in ${spec#*|} "mlflow.registered_model=$ABLATION_MODEL"; do sets+=(-S "$kv"); done
+  for kv in ${spec#*|} "mlflow.registered_model=$ABLATION_MODEL"; do sets+=(--set-param "$kv"); done
   if [ "$mode" = queue ]; then
     echo "== queue $name: ${spec#*|}"
     dvc exp run --queue "${dry[@]}" -n "$name" "${sets[@]}"
@@ -83,9 +297,9 @@ fi
 
 if [ ${#dry[@]} -eq 0 ]; then
   echo
-  echo "Ablation (lower drift is better at similar pck; baseline = HEAD):"
+  echo "Ablation, ranked by $SORT_BY (the evaluation's matched-fidelity comparison, not drift alone); baseline = HEAD:"
   show
   echo
   echo "The workspace keeps the last experiment's outputs; 'dvc exp apply <name>' to take one, 'dvc checkout' to"
-  echo "return to HEAD's. Plots: dvc plots diff $(printf '%s-%s ' "$PREFIX" scale "$PREFIX" fixed-1 | sed 's/- /-/g')"
+  echo "return to HEAD's. Plots: dvc plots diff ${PREFIX}-scale-whole ${PREFIX}-scale-person ${PREFIX}-scale-distill"
 fi

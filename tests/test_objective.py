@@ -180,6 +180,21 @@ def test_scale_balance_first_step_is_bias_corrected_and_state_round_trips():
     assert math.isfinite(zero(torch.tensor(0.0), torch.tensor(1.0)).j.item())
 
 
+def test_scale_balance_with_a_reference_divides_l_bal_by_it_not_by_its_running_mean():
+    """The distill reading: L_bal starts at 0, so its running mean would make J a log barrier."""
+    balance = ScaleBalance(momentum=0.9, bal_reference=0.02)
+    balance.update(1e-4, 0.0)
+    l_bal = torch.tensor(0.0, requires_grad=True)
+    obj = balance(torch.tensor(1e-4), l_bal)
+    assert obj.j.item() == pytest.approx(1.0)  # L_diff at its mean; no pose lost yet
+    assert obj.scale_bal == pytest.approx(1 / 0.02) and obj.lambda_eff == pytest.approx(0.02 / 1e-4)
+    obj.j.backward()
+    assert l_bal.grad.item() == pytest.approx(1 / 0.02)  # not 1 / 1e-12
+    plain = ScaleBalance(momentum=0.9)
+    plain.update(1e-4, 0.0)
+    assert plain(torch.tensor(1e-4), torch.tensor(0.0)).scale_bal == pytest.approx(1e12)  # the log barrier
+
+
 def test_fixed_balance():
     obj = FixedBalance(lambda_diff=3.0)(torch.tensor(0.5), torch.tensor(2.0))
     assert obj.j.item() == pytest.approx(2.0 + 3.0 * 0.5)

@@ -294,7 +294,9 @@ def test_mlflow_run_and_registered_candidate(trained: dict[str, Any]):
 
 
 @pytest.mark.parametrize(
-    ("reading", "balance"), [("person", "fixed"), ("distill", "uncertainty")], ids=["person-fixed", "distill-unc"]
+    ("reading", "balance"),
+    [("person", "fixed"), ("distill", "uncertainty"), ("distill", "scale")],
+    ids=["person-fixed", "distill-unc", "distill-scale"],
 )
 def test_each_reading_and_balance_trains(
     world: dict[str, Any], trained: dict[str, Any], tmp_path: Path, reading, balance
@@ -303,7 +305,16 @@ def test_each_reading_and_balance_trains(
     from posescene.checkpoints import checkpoints
     from posescene.train import train
 
-    params = tiny_params(world, tmp_path, steps=3, balance_reading=reading, balance=balance, lambda_diff=7.5)
+    # gradient checkpointing on one of them: the gradient-norm diagnostics must work through recomputation
+    params = tiny_params(
+        world,
+        tmp_path,
+        steps=3,
+        balance_reading=reading,
+        balance=balance,
+        lambda_diff=7.5,
+        gradient_checkpointing=reading == "person",
+    )
     result = train(params, progress=False)
     rows = read_loss_csv(result.out_dir / "loss.csv")
     assert len(rows) == 3 and all(
@@ -319,6 +330,9 @@ def test_each_reading_and_balance_trains(
         assert first["l_bal"] != float(whole["l_bal"])
     if balance == "fixed":
         assert all(float(r["lambda_eff"]) == 7.5 for r in rows)
+    elif balance == "scale":  # distill: L_bal over its pose effect (a constant > 0), not over its running mean
+        assert 1.0 < first["scale_bal"] < 1e6 and all(r["scale_bal"] == rows[0]["scale_bal"] for r in rows)
+        assert first["j"] == pytest.approx(1.0)  # the L_diff term at its mean, no pose lost yet
     else:  # log-variances start at log L_i of the first step and learn at train.uncertainty_lr
         assert first["scale_diff"] == pytest.approx(1 / first["l_diff"], rel=1e-4)
         blob = torch.load(checkpoints(tmp_path / "checkpoints")[-1][1] / "training_state.pt", weights_only=True)
