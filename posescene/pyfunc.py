@@ -13,6 +13,11 @@ Input columns: ``prompt``; one of ``keypoints`` (JSON list of 18 ``[x, y]`` pixe
 ``width`` x ``height`` frame, default the model resolution) or ``pose_map`` (a grayscale map, points dark
 on white: base64 PNG or a local file path); ``seed`` (default 0). Output: column ``image``, base64 PNG.
 
+Logged as a *model from code* (``posescene/pyfunc_model.py`` calls ``mlflow.models.set_model``): loading
+executes that file and imports posescene, it never unpickles an object. The signature and an input example
+(:func:`input_example`) travel with the model, so ``mlflow models serve -m models:/<name>@champion`` answers
+REST requests (``dataframe_split`` rows; README, "Serve the champion").
+
 The model's artifacts hold only the adapter (diffusers format); the base model is named in its
 ``model_config`` (a local pipeline directory or a hub id), as are resolution, steps and guidance. Maps
 are rendered and fed to the adapter exactly as in training (``posescene.generate.condition_maps``), and
@@ -37,6 +42,13 @@ from posescene.errors import InputDataError
 from posescene.topology import N_KEYPOINTS
 
 ARTIFACT_KEY = "adapter"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # calls mlflow.models.set_model(PoseSceneModel())
+
+# An upright figure in a 32 x 32 frame: 18 OpenPose-order [x, y] pixel points, null = not visible.
+EXAMPLE_KEYPOINTS: list[list[int] | None] = [
+    [16, 6], [16, 10], [12, 10], [11, 15], [10, 19], [20, 10], [21, 15], [22, 19], [14, 18],
+    [14, 24], [14, 30], [18, 18], [18, 24], [18, 30], [15, 5], [17, 5], None, None,
+]  # fmt: skip
 
 
 def _decode_map(value: Any) -> np.ndarray:
@@ -177,6 +189,24 @@ def _signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "image")]))
 
 
+def input_example() -> pd.DataFrame:
+    """One request row (prompt, keypoints, frame size, seed), stored with the model and shown by the registry.
+
+    The keypoints come in their own 32 x 32 frame (``width``/``height``), so the example fits any model
+    resolution. MLflow runs it through the logged model once while logging (one load, one image): a model
+    that cannot serve its own example is reported in the training log.
+    """
+    return pd.DataFrame(
+        {
+            "prompt": ["a person waving on a beach"],
+            "keypoints": [json.dumps(EXAMPLE_KEYPOINTS)],
+            "width": [32],
+            "height": [32],
+            "seed": [0],
+        }
+    )
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -196,10 +226,11 @@ def log_and_register(adapter_dir: str | Path, params: Any, alias: str = "candida
 
     info = mlflow.pyfunc.log_model(
         name="secondary_adapter",
-        python_model=PoseSceneModel(),
+        python_model=str(MODEL_CODE),  # a model from code: nothing pickled, nothing unpickled on load
         artifacts={ARTIFACT_KEY: str(adapter_dir)},
         model_config=model_config(params),
         signature=_signature(),
+        input_example=input_example(),
         pip_requirements=_requirements(),
         registered_model_name=params.mlflow.registered_model,
     )
