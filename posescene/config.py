@@ -153,7 +153,7 @@ class TrainParams(_Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     balance: Literal["scale", "fixed", "uncertainty"] = "scale"
-    balance_reading: Literal["whole", "person", "distill"] = "whole"  # what L_bal measures (docs/method.md)
+    balance_reading: Literal["whole", "person", "distill"] = "distill"  # what L_bal measures (docs/method.md)
     lambda_diff: float = Field(1.0, ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
     uncertainty_lr: float = Field(0.05, gt=0)  # only for balance=uncertainty: lr of the log-variances
     running_mean_momentum: float = Field(0.99, gt=0, lt=1)

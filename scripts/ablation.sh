@@ -5,6 +5,7 @@
 #                                            # default budget, train stage only, and write the diagnostics
 #                                            # (lambda_eff, gradient-norm ratio, pose sensitivity, step time) to
 #                                            # reports/ablation/objective_diagnostics.md (~10 min on 2 CPU cores)
+#   bash scripts/ablation.sh --report        # only rewrite that report from build/diagnostics (keeps its notes)
 #   bash scripts/ablation.sh                 # run every arm as a DVC experiment in the workspace, one after another
 #   bash scripts/ablation.sh --queue -j 2    # queue them and run 2 at a time (isolated temp workspaces)
 #   bash scripts/ablation.sh --dry           # print what each experiment would run, run nothing
@@ -41,7 +42,8 @@ while [ $# -gt 0 ]; do
     --dry) dry=(--dry) ;;
     --show) show_only=1 ;;
     --diagnose) diagnose=1 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --report) diagnose=2 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -57,7 +59,7 @@ GRID_READINGS="${GRID_READINGS:-$READINGS}"
 # lambda_eff of the scale mapping after the default 200 steps (mean of the last train.log_every steps),
 # measured by `bash scripts/ablation.sh --diagnose` (reports/ablation/objective_diagnostics.md); used when
 # build/diagnostics/<reading>/metrics.json is not there.
-declare -A MEASURED_LAMBDA=([whole]=240 [person]=418 [distill]=0.0013)
+declare -A MEASURED_LAMBDA=([whole]=240 [person]=418 [distill]=12.3)
 
 # ------------------------------------------------------------------------------------------- diagnose
 
@@ -90,6 +92,7 @@ from posescene import objective
 from posescene import train as T
 from posescene.cache import load_cache
 from posescene.config import load_params
+from posescene.io import write_json_atomic
 from posescene.models import load_adapter
 
 torch.set_num_threads(1)
@@ -133,12 +136,15 @@ out = {
     "step_time": {"s_per_step_median": median, "distill_over_whole": median["distill"] / median["whole"], "steps": 25},
     "probe_losses": probe_losses,
 }
-(diag / "probe.json").write_text(json.dumps(out, indent=1))
+write_json_atomic(diag / "probe.json", out)
 print(json.dumps(out, indent=1))
 PY
+fi
+
+if [ "$diagnose" != 0 ]; then
   echo "== writing $REPORT"
   python - "$DIAG_DIR" "$REPORT" <<'PY'
-"""reports/ablation/objective_diagnostics.md from the three diagnostics runs."""
+"""reports/ablation/objective_diagnostics.md from the three diagnostics runs; keeps what follows NOTES."""
 import csv
 import json
 import sys
@@ -148,6 +154,8 @@ from posescene.io import write_text_atomic
 
 diag, report = Path(sys.argv[1]), Path(sys.argv[2])
 readings = ("whole", "person", "distill")
+NOTES = "<!-- notes: written by hand, kept when the numbers above are regenerated -->"
+notes = report.read_text().partition(NOTES)[2] if report.is_file() else ""
 
 
 def fmt(value: str | float | None) -> str:
@@ -189,8 +197,8 @@ Made by `bash scripts/ablation.sh --diagnose` (train stage only; one torch threa
 with `train.balance_reading` set; the built-in world and its default data). Per-step and per-interval values are in
 `{diag}/<reading>/loss.csv` and the MLflow experiment `posescene-diagnostics`.
 
-- lambda_eff: the weight of L_diff relative to L_bal that the scale mapping applies (mean L_bal / mean L_diff);
-  "after" is the mean over the last `train.log_every` steps.
+- lambda_eff: the weight of L_diff relative to L_bal that the scale mapping applies (mean L_bal / mean L_diff; for
+  distill, its pose effect / mean L_diff); "after" is the mean over the last `train.log_every` steps.
 - grad ratio: lambda_eff x |dL_diff/dS-Ad| / |dL_bal/dS-Ad| on the step's batch: > 1 means J pulls towards
   scene stability more than towards the pose. "-" where |dL_bal| = 0 (distill at initialisation: S-Ad = its teacher).
 - pose sensitivity: |L_bal(S-Ad's features zeroed) - L_bal(with them)| / max of the two, on a fixed probe batch
@@ -216,8 +224,9 @@ output closer to the primary's on the scene; L_bal columns: each reading's balan
 Step time, `train_step` alternating whole / distill in one process ({timing['steps']} steps each, median after
 2 warm-up steps): whole {timing['s_per_step_median']['whole']:.3f} s, distill {timing['s_per_step_median']['distill']:.3f} s
 (x{timing['distill_over_whole']:.2f}: distill's extra no-grad U-Net + P-Ad forward on B_0).
-"""
-write_text_atomic(report, text)
+
+{NOTES}{notes}"""
+write_text_atomic(report, text.rstrip() + "\n")
 print(text)
 PY
   exit 0
