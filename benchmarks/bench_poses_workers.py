@@ -42,31 +42,49 @@ def make_images(root: Path, n_images: int, size: int) -> Path:
     from posescene.synth import generate
 
     n_scenes = -(-n_images // POSES_PER_SCENE)
-    synth = generate(root / "synth", n_scenes, POSES_PER_SCENE, size, seed=0, progress=False)
-    ingest(synth, root / "ingested", progress=False)
+    from posescene.config import default_params
+
+    p = default_params().ingest
+    synth = generate(root / "synth", n_scenes, POSES_PER_SCENE, size, seed=0, first_scene=0, progress=False)
+    ingest(synth, root / "ingested", source_kind=p.source_kind, max_pixels=p.max_pixels, min_side=p.min_side,
+           progress=False)  # fmt: skip
     return root / "ingested"
 
 
 def runners(batch_size: int) -> dict[str, Callable[[Path, Path], dict[str, Any]]]:
     from flows._dask import run_poses_on_dask
-    from posescene.config import PosesParams
+    from posescene.config import default_params
     from posescene.poses import process_pool_map, run_poses
+
+    params = default_params({"poses.detector": "mediapipe", "poses.batch_size": batch_size}).poses
 
     def local(workers: int | None, pool: bool) -> Callable[[Path, Path], dict[str, Any]]:
         def run(manifest: Path, out: Path) -> dict[str, Any]:
             map_fn = process_pool_map(workers or 1) if pool else None
             summary = run_poses(
-                manifest, out, detector="mediapipe", batch_size=batch_size, map_fn=map_fn, progress=False
+                manifest,
+                out,
+                detector=params.detector,
+                weights=params.weights,
+                beta=params.beta,
+                min_score=params.min_score,
+                min_detection_confidence=params.min_detection_confidence,
+                min_presence_confidence=params.min_presence_confidence,
+                max_persons=params.max_persons,
+                batch_size=params.batch_size,
+                workers=workers or 1,
+                map_fn=map_fn,
+                progress=False,
             )
             return summary.to_dict()
 
         return run
 
     def dask(workers: int) -> Callable[[Path, Path], dict[str, Any]]:
-        params = PosesParams(detector="mediapipe", batch_size=batch_size, runner="dask", dask_workers=workers)
+        on_dask = params.model_copy(update={"runner": "dask", "dask_workers": workers})
 
         def run(manifest: Path, out: Path) -> dict[str, Any]:
-            return run_poses_on_dask(params, str(manifest), str(out))
+            return run_poses_on_dask(on_dask, str(manifest), str(out))
 
         return run
 

@@ -89,6 +89,7 @@ def poses_on_dask(params: PosesParams, manifest: str, out_dir: str) -> dict[str,
         min_presence_confidence=params.min_presence_confidence,
         max_persons=params.max_persons,
         batch_size=params.batch_size,
+        workers=params.workers,  # unused here: map_fn runs the batches (on the flow's Dask task runner)
         map_fn=prefect_map(poses_batch_task),
         progress=False,
     )

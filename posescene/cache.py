@@ -65,7 +65,8 @@ def build_cache(
     out_dir: str | Path,
     base: str,
     resolution: int,
-    batch_size: int = 64,
+    *,
+    batch_size: int,
     device: str | None = None,
     progress: bool = True,
 ) -> Path:

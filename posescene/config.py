@@ -1,7 +1,12 @@
 """params.yaml schema, validated once at the edge.
 
-Every stage calls :func:`load_params`; a wrong key or value fails at start with the key's dotted
-path and the allowed values/keys, before any data is touched.
+Every stage calls :func:`load_params`; a wrong, missing or unknown key fails at start with the key's
+dotted path and the allowed values/keys, before any data is touched.
+
+One source of defaults: the values live in ``params.yaml`` only (as in DVC's example-get-started). This
+schema holds types, ranges and what a key means, but no default value, so every key is required and a
+second copy cannot drift (``tests/test_one_source.py``). Code that needs a complete configuration without
+a file of its own (tests, notebooks) uses :func:`default_params`: the project's params.yaml plus overrides.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from posescene.errors import ConfigError
 
-DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_PARAMS = Path("params.yaml")  # the CLI's and flows' --params default: the working directory's file
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the checkout's (editable install)
 
 
 class _Section(BaseModel):
@@ -23,62 +29,62 @@ class _Section(BaseModel):
 
 
 class SynthParams(_Section):
-    out_dir: str = "data/synth"
-    n_scenes: int = Field(120, ge=1)
-    first_scene: int = Field(100_000, ge=0)  # scene indices first_scene.. (the world trained on lower ones)
-    poses_per_scene: int = Field(6, ge=1)
-    size: int = Field(64, ge=32, le=2048)
+    out_dir: str
+    n_scenes: int = Field(ge=1)
+    first_scene: int = Field(ge=0)  # scene indices first_scene.. (the world trained on lower ones)
+    poses_per_scene: int = Field(ge=1)
+    size: int = Field(ge=32, le=2048)
 
 
 class IngestParams(_Section):
-    source: str = "data/synth"
-    source_kind: Literal["imagefolder", "hf_dataset"] = "imagefolder"
-    out_dir: str = "data/ingested"
-    max_pixels: int = Field(89_478_485, ge=1)
-    min_side: int = Field(16, ge=1)
+    source: str
+    source_kind: Literal["imagefolder", "hf_dataset"]
+    out_dir: str
+    max_pixels: int = Field(ge=1)
+    min_side: int = Field(ge=1)
 
 
 class PosesParams(_Section):
-    detector: Literal["mediapipe", "openpose", "dwpose", "groundtruth"] = "groundtruth"
-    weights: str | None = None
-    beta: float = Field(0.05, ge=0.0, le=1.0)
-    min_score: float = Field(0.3, ge=0.0, le=1.0)
-    min_detection_confidence: float = Field(0.5, ge=0.0, le=1.0)
-    min_presence_confidence: float = Field(0.5, ge=0.0, le=1.0)
-    max_persons: int = Field(4, ge=1)
-    batch_size: int = Field(64, ge=1)
-    workers: int = Field(1, ge=1)
-    runner: Literal["local", "dask"] = "local"
-    dask_workers: int = Field(2, ge=1)
-    out_dir: str = "data/lattices"
+    detector: Literal["mediapipe", "openpose", "dwpose", "groundtruth"]
+    weights: str | None
+    beta: float = Field(ge=0.0, le=1.0)
+    min_score: float = Field(ge=0.0, le=1.0)
+    min_detection_confidence: float = Field(ge=0.0, le=1.0)
+    min_presence_confidence: float = Field(ge=0.0, le=1.0)
+    max_persons: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    workers: int = Field(ge=1)
+    runner: Literal["local", "dask"]
+    dask_workers: int = Field(ge=1)
+    out_dir: str
 
 
 class PairsParams(_Section):
-    strategy: Literal["scene", "caption", "random"] = "scene"
-    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    max_pairs_per_group: int = Field(30, ge=1)
-    out: str = "data/pairs.parquet"
+    strategy: Literal["scene", "caption", "random"]
+    heldout_fraction: float = Field(ge=0.0, lt=1.0)
+    max_pairs_per_group: int = Field(ge=1)
+    out: str
 
 
 class RenderParams(_Section):
-    radius: int = Field(1, ge=0, le=64)
-    limbs: bool = False
-    out_dir: str = "data/maps"
+    radius: int = Field(ge=0, le=64)
+    limbs: bool
+    out_dir: str
 
 
 class ModelParams(_Section):
-    base: str = "build/world/pipeline"
-    primary_adapter: str = "models/world/primary_adapter"
-    resolution: int = Field(64, ge=32, le=2048)
-    adapter_in_channels: Literal[1, 3] = 1
-    adapter_invert: bool = False
+    base: str
+    primary_adapter: str
+    resolution: int = Field(ge=32, le=2048)
+    adapter_in_channels: Literal[1, 3]
+    adapter_invert: bool
 
 
 class WorldParams(_Section):
     """The built-in world: shipped weights (git) and the assembled standard pipeline directory."""
 
-    shipped_dir: str = "models/world"
-    pipeline_dir: str = "build/world/pipeline"
+    shipped_dir: str
+    pipeline_dir: str
 
 
 class BootstrapParams(_Section):
@@ -134,46 +140,46 @@ class BootstrapParams(_Section):
 class CacheParams(_Section):
     """Frozen-model caches: VAE latents of every image and text states of every caption."""
 
-    out_dir: str = "data/cache"
-    batch_size: int = Field(64, ge=1)
+    out_dir: str
+    batch_size: int = Field(ge=1)
 
 
 class TrainParams(_Section):
     """Secondary-adapter fine-tuning (docs/method.md, steps 3-4)."""
 
-    out_dir: str = "build/train"
-    checkpoint_dir: str = "checkpoints/train"
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    warmup_steps: int = Field(20, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    balance: Literal["scale", "fixed", "uncertainty"] = "scale"
-    balance_reading: Literal["whole", "person", "distill"] = "distill"  # what L_bal measures (docs/method.md)
-    lambda_diff: float = Field(1.0, ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
-    uncertainty_lr: float = Field(0.05, gt=0)  # only for balance=uncertainty: lr of the log-variances
-    running_mean_momentum: float = Field(0.99, gt=0, lt=1)
-    mask_margin: float = Field(0.15, ge=0, le=1)  # person box grown by this fraction of its size
-    checkpoint_every: int = Field(100, ge=1)  # atomic step_<n>/ under checkpoint_dir; the last 2 are kept
-    validate_every: int = Field(100, ge=1)  # validation grid (held-out prompt x poses, primary vs secondary)
-    validation_poses: int = Field(4, ge=1)
-    validation_steps: int = Field(10, ge=1)  # DDIM steps of the validation grid
-    log_every: int = Field(10, ge=1)  # MLflow metrics and the progress bar
-    diagnose_every: int = Field(50, ge=1)  # gradient norms + pose sensitivity (at step 1 and every n steps)
-    probe_size: int = Field(16, ge=1)  # rows of the fixed probe batch of the pose sensitivity
+    out_dir: str
+    checkpoint_dir: str
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    max_grad_norm: float = Field(gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"]
+    gradient_checkpointing: bool
+    balance: Literal["scale", "fixed", "uncertainty"]
+    balance_reading: Literal["whole", "person", "distill"]  # what L_bal measures (docs/method.md)
+    lambda_diff: float = Field(ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
+    uncertainty_lr: float = Field(gt=0)  # only for balance=uncertainty: lr of the log-variances
+    running_mean_momentum: float = Field(gt=0, lt=1)
+    mask_margin: float = Field(ge=0, le=1)  # person box grown by this fraction of its size
+    checkpoint_every: int = Field(ge=1)  # atomic step_<n>/ under checkpoint_dir; the last 2 are kept
+    validate_every: int = Field(ge=1)  # validation grid (held-out prompt x poses, primary vs secondary)
+    validation_poses: int = Field(ge=1)
+    validation_steps: int = Field(ge=1)  # DDIM steps of the validation grid
+    log_every: int = Field(ge=1)  # MLflow metrics and the progress bar
+    diagnose_every: int = Field(ge=1)  # gradient norms + pose sensitivity (at step 1 and every n steps)
+    probe_size: int = Field(ge=1)  # rows of the fixed probe batch of the pose sensitivity
 
 
 class PromotionParams(_Section):
     """The registry gate (posescene.evaluation.promotion): every check on the pessimistic end of its 95% CI."""
 
-    metric: Literal["drift_rmse", "drift_ssim"] = "drift_rmse"  # the drift that must go down
-    drift_margin: float = Field(0.0, ge=0, lt=1)  # drift ratio vs primary/champion: upper bound <= 1 - margin
-    fidelity_floor: float = Field(0.95, ge=0, le=2)  # (F_S - chance) / (F_P - chance): lower bound >= floor
-    min_primary_fidelity: float = Field(0.1, ge=0, lt=1)  # primary's normalised fidelity: lower bound > this
+    metric: Literal["drift_rmse", "drift_ssim"]  # the drift that must go down
+    drift_margin: float = Field(ge=0, lt=1)  # drift ratio vs primary/champion: upper bound <= 1 - margin
+    fidelity_floor: float = Field(ge=0, le=2)  # (F_S - chance) / (F_P - chance): lower bound >= floor
+    min_primary_fidelity: float = Field(ge=0, lt=1)  # primary's normalised fidelity: lower bound > this
 
 
 class AblationRun(_Section):
@@ -187,29 +193,29 @@ FidelityMeasure = Literal["oks", "keypoint_ap", "pck@0.05box", "pck@0.1box", "pc
 class EvaluateParams(_Section):
     """Drift vs fidelity frontier, matched-fidelity comparison and the promotion gate (posescene.evaluate)."""
 
-    out_dir: str = "reports"
-    n_prompts: int = Field(8, ge=1)  # held-out captions (round-robin over scene kinds), action phrases removed
-    seeds: list[int] = Field([0, 1], min_length=1)  # sets = prompts x seeds, each with its own initial noise
-    n_poses: int = Field(8, ge=2)  # held-out poses per set (one image per pose and arm, same noise)
-    scales: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0, 1.25], min_length=2)  # adapter_conditioning_scale grid
-    adapters: list[Literal["primary", "secondary"]] = Field(["primary", "secondary"], min_length=1)
-    compare_champion: bool = True  # re-evaluate the registry's champion at scale 1 on the same sets and poses
-    sampler: Literal["ddim", "dpmsolver"] = "ddim"
-    steps: int = Field(20, ge=1)  # sampler steps
-    guidance_scale: float = Field(5.0, ge=0)
-    batch_size: int = Field(64, ge=1)  # images per U-Net batch (rows of every arm are batched together)
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
-    ablations: list[AblationRun] = []  # evaluated on the same frontier as the secondary
-    mask_margin: float = Field(0.15, ge=0, le=1)  # person box grown by this fraction of max(w, h)
-    fidelity: FidelityMeasure = "oks"  # the headline fidelity measure of the frontier and the gate
-    min_score: float = Field(0.3, ge=0, le=1)  # a detected point counts when its score is at least this
-    pose_judge: Literal["auto", "world", "mediapipe", "openpose", "dwpose", "none"] = "auto"  # auto: world or mediapipe
-    pose_judge_weights: str | None = None  # openpose/dwpose weights (local dir)
-    scene_judge: Literal["auto", "world", "none"] = "auto"  # auto: the world's scene classifier for the world
-    bootstrap_samples: int = Field(1000, ge=10)
-    clip_model: str | None = None  # local CLIP dir for text alignment; null: world scene judge only
-    lpips_weights: str | None = None  # TorchScript LPIPS file; null: skipped with a notice (never downloaded)
-    promotion: PromotionParams = PromotionParams()
+    out_dir: str
+    n_prompts: int = Field(ge=1)  # held-out captions (round-robin over scene kinds), action phrases removed
+    seeds: list[int] = Field(min_length=1)  # sets = prompts x seeds, each with its own initial noise
+    n_poses: int = Field(ge=2)  # held-out poses per set (one image per pose and arm, same noise)
+    scales: list[float] = Field(min_length=2)  # adapter_conditioning_scale grid
+    adapters: list[Literal["primary", "secondary"]] = Field(min_length=1)
+    compare_champion: bool  # re-evaluate the registry's champion at scale 1 on the same sets and poses
+    sampler: Literal["ddim", "dpmsolver"]
+    steps: int = Field(ge=1)  # sampler steps
+    guidance_scale: float = Field(ge=0)
+    batch_size: int = Field(ge=1)  # images per U-Net batch (rows of every arm are batched together)
+    device: str  # auto (cuda if available) | cpu | cuda | cuda:1 ...
+    ablations: list[AblationRun]  # evaluated on the same frontier as the secondary
+    mask_margin: float = Field(ge=0, le=1)  # person box grown by this fraction of max(w, h)
+    fidelity: FidelityMeasure  # the headline fidelity measure of the frontier and the gate
+    min_score: float = Field(ge=0, le=1)  # a detected point counts when its score is at least this
+    pose_judge: Literal["auto", "world", "mediapipe", "openpose", "dwpose", "none"]  # auto: world or mediapipe
+    pose_judge_weights: str | None  # openpose/dwpose weights (local dir)
+    scene_judge: Literal["auto", "world", "none"]  # auto: the world's scene classifier for the world
+    bootstrap_samples: int = Field(ge=10)
+    clip_model: str | None  # local CLIP dir for text alignment; null: world scene judge only
+    lpips_weights: str | None  # TorchScript LPIPS file; null: skipped with a notice (never downloaded)
+    promotion: PromotionParams
 
     @field_validator("scales")
     @classmethod
@@ -222,35 +228,35 @@ class EvaluateParams(_Section):
 class OpsParams(_Section):
     """Scheduled deployments, locking and scale-out (docs/operations.md)."""
 
-    pipeline_cron: str = "0 2 * * *"  # the nightly pipeline deployment's schedule (cron, in pipeline_timezone)
-    pipeline_timezone: str = "UTC"
-    lock_path: str = "build/posescene.lock"  # one lock per checkout: runs that write data/registry queue on it
-    lock_timeout_s: float = Field(3600.0, ge=-1)  # wait this long for another run (-1: forever, 0: fail at once)
-    concurrency_limit: str = "posescene-pipeline"  # Prefect global concurrency limit (when a server is configured)
-    dask_address: str | None = None  # poses.runner=dask: an existing scheduler (tcp://host:8786); null: LocalCluster
+    pipeline_cron: str  # the nightly pipeline deployment's schedule (cron, in pipeline_timezone)
+    pipeline_timezone: str
+    lock_path: str  # one lock per checkout: runs that write data/registry queue on it
+    lock_timeout_s: float = Field(ge=-1)  # wait this long for another run (-1: forever, 0: fail at once)
+    concurrency_limit: str  # Prefect global concurrency limit (when a server is configured)
+    dask_address: str | None  # poses.runner=dask: an existing scheduler (tcp://host:8786); null: LocalCluster
 
 
 class MlflowParams(_Section):
-    tracking_uri: str | None = None
-    experiment: str = "posescene"
-    registered_model: str = "posescene-secondary-adapter"
+    tracking_uri: str | None
+    experiment: str
+    registered_model: str
 
 
 class Params(_Section):
-    seed: int = 0
-    synth: SynthParams = SynthParams()
-    ingest: IngestParams = IngestParams()
-    poses: PosesParams = PosesParams()
-    pairs: PairsParams = PairsParams()
-    render: RenderParams = RenderParams()
-    model: ModelParams = ModelParams()
-    world: WorldParams = WorldParams()
-    bootstrap: BootstrapParams = BootstrapParams()
-    cache: CacheParams = CacheParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    ops: OpsParams = OpsParams()
-    mlflow: MlflowParams = MlflowParams()
+    seed: int
+    synth: SynthParams
+    ingest: IngestParams
+    poses: PosesParams
+    pairs: PairsParams
+    render: RenderParams
+    model: ModelParams
+    world: WorldParams
+    bootstrap: BootstrapParams
+    cache: CacheParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    ops: OpsParams
+    mlflow: MlflowParams
 
 
 def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -271,6 +277,11 @@ def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 def _describe(error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     path = ".".join(str(p) for p in loc)
+    if error["type"] == "missing":
+        return (
+            f"{path}: missing. Every key is required (params.yaml is the one place defaults live): "
+            f"copy it from {PROJECT_PARAMS}"
+        )
     if error["type"] == "extra_forbidden":
         owner = _section_for(loc)
         allowed = ", ".join(owner.model_fields) if owner else "?"
@@ -316,6 +327,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     for dotted, value in (overrides or {}).items():
         _apply_override(raw, dotted, value)
     return parse_params(raw, source=str(path))
+
+
+def default_params(overrides: dict[str, Any] | None = None) -> Params:
+    """The project's own params.yaml (the defaults) with ``overrides`` (dotted keys) applied."""
+    return load_params(PROJECT_PARAMS, overrides)
 
 
 def parse_set_option(items: list[str] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from posescene.config import Params
+from posescene.detectors import make_detector
 from posescene.errors import ConfigError, InputDataError
 from posescene.evaluation.report import make_grid
 from posescene.generate import (
@@ -26,7 +27,6 @@ from posescene.generate import (
     ModelSpec,
     Pose,
     condition_maps,
-    make_pose_detector,
     poses_from_images,
     poses_from_json,
     poses_from_lattice_rows,
@@ -92,7 +92,13 @@ def collect_poses(sources: PoseSources, params: Params) -> list[Pose]:
     for path in sources.json_files:
         poses += poses_from_json(path, beta)
     if sources.images:
-        detector = make_pose_detector(sources.detector, params.poses.weights)
+        detector = make_detector(
+            sources.detector,
+            params.poses.weights,
+            min_detection_confidence=params.poses.min_detection_confidence,
+            min_presence_confidence=params.poses.min_presence_confidence,
+            max_persons=params.poses.max_persons,
+        )  # the poses stage's thresholds: a pose image is read as the lattices are
         try:
             arrays = [_read_rgb(path) for path in sources.images]
             labels = [path.stem for path in sources.images]

@@ -562,9 +562,9 @@ def ingest(
     source: str | Path,
     out_dir: str | Path,
     *,
-    source_kind: SourceKind = "imagefolder",
-    max_pixels: int = 89_478_485,
-    min_side: int = 16,
+    source_kind: SourceKind,
+    max_pixels: int,
+    min_side: int,
     progress: bool = True,
 ) -> IngestReport:
     """Validate and normalise a captioned image source into ``out_dir`` (replaced atomically, whole).

@@ -221,10 +221,10 @@ def _assign_splits(group_ids: list[str], heldout_fraction: float, seed: int) -> 
 def build_pairs(
     lattices: pa.Table,
     manifest: pa.Table,
-    strategy: str = "scene",
-    heldout_fraction: float = 0.2,
-    max_pairs_per_group: int = 30,
-    seed: int = 0,
+    strategy: str,
+    heldout_fraction: float,
+    max_pairs_per_group: int,
+    seed: int,
 ) -> tuple[pa.Table, PairsSummary]:
     """Build the pairs table (contract in docs/architecture.md) from lattice and manifest tables."""
     if strategy not in STRATEGIES:
@@ -353,10 +353,10 @@ def write_pairs(
     lattice_dir: str | Path,
     out: str | Path,
     manifest_path: str | Path,
-    strategy: str = "scene",
-    heldout_fraction: float = 0.2,
-    max_pairs_per_group: int = 30,
-    seed: int = 0,
+    strategy: str,
+    heldout_fraction: float,
+    max_pairs_per_group: int,
+    seed: int,
 ) -> PairsSummary:
     """Read the lattices and the manifest (a ``manifest.parquet`` or its directory), write ``out`` atomically."""
     from posescene.ingest import read_manifest  # the stages' own readers; imported here so that

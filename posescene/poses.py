@@ -95,11 +95,11 @@ class DetectorSpec:
     """How to build a detector: a hashable value, so each worker process builds it once and caches it."""
 
     name: str
-    weights: str | None = None
-    device: str | None = None
-    min_detection_confidence: float = 0.5
-    min_presence_confidence: float = 0.5
-    max_persons: int = 4
+    weights: str | None
+    device: str | None
+    min_detection_confidence: float
+    min_presence_confidence: float
+    max_persons: int
 
     def options(self) -> dict[str, float | int]:
         """The settings that change what this detector finds (stored with the lattices; a change restarts)."""
@@ -455,15 +455,15 @@ def run_poses(
     manifest: str | Path,
     out_dir: str | Path,
     *,
-    detector: str = "groundtruth",
-    weights: str | None = None,
-    beta: float = 0.05,
-    min_score: float = 0.3,
-    min_detection_confidence: float = 0.5,
-    min_presence_confidence: float = 0.5,
-    max_persons: int = 4,
-    batch_size: int = 64,
-    workers: int = 1,
+    detector: str,
+    weights: str | None,
+    beta: float,
+    min_score: float,
+    min_detection_confidence: float,
+    min_presence_confidence: float,
+    max_persons: int,
+    batch_size: int,
+    workers: int,
     device: str | None = None,
     map_fn: MapFn | None = None,
     progress: bool = True,

@@ -79,7 +79,7 @@ def lattice_pixels(x_norm: np.ndarray, y_norm: np.ndarray, u: int) -> tuple[np.n
     return np.stack([row, col], axis=1), present
 
 
-def render_lattice(x_norm: np.ndarray, y_norm: np.ndarray, u: int, radius: int = 0, limbs: bool = False) -> np.ndarray:
+def render_lattice(x_norm: np.ndarray, y_norm: np.ndarray, u: int, *, radius: int, limbs: bool) -> np.ndarray:
     """One lattice -> a (u, u) uint8 map: points (and limbs) 0, everything else 255.
 
     A pure function: the evaluation and the generator call it for arbitrary poses.
@@ -207,8 +207,9 @@ def _read_state(out_dir: Path) -> dict[str, Any]:
 def render_maps(
     lattices: pa.Table | str | Path,
     out_dir: str | Path,
-    radius: int = 1,
-    limbs: bool = False,
+    *,
+    radius: int,
+    limbs: bool,
     progress: bool = True,
 ) -> RenderSummary:
     """Render one map per lattice row with a person into ``out_dir`` (incremental, see module doc)."""

@@ -418,9 +418,10 @@ def generate(
     poses_per_scene: int,
     size: int,
     seed: int,
+    *,
+    first_scene: int,
     progress: bool = True,
     on_scene: Callable[[int], None] | None = None,
-    first_scene: int = 0,
 ) -> Path:
     """Write the PoseScenes imagefolder to ``out_dir`` atomically (the old one is replaced whole).
 

@@ -174,7 +174,10 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
 
     Shared by the training tests (tests/test_train.py) and the DDP test (tests/test_ops_ddp.py).
     """
+    from _params import stage_options
+
     from posescene.cache import build_cache
+    from posescene.config import default_params
     from posescene.ingest import ingest
     from posescene.pairs import write_pairs
     from posescene.poses import run_poses
@@ -182,11 +185,14 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
     from posescene.synth import generate
     from posescene.world import build_tiny_models
 
+    p = default_params()  # the stages' settings as params.yaml has them, but for the paths and sizes below
     pipeline, adapter = build_tiny_models(root / "models")
-    generate(root / "synth", n_scenes=4, poses_per_scene=3, size=resolution, seed=0, progress=False)
-    ingest(root / "synth", root / "ingested", progress=False)
-    run_poses(root / "ingested", root / "lattices", detector="groundtruth")
-    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", heldout_fraction=0.25)
-    render_maps(root / "lattices", root / "maps", radius=1, progress=False)
-    build_cache(root / "pairs.parquet", root / "ingested", root / "cache", str(pipeline), resolution, progress=False)
+    generate(root / "synth", n_scenes=4, poses_per_scene=3, size=resolution, seed=0, first_scene=0, progress=False)
+    ingest(root / "synth", root / "ingested", **stage_options(ingest, "ingest"), progress=False)
+    run_poses(root / "ingested", root / "lattices", **stage_options(run_poses, "poses", detector="groundtruth"))
+    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", strategy=p.pairs.strategy,
+                heldout_fraction=0.25, max_pairs_per_group=p.pairs.max_pairs_per_group, seed=0)  # fmt: skip
+    render_maps(root / "lattices", root / "maps", radius=1, limbs=False, progress=False)
+    build_cache(root / "pairs.parquet", root / "ingested", root / "cache", str(pipeline), resolution,
+                **stage_options(build_cache, "cache"), progress=False)  # fmt: skip
     return {"root": root, "pipeline": pipeline, "adapter": adapter}

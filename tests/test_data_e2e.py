@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from _params import write_params
 
 from posescene.config import load_params
 from posescene.render import STATE_FILE, map_path
@@ -60,9 +61,7 @@ def _tiny_params(root: Path) -> Path:
         "render": {"out_dir": str(data / "maps")},
         "ops": {"lock_path": str(root / "build" / "posescene.lock")},
     }
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+    return write_params(root / "params.yaml", params)  # params.yaml's defaults with the above
 
 
 def _check_pairs_and_maps(pairs_path: Path, maps_dir: Path) -> pa.Table:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.csv as pacsv
 import pytest
 import torch
-import yaml
+from _params import stage_options, write_params
 from PIL import Image
 
 from posescene.config import Params, load_params
@@ -49,10 +49,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from posescene.world import build_tiny_models
 
     root = tmp_path_factory.mktemp("evaluate")
-    synth = generate(root / "synth", n_scenes=4, poses_per_scene=3, size=32, seed=0, progress=False)
-    ingest(synth, root / "ingested", progress=False)
-    run_poses(root / "ingested" / "manifest.parquet", root / "lattices", progress=False)
-    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", heldout_fraction=0.3, seed=0)
+    synth = generate(root / "synth", n_scenes=4, poses_per_scene=3, size=32, seed=0, first_scene=0, progress=False)
+    ingest(synth, root / "ingested", **stage_options(ingest, "ingest"), progress=False)
+    run_poses(root / "ingested" / "manifest.parquet", root / "lattices", **stage_options(run_poses, "poses"),
+              progress=False)  # fmt: skip
+    write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", strategy="scene", heldout_fraction=0.3,
+                max_pairs_per_group=30, seed=0)  # fmt: skip
     pipeline, primary = build_tiny_models(root / "tiny")
     torch.manual_seed(0)
     KeypointEstimator(widths=(8, 8, 8), resolution=32).save_pretrained(root / "judges" / "keypoint_estimator")
@@ -83,7 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         },
         "ops": {"lock_path": str(root / "posescene.lock")},
     }
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root / "params.yaml", params)  # params.yaml's defaults with the above
     return {"root": root, "params": root / "params.yaml", "primary": primary, "still": root / "still_adapter"}
 
 

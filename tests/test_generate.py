@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _params import write_params
 from diffusers import T2IAdapter
 
 from posescene.errors import ConfigError, InputDataError, ModelLoadError
@@ -190,7 +191,7 @@ def test_generate_cli(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest
 
     kp = [[8.0 + i, 4.0 + 1.5 * i] for i in range(18)]
     (tmp_path / "pose.json").write_text(json.dumps([{"width": 32, "height": 32, "keypoints": kp}] * 2))
-    (tmp_path / "params.yaml").write_text("{}\n")
+    write_params(tmp_path / "params.yaml", {})  # the project's params; the model comes in by --set
     monkeypatch.chdir(tmp_path)
     args = ["generate", "out", "-p", "a person on a beach", "--pose-json", "pose.json", "--seed", "0",
             "--model", "base", "--model", "primary", "--steps", "2", "--no-progress", "--device", "cpu",

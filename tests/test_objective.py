@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from posescene.config import TrainParams
+from posescene.config import default_params
 from posescene.objective import (
     FixedBalance,
     Objective,
@@ -367,7 +367,7 @@ def test_lambda_eff_of_each_balance():
 
 def _toy_uncertainty_run(balance: UncertaintyBalance, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two losses four decades apart, sharing one parameter; Adam as in training (S-Ad lr, log-variance lr)."""
-    defaults = TrainParams()
+    defaults = default_params().train  # params.yaml: the one source of the training settings
     w = nn.Parameter(torch.tensor(0.3))
     optimizer = torch.optim.AdamW(
         [
@@ -392,7 +392,7 @@ def test_uncertainty_weights_learn_one_over_each_loss_from_zero_within_a_few_hun
     weights, losses = _toy_uncertainty_run(UncertaintyBalance(init_from_first_loss=False), steps=300)
     assert (weights * losses).tolist() == pytest.approx([1.0, 1.0], rel=0.15)
     # at the adapter's learning rate alone (the old setup) they would still be near 1: the test can fail
-    assert TrainParams().uncertainty_lr * 300 > -math.log(1.5e-4)
+    assert default_params().train.uncertainty_lr * 300 > -math.log(1.5e-4)
 
 
 def test_uncertainty_weights_start_at_one_over_the_first_losses_and_keep_learned_values_on_resume():

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+from _params import stage_options, write_params
 
 pytestmark = pytest.mark.e2e  # real servers, clusters and subprocesses: tens of seconds
 
@@ -34,18 +34,22 @@ def test_dask_runner_matches_local(prefect_api: str, synth_dir: Path, tmp_path: 
     from posescene.poses import read_lattices, run_poses
 
     ingested = tmp_path / "ingested"
-    ingest(synth_dir, ingested, progress=False)
-    local = run_poses(ingested, tmp_path / "local", detector="groundtruth", batch_size=5, progress=False)
+    ingest(synth_dir, ingested, **stage_options(ingest, "ingest"), progress=False)
+    local = run_poses(
+        ingested,
+        tmp_path / "local",
+        **stage_options(run_poses, "poses", detector="groundtruth", batch_size=5),
+        progress=False,
+    )
 
     params = tmp_path / "params.yaml"
-    params.write_text(
-        yaml.safe_dump(
-            {
-                "ingest": {"out_dir": str(ingested)},
-                "poses": {"runner": "dask", "dask_workers": 2, "batch_size": 5, "out_dir": str(tmp_path / "dask")},
-                "ops": {"lock_path": str(tmp_path / "posescene.lock")},
-            }
-        )
+    write_params(
+        params,
+        {
+            "ingest": {"out_dir": str(ingested)},
+            "poses": {"runner": "dask", "dask_workers": 2, "batch_size": 5, "out_dir": str(tmp_path / "dask")},
+            "ops": {"lock_path": str(tmp_path / "posescene.lock")},
+        },
     )
     summary = poses_flow(str(params))
     assert summary["images_processed"] == local.images_processed == 24

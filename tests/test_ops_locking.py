@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _params import write_params
 
 from posescene.locking import LockTimeoutError, exclusive_lock, is_held_here, read_holder
 
@@ -99,7 +100,7 @@ def test_exclusive_decorator_uses_params_lock(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(ops, "prefect_server_configured", lambda: False)
     lock = tmp_path / "locks" / "posescene.lock"
     params = tmp_path / "params.yaml"
-    params.write_text(f"ops: {{lock_path: {lock}, lock_timeout_s: 0}}\n")
+    write_params(params, {"ops.lock_path": str(lock), "ops.lock_timeout_s": 0})
     seen: list[bool] = []
 
     @ops.exclusive
@@ -130,7 +131,7 @@ def test_only_rank_zero_of_a_launch_takes_the_lock(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(ops, "prefect_server_configured", lambda: False)
     lock = tmp_path / "posescene.lock"
     params = tmp_path / "params.yaml"
-    params.write_text(f"ops: {{lock_path: {lock}, lock_timeout_s: 0}}\n")
+    write_params(params, {"ops.lock_path": str(lock), "ops.lock_timeout_s": 0})
 
     @ops.exclusive
     def fake_flow(params_path: str = "params.yaml", overrides: dict | None = None) -> bool:

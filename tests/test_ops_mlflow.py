@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from _ops_servers import VENV_BIN, free_port, http_ok, start, stop, tail, wait_until
+from _params import write_params
 
 pytestmark = pytest.mark.e2e
 
@@ -120,14 +120,13 @@ def _registry_workflow(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models")
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"base": str(pipeline_dir), "primary_adapter": str(adapter_dir), "resolution": 32},
-                "evaluate": {"steps": 2, "guidance_scale": 1.0, "device": "cpu"},
-                "mlflow": {"tracking_uri": mlflow_server, "experiment": "ops-test", "registered_model": MODEL_NAME},
-            }
-        )
+    write_params(
+        params_file,
+        {
+            "model": {"base": str(pipeline_dir), "primary_adapter": str(adapter_dir), "resolution": 32},
+            "evaluate": {"steps": 2, "guidance_scale": 1.0, "device": "cpu"},
+            "mlflow": {"tracking_uri": mlflow_server, "experiment": "ops-test", "registered_model": MODEL_NAME},
+        },
     )
     params = load_params(params_file)
     server.ready()  # started by the fixture, overlapping the imports and model building above

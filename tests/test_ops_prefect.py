@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from _ops_servers import VENV_BIN, free_port, http_ok, start, stop, tail, wait_until
+from _params import write_params
 
 pytestmark = pytest.mark.e2e  # real servers, clusters and subprocesses: tens of seconds
 
-TINY = "synth: {{out_dir: out/synth, n_scenes: 2, poses_per_scene: 2, size: 32}}\nops: {{lock_path: {lock}}}\n"
+TINY = {"synth": {"out_dir": "out/synth", "n_scenes": 2, "poses_per_scene": 2, "size": 32}}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_serve_trigger_and_schedule(api: str, tmp_path: Path) -> None:
 
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text(TINY.format(lock=project / "build" / "posescene.lock"))
+    write_params(project / "params.yaml", {**TINY, "ops.lock_path": str(project / "build" / "posescene.lock")})
     env = {
         "PREFECT_API_URL": api,
         "PREFECT_HOME": str(tmp_path / "client-home"),
@@ -142,7 +143,7 @@ def test_overlapping_runs_queue_on_slot_and_lock(api: str, tmp_path: Path, monke
     params = tmp_path / "params.yaml"
     lock = tmp_path / "build" / "posescene.lock"
     out = tmp_path / "synth"
-    params.write_text(TINY.format(lock=lock).replace("out/synth", str(out)))
+    write_params(params, {**TINY, "synth.out_dir": str(out), "ops.lock_path": str(lock)})
 
     real_generate = posescene.synth.generate
     a_inside, a_release = threading.Event(), threading.Event()

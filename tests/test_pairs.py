@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from _tables import image_id, lattice_row, lattice_table, make_dataset, write_lattice_dir
 
+from posescene.config import PROJECT_PARAMS
 from posescene.errors import InputDataError
 from posescene.pairs import PAIRS_SCHEMA, RANDOM_GROUP_SIZE, build_pairs, caption_scene_key
 
@@ -223,20 +224,18 @@ def test_write_pairs_and_cli(tmp_path, dataset):
     from posescene.cli import app
 
     manifest, lattices = dataset
-    pq.write_table(manifest, tmp_path / "manifest.parquet")
+    (tmp_path / "ingested").mkdir()
+    pq.write_table(manifest, tmp_path / "ingested" / "manifest.parquet")
     lattice_dir = write_lattice_dir(lattices, tmp_path / "lattices")
     out = tmp_path / "pairs.parquet"
-    result = CliRunner().invoke(
-        app,
-        ["pairs", str(lattice_dir), str(out), "--manifest", str(tmp_path / "manifest.parquet"), "--seed", "4"],
-    )
+    paths = ["--params", str(PROJECT_PARAMS), "--set", f"poses.out_dir={lattice_dir}", "--set", f"pairs.out={out}"]
+    result = CliRunner().invoke(app, ["pairs", *paths, "--set", f"ingest.out_dir={tmp_path / 'ingested'}",
+                                      "--set", "seed=4"])  # fmt: skip
     assert result.exit_code == 0, result.output
     written = pq.read_table(out)
     expected, _ = build_pairs(lattices, manifest, "scene", 0.2, 30, seed=4)
     assert written.equals(expected, check_metadata=True)
     assert "300 pairs (600 rows) in 10 groups" in result.output
 
-    bad = CliRunner().invoke(
-        app, ["pairs", str(lattice_dir), str(out), "--manifest", str(tmp_path / "missing.parquet")]
-    )
+    bad = CliRunner().invoke(app, ["pairs", *paths, "--set", f"ingest.out_dir={tmp_path / 'missing'}"])
     assert bad.exit_code == 2 and "posescene ingest" in bad.output

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from _params import stage_options
 from PIL import Image
 
 import posescene.poses as poses_mod
+from posescene.config import PROJECT_PARAMS
 from posescene.detectors import DetectorUnavailableError, PersonKeypoints, drop_duplicates, make_detector
 from posescene.errors import InputDataError
 from posescene.ingest import ingest
@@ -27,7 +29,7 @@ def synth_ingested(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _ingest(src: Path, factory: pytest.TempPathFactory) -> Path:
     out = factory.mktemp("ingest") / "ingested"
-    ingest(src, out, progress=False)
+    ingest(src, out, **stage_options(ingest, "ingest"), progress=False)
     return out
 
 
@@ -65,7 +67,12 @@ def photo_ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_mediapipe_keypoints_land_on_the_person(photo_ingested, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="posescene.poses"):
-        summary = run_poses(photo_ingested, tmp_path / "lat", detector="mediapipe", beta=0.05, progress=False)
+        summary = run_poses(
+            photo_ingested,
+            tmp_path / "lat",
+            **stage_options(run_poses, "poses", detector="mediapipe", beta=0.05),
+            progress=False,
+        )
     assert summary.images_processed == 2 and summary.persons_found == 1
     # the blank image is counted and named, so a detector that misses people shows at once
     assert summary.images_without_person == 1 and len(summary.no_person_examples) == 1
@@ -99,7 +106,12 @@ def test_mediapipe_keypoints_land_on_the_person(photo_ingested, tmp_path, caplog
 
 
 def test_groundtruth_detector_and_the_lattice_contract(synth_ingested, tmp_path):
-    run_poses(synth_ingested, tmp_path / "lat", detector="groundtruth", beta=0.1, batch_size=5, progress=False)
+    run_poses(
+        synth_ingested,
+        tmp_path / "lat",
+        **stage_options(run_poses, "poses", detector="groundtruth", beta=0.1, batch_size=5),
+        progress=False,
+    )
     table = read_lattices(tmp_path / "lat")
     manifest = {r["image_id"]: r for r in pq.read_table(synth_ingested / "manifest.parquet").to_pylist()}
     assert table.num_rows == len(manifest) == 24 and len(list((tmp_path / "lat").glob("part-*.parquet"))) == 5
@@ -158,7 +170,9 @@ def _point(row: dict, name: str) -> tuple[float, float] | None:
 
 
 def test_mediapipe_finds_the_standing_cameraman_and_both_people(people_ingested, tmp_path):
-    summary = run_poses(people_ingested, tmp_path / "lat", detector="mediapipe", progress=False)
+    summary = run_poses(
+        people_ingested, tmp_path / "lat", **stage_options(run_poses, "poses", detector="mediapipe"), progress=False
+    )
     assert (summary.images_processed, summary.images_without_person, summary.persons_found) == (2, 0, 3)
     ids = _by_source(people_ingested)
     rows = read_lattices(tmp_path / "lat").to_pylist()
@@ -185,7 +199,9 @@ def test_mediapipe_finds_the_standing_cameraman_and_both_people(people_ingested,
 def test_detector_thresholds_are_params(people_ingested, tmp_path):
     """max_persons keeps the most prominent; a stricter detection confidence finds nobody; each change restarts."""
     out = tmp_path / "lat"
-    summary = run_poses(people_ingested, out, detector="mediapipe", max_persons=1, progress=False)
+    summary = run_poses(
+        people_ingested, out, **stage_options(run_poses, "poses", detector="mediapipe", max_persons=1), progress=False
+    )
     assert summary.persons_found == 2 and summary.images_with_person == 2
     ids = _by_source(people_ingested)
     (only,) = [r for r in read_lattices(out).to_pylist() if r["image_id"] == ids["two_people.png"]]
@@ -193,11 +209,21 @@ def test_detector_thresholds_are_params(people_ingested, tmp_path):
     options = json.loads(read_lattices(out).schema.metadata[b"posescene.detector_options"])
     assert options == {"max_persons": 1, "min_detection_confidence": 0.5, "min_presence_confidence": 0.5}
 
-    summary = run_poses(people_ingested, out, detector="mediapipe", min_detection_confidence=1.0, progress=False)
+    summary = run_poses(
+        people_ingested,
+        out,
+        **stage_options(run_poses, "poses", detector="mediapipe", min_detection_confidence=1.0),
+        progress=False,
+    )
     assert summary.restarted and "detector_options" in summary.restart_reason
     assert summary.images_without_person == 2 and summary.persons_found == 0
     with pytest.raises(InputDataError, match="min_presence_confidence"):
-        run_poses(people_ingested, out, detector="mediapipe", min_presence_confidence=1.5, progress=False)
+        run_poses(
+            people_ingested,
+            out,
+            **stage_options(run_poses, "poses", detector="mediapipe", min_presence_confidence=1.5),
+            progress=False,
+        )
 
 
 def test_duplicates_and_parts_of_a_person_are_dropped():
@@ -265,9 +291,19 @@ def test_missing_weights_are_a_clear_error(tmp_path, monkeypatch):
 
 def test_run_fails_before_work_on_missing_weights_or_ground_truth(photo_ingested, tmp_path):
     with pytest.raises(DetectorUnavailableError):
-        run_poses(photo_ingested, tmp_path / "lat", detector="openpose", weights=str(tmp_path / "x"), progress=False)
+        run_poses(
+            photo_ingested,
+            tmp_path / "lat",
+            **stage_options(run_poses, "poses", detector="openpose", weights=str(tmp_path / "x")),
+            progress=False,
+        )
     with pytest.raises(InputDataError, match="no image has ground-truth keypoints.*mediapipe"):
-        run_poses(photo_ingested, tmp_path / "lat", detector="groundtruth", progress=False)
+        run_poses(
+            photo_ingested,
+            tmp_path / "lat",
+            **stage_options(run_poses, "poses", detector="groundtruth"),
+            progress=False,
+        )
     assert list((tmp_path / "lat").glob("part-*")) == []
 
 
@@ -277,20 +313,30 @@ def test_run_fails_before_work_on_missing_weights_or_ground_truth(photo_ingested
 
 def test_incremental_rerun_adds_only_new_images(synth_ingested, tmp_path):
     out = tmp_path / "lat"
-    first = run_poses(_subset_manifest(synth_ingested, 10, "first10.parquet"), out, batch_size=4, progress=False)
+    first = run_poses(
+        _subset_manifest(synth_ingested, 10, "first10.parquet"),
+        out,
+        **stage_options(run_poses, "poses", batch_size=4),
+        progress=False,
+    )
     assert (first.images_processed, first.images_existing, first.parts_written) == (10, 0, 3)
     parts_before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    second = run_poses(synth_ingested, out, batch_size=4, progress=False)
+    second = run_poses(synth_ingested, out, **stage_options(run_poses, "poses", batch_size=4), progress=False)
     assert (second.images_processed, second.images_existing) == (14, 10)
     for name, mtime in parts_before.items():  # earlier parts untouched
         assert (out / name).stat().st_mtime_ns == mtime
-    third = run_poses(synth_ingested, out, batch_size=4, progress=False)
+    third = run_poses(synth_ingested, out, **stage_options(run_poses, "poses", batch_size=4), progress=False)
     assert (third.images_processed, third.images_existing, third.parts_written) == (0, 24, 0)
     table = read_lattices(out)
     keys = _key_rows(table)
     assert len(keys) == len(set(keys)) == 24
     # the manifest shrinks: lattices of images it no longer has are pruned
-    fourth = run_poses(_subset_manifest(synth_ingested, 6, "first6.parquet"), out, batch_size=4, progress=False)
+    fourth = run_poses(
+        _subset_manifest(synth_ingested, 6, "first6.parquet"),
+        out,
+        **stage_options(run_poses, "poses", batch_size=4),
+        progress=False,
+    )
     assert fourth.pruned_images == 18 and read_lattices(out).num_rows == 6
 
 
@@ -306,11 +352,11 @@ def test_crash_midway_then_rerun_completes_without_duplicates(synth_ingested, tm
 
     monkeypatch.setattr(poses_mod, "process_batch", crashing)
     with pytest.raises(RuntimeError, match="worker died"):
-        run_poses(synth_ingested, out, batch_size=5, progress=False)
+        run_poses(synth_ingested, out, **stage_options(run_poses, "poses", batch_size=5), progress=False)
     assert len(list(out.glob("part-*.parquet"))) == 2  # the two finished batches are kept
     (out / ".part-0000.parquet.abc.tmp").mkdir()  # what a SIGKILL during a write leaves behind
     monkeypatch.setattr(poses_mod, "process_batch", real)
-    summary = run_poses(synth_ingested, out, batch_size=5, progress=False)
+    summary = run_poses(synth_ingested, out, **stage_options(run_poses, "poses", batch_size=5), progress=False)
     assert (summary.images_existing, summary.images_processed) == (10, 14)
     keys = _key_rows(read_lattices(out))
     assert len(keys) == len(set(keys)) == 24
@@ -319,9 +365,11 @@ def test_crash_midway_then_rerun_completes_without_duplicates(synth_ingested, tm
 
 def test_other_beta_or_detector_starts_over(synth_ingested, tmp_path, caplog):
     out = tmp_path / "lat"
-    run_poses(synth_ingested, out, beta=0.05, batch_size=8, progress=False)
+    run_poses(synth_ingested, out, **stage_options(run_poses, "poses", beta=0.05, batch_size=8), progress=False)
     with caplog.at_level("WARNING", logger="posescene.poses"):
-        summary = run_poses(synth_ingested, out, beta=0.2, batch_size=8, progress=False)
+        summary = run_poses(
+            synth_ingested, out, **stage_options(run_poses, "poses", beta=0.2, batch_size=8), progress=False
+        )
     assert summary.restarted and "beta" in summary.restart_reason and summary.images_processed == 24
     assert "starting over" in caplog.text
     table = read_lattices(out)
@@ -331,8 +379,12 @@ def test_other_beta_or_detector_starts_over(synth_ingested, tmp_path, caplog):
 
 
 def test_two_workers_give_the_same_table_as_one(synth_ingested, tmp_path):
-    one = run_poses(synth_ingested, tmp_path / "one", batch_size=6, workers=1, progress=False)
-    two = run_poses(synth_ingested, tmp_path / "two", batch_size=6, workers=2, progress=False)
+    one = run_poses(
+        synth_ingested, tmp_path / "one", **stage_options(run_poses, "poses", batch_size=6, workers=1), progress=False
+    )
+    two = run_poses(
+        synth_ingested, tmp_path / "two", **stage_options(run_poses, "poses", batch_size=6, workers=2), progress=False
+    )
     assert one.parts_written == two.parts_written == 4
     assert read_lattices(tmp_path / "one").equals(read_lattices(tmp_path / "two"), check_metadata=True)
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(p.name for p in (tmp_path / "two").iterdir())
@@ -345,7 +397,13 @@ def test_map_fn_runs_every_batch(synth_ingested, tmp_path):
         seen.extend(tasks)
         return [fn(t) for t in reversed(tasks)]
 
-    summary = run_poses(synth_ingested, tmp_path / "lat", batch_size=10, map_fn=my_map, progress=False)
+    summary = run_poses(
+        synth_ingested,
+        tmp_path / "lat",
+        **stage_options(run_poses, "poses", batch_size=10),
+        map_fn=my_map,
+        progress=False,
+    )
     assert len(seen) == 3 and summary.images_processed == 24
     assert read_lattices(tmp_path / "lat").num_rows == 24
 
@@ -368,19 +426,23 @@ def test_cli_ingest_then_poses(synth_dir, tmp_path):
 
     runner = CliRunner()
     ingested, lattices = tmp_path / "ingested", tmp_path / "lat"
-    result = runner.invoke(app, ["ingest", str(synth_dir), str(ingested), "--min-side", "16", "--no-progress"])
+    paths = ["--params", str(PROJECT_PARAMS), "--set", f"ingest.source={synth_dir}", "--set",
+             f"ingest.out_dir={ingested}", "--set", f"poses.out_dir={lattices}"]  # fmt: skip
+    result = runner.invoke(app, ["ingest", *paths, "--set", "ingest.min_side=16", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "24 of 24 images accepted" in result.output
     result = runner.invoke(
-        app, ["poses", str(ingested / "manifest.parquet"), str(lattices), "--beta", "0.1", "--batch-size", "10",
-              "--no-progress"],
-    )  # fmt: skip
+        app, ["poses", *paths, "--set", "poses.beta=0.1", "--set", "poses.batch_size=10", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "24 images processed" in result.output and "24 persons" in result.output
     assert math.isclose(float(read_lattices(lattices).schema.metadata[b"posescene.beta"]), 0.1)
 
     (tmp_path / "bare").mkdir()
-    result = runner.invoke(app, ["ingest", str(tmp_path / "bare"), str(tmp_path / "o2")])
+    result = runner.invoke(app, ["ingest", *paths, "--set", f"ingest.source={tmp_path / 'bare'}",
+                                 "--set", f"ingest.out_dir={tmp_path / 'o2'}"])  # fmt: skip
     assert result.exit_code == 2 and "no metadata.jsonl" in result.output
-    result = runner.invoke(app, ["poses", str(ingested), str(lattices), "--detector", "openpose", "--weights", "nope/"])
+    result = runner.invoke(app, ["poses", *paths, "--set", "poses.detector=openpose", "--set", "poses.weights=nope/"])
     assert result.exit_code == 2 and "error:" in result.output and "body_pose_model.pth" in result.output
+    result = runner.invoke(app, ["poses", *paths, "--set", "poses.beta=2"])  # the schema's range, before any work
+    assert result.exit_code == 2 and "poses.beta" in result.output

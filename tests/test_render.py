@@ -12,6 +12,7 @@ import torch
 from _tables import lattice_row, lattice_table, make_dataset, write_lattice_dir
 from PIL import Image
 
+from posescene.config import PROJECT_PARAMS
 from posescene.render import (
     STATE_FILE,
     load_map,
@@ -64,7 +65,7 @@ def test_points_are_zero_everything_else_255():
     x = np.full(N_KEYPOINTS, np.nan)
     y = np.full(N_KEYPOINTS, np.nan)
     x[:3], y[:3] = [0.0, 0.5, 0.999], [0.0, 0.25, 1.0]
-    m = render_lattice(x, y, 8)
+    m = render_lattice(x, y, 8, radius=0, limbs=False)
     assert m.shape == (8, 8) and m.dtype == np.uint8
     assert set(np.unique(m)) == {0, 255}
     assert {tuple(p) for p in np.argwhere(m == 0)} == {(0, 0), (2, 4), (7, 7)}  # (row, col) = floor(y*u), floor(x*u)
@@ -83,7 +84,7 @@ def test_radius_draws_a_disc(radius, pixels):
     x = np.full(18, np.nan)
     y = np.full(18, np.nan)
     x[0] = y[0] = 0.5
-    m = render_lattice(x, y, 32, radius=radius)
+    m = render_lattice(x, y, 32, radius=radius, limbs=False)
     assert int((m == 0).sum()) == pixels
     assert m[16, 16] == 0 and m[16, 16 + radius] == 0 and m[16, 17 + radius] == 255
 
@@ -109,7 +110,7 @@ def test_vectorised_matches_reference(seed):
     u = int(rng.integers(8, 96))
     radius = int(rng.integers(0, 4))
     limbs = bool(seed % 2)
-    assert np.array_equal(render_lattice(x, y, u, radius, limbs), _reference(x, y, u, radius, limbs))
+    assert np.array_equal(render_lattice(x, y, u, radius=radius, limbs=limbs), _reference(x, y, u, radius, limbs))
 
 
 def test_vectorised_rendering_equals_the_per_pixel_reading():
@@ -122,14 +123,14 @@ def test_vectorised_rendering_equals_the_per_pixel_reading():
     rng = np.random.default_rng(1)
     for radius in (0, 1, 2):
         x, y = _points(rng, missing=0.2)
-        assert np.array_equal(render_lattice(x, y, 48, radius=radius), render_reference(x, y, 48, radius))
+        assert np.array_equal(render_lattice(x, y, 48, radius=radius, limbs=False), render_reference(x, y, 48, radius))
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_downscale_512_to_64_never_loses_a_single_pixel_point(seed):
     rng = np.random.default_rng(seed)
     x, y = _points(rng, missing=0.2)
-    m = render_lattice(x, y, 512, radius=0)
+    m = render_lattice(x, y, 512, radius=0, limbs=False)
     small = map_tensor(m, 64)
     assert small.shape == (1, 64, 64) and small.dtype == torch.float32
     assert set(small.unique().tolist()) <= {0.0, 1.0}
@@ -146,7 +147,7 @@ def test_downscale_512_to_64_never_loses_a_single_pixel_point(seed):
 def test_load_map_keeps_every_point_at_any_ratio(tmp_path, u, res):
     rng = np.random.default_rng(u + res)
     x, y = _points(rng)
-    m = render_lattice(x, y, u)
+    m = render_lattice(x, y, u, radius=0, limbs=False)
     path = tmp_path / "m.png"
     Image.fromarray(m).save(path)
     t = load_map(path, res)
@@ -162,7 +163,7 @@ def test_load_maps_batches_mixed_sizes(tmp_path):
     paths = []
     for i, u in enumerate((64, 128, 40)):
         p = tmp_path / f"{i}.png"
-        Image.fromarray(render_lattice(*_points(np.random.default_rng(i)), u)).save(p)
+        Image.fromarray(render_lattice(*_points(np.random.default_rng(i)), u, radius=0, limbs=False)).save(p)
         paths.append(p)
     batch = load_maps(paths, 32)
     assert batch.shape == (3, 1, 32, 32)
@@ -184,7 +185,7 @@ def test_render_maps_non_square_and_naming(tmp_path):
         lattice_row("tall", [0.1] + [None] * 17, x, person=1, w=30, h=80),
         dict(lattice_row("empty", x, x), has_person=False, x=None, y=None, score=None, x_norm=None, y_norm=None),
     ]
-    summary = render_maps(lattice_table(rows), tmp_path, radius=0, progress=False)
+    summary = render_maps(lattice_table(rows), tmp_path, radius=0, limbs=False, progress=False)
     assert summary.maps == summary.rendered == 3
     assert Image.open(tmp_path / "wide.png").size == (60, 60)
     assert Image.open(tmp_path / "tall.png").size == (30, 30)
@@ -197,12 +198,12 @@ def test_render_maps_non_square_and_naming(tmp_path):
 def test_render_maps_is_incremental(tmp_path):
     manifest, lattices = make_dataset({"a": 3, "b": 2})
     out = tmp_path / "maps"
-    first = render_maps(lattices, out, radius=1, progress=False)
+    first = render_maps(lattices, out, radius=1, limbs=False, progress=False)
     assert (first.rendered, first.skipped) == (5, 0)
     state = json.loads((out / STATE_FILE).read_text())
     assert state["params"]["radius"] == 1 and len(state["maps"]) == 5
     mtime = (out / STATE_FILE).stat().st_mtime_ns
-    again = render_maps(lattices, out, radius=1, progress=False)
+    again = render_maps(lattices, out, radius=1, limbs=False, progress=False)
     assert (again.rendered, again.skipped) == (0, 5)
     assert (out / STATE_FILE).stat().st_mtime_ns == mtime  # nothing rewritten: fingerprints stay put
     # a deleted map and a changed lattice are redrawn, the rest kept
@@ -210,10 +211,10 @@ def test_render_maps_is_incremental(tmp_path):
     map_path(out, iid, 0).unlink()
     rows = lattices.to_pylist()
     rows[1]["x_norm"] = [0.5] * 18
-    changed = render_maps(lattice_table(rows), out, radius=1, progress=False)
+    changed = render_maps(lattice_table(rows), out, radius=1, limbs=False, progress=False)
     assert (changed.rendered, changed.skipped) == (2, 3)
     # new parameters: everything again
-    assert render_maps(lattice_table(rows), out, radius=2, progress=False).rendered == 5
+    assert render_maps(lattice_table(rows), out, radius=2, limbs=False, progress=False).rendered == 5
 
 
 def test_render_cli(tmp_path):
@@ -224,7 +225,10 @@ def test_render_cli(tmp_path):
 
     _, lattices = make_dataset({"a": 3})
     lattice_dir = write_lattice_dir(lattices, tmp_path / "lattices", batch=2)
-    result = CliRunner().invoke(app, ["render", str(lattice_dir), str(tmp_path / "maps"), "--radius", "0", "--limbs"])
+    args = ["render", "--params", str(PROJECT_PARAMS), "--set", f"poses.out_dir={lattice_dir}",
+            "--set", f"render.out_dir={tmp_path / 'maps'}", "--set", "render.radius=0",
+            "--set", "render.limbs=true"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "3 maps rendered" in result.output
     assert len(list((tmp_path / "maps").glob("*.png"))) == 3

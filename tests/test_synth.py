@@ -43,12 +43,12 @@ def test_keypoints_land_on_the_person():
 
 
 def test_deterministic_and_prefix_stable(tmp_path):
-    a = generate(tmp_path / "a", 4, 2, 64, seed=7, progress=False)
-    b = generate(tmp_path / "b", 6, 2, 64, seed=7, progress=False)
+    a = generate(tmp_path / "a", 4, 2, 64, seed=7, first_scene=0, progress=False)
+    b = generate(tmp_path / "b", 6, 2, 64, seed=7, first_scene=0, progress=False)
     for name in ("s00000_p0.png", "s00003_p1.png"):
         assert (a / "images" / name).read_bytes() == (b / "images" / name).read_bytes()
 
 
 def test_any_square_size(tmp_path):
-    out = generate(tmp_path / "big", 1, 1, 256, seed=0, progress=False)
+    out = generate(tmp_path / "big", 1, 1, 256, seed=0, first_scene=0, progress=False)
     assert Image.open(out / "images" / "s00000_p0.png").size == (256, 256)

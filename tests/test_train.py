@@ -342,13 +342,6 @@ def test_each_reading_and_balance_trains(
         assert [g["lr"] for g in blob["optimizer"]["param_groups"]] == [params.train.lr, params.train.uncertainty_lr]
 
 
-def test_train_params_defaults_are_params_yaml():
-    """One set of defaults: the schema's TrainParams agrees with params.yaml's train section (issue 15)."""
-    from posescene.config import TrainParams
-
-    assert load_params(REPO_ROOT / "params.yaml").train == TrainParams()
-
-
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(world: dict[str, Any], tmp_path: Path):
     from posescene.checkpoints import checkpoints
     from posescene.train import train

@@ -1,4 +1,8 @@
-"""Data-stage sub-commands: synth, ingest, poses, pairs, render."""
+"""Data-stage sub-commands: synth, ingest, poses, pairs, render.
+
+Like every other command they read ``--params`` (default ./params.yaml) with ``--set key=value`` overrides:
+paths and settings come from the stage's params section, so a command has no defaults of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,59 +11,78 @@ from pathlib import Path
 import typer
 
 from posescene.cli_app import app, fail
-from posescene.errors import ConfigError, PosesceneError
+from posescene.config import Params, load_params, parse_set_option
+from posescene.errors import PosesceneError
+
+PARAMS_HELP = "params.yaml to read (the stage's section gives paths and settings)."
+PROGRESS_HELP = "Show a progress bar."
+
+
+def _params(path: Path, items: list[str] | None) -> Params:
+    try:
+        return load_params(path, parse_set_option(items))
+    except PosesceneError as exc:
+        fail(exc)
 
 
 @app.command()
 def synth(
-    out_dir: Path = typer.Argument(..., help="Directory to write the PoseScenes imagefolder into (replaced whole)."),
-    n_scenes: int = typer.Option(120, help="Scene instances; each is rendered once per pose with the same background."),
-    poses_per_scene: int = typer.Option(6, help="Images (different poses) per scene instance."),
-    size: int = typer.Option(64, help="Square image side in pixels (64 for the built-in model, 512 for SD)."),
-    seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical output."),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set synth.n_scenes=10."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
-    """Stage 0: generate the built-in PoseScenes world (images + metadata.jsonl with captions, keypoints)."""
+    """Stage 0: generate the built-in PoseScenes world into synth.out_dir (images + metadata.jsonl).
+
+    synth.n_scenes scene instances from index synth.first_scene, each rendered with synth.poses_per_scene
+    poses on the same background, synth.size pixels square; the same seed gives byte-identical output.
+    """
     from posescene.synth import generate
 
+    all_params = _params(params, set_)
+    p = all_params.synth
     try:
-        path = generate(out_dir, n_scenes, poses_per_scene, size, seed)
+        path = generate(
+            p.out_dir,
+            p.n_scenes,
+            p.poses_per_scene,
+            p.size,
+            all_params.seed,
+            first_scene=p.first_scene,
+            progress=progress,
+        )
     except PosesceneError as exc:
         fail(exc)
-    typer.echo(f"wrote {n_scenes * poses_per_scene} images to {path}")
+    typer.echo(f"wrote {p.n_scenes * p.poses_per_scene} images to {path}")
 
 
 @app.command()
 def ingest(
-    source: str = typer.Argument(
-        ...,
-        help="An imagefolder directory (images + metadata.jsonl or metadata.csv with file_name and text/caption), "
-        "a directory saved with datasets' save_to_disk, or a Hugging Face hub dataset id (needs network).",
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Override a param, e.g. --set ingest.source=/path/to/photos."
     ),
-    out_dir: Path = typer.Argument(
-        ..., help="Output directory (replaced whole, atomically): manifest.parquet, images/, rejects.csv, report.json."
-    ),
-    source_kind: str = typer.Option(
-        "imagefolder", help="'imagefolder' (a folder with metadata) or 'hf_dataset' (save_to_disk dir or hub id)."
-    ),
-    max_pixels: int = typer.Option(
-        89_478_485, min=1, help="Reject images with more pixels than this, read from the header before decoding."
-    ),
-    min_side: int = typer.Option(16, min=1, help="Reject images whose width or height is below this."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
-    """Stage 1: validate captioned images into a manifest of 8-bit RGB PNGs (bad inputs go to rejects.csv).
+    """Stage 1: validate ingest.source's captioned images into ingest.out_dir (bad inputs go to rejects.csv).
 
-    Corrupt, empty, non-image, oversized, too small, uncaptioned and duplicate images, and metadata paths
-    leaving the source folder, are rejected with a reason; CMYK, 16-bit, alpha, palette and grayscale
-    images are converted to RGB (alpha on white).
+    ingest.source: an imagefolder directory (images + metadata.jsonl or metadata.csv with file_name and
+    text/caption), a directory saved with datasets' save_to_disk, or a hub dataset id (needs network), per
+    ingest.source_kind. Corrupt, empty, non-image, oversized (ingest.max_pixels, read from the header), too
+    small (ingest.min_side), uncaptioned and duplicate images, and metadata paths leaving the source folder,
+    are rejected with a reason; CMYK, 16-bit, alpha, palette and grayscale images are converted to RGB.
     """
     from posescene.ingest import ingest as run_ingest
 
+    p = _params(params, set_).ingest
+    out_dir = Path(p.out_dir)
     try:
-        if source_kind not in ("imagefolder", "hf_dataset"):
-            raise ConfigError(f"--source-kind {source_kind!r}: choose 'imagefolder' or 'hf_dataset'")
         report = run_ingest(
-            source, out_dir, source_kind=source_kind, max_pixels=max_pixels, min_side=min_side, progress=progress
+            p.source,
+            out_dir,
+            source_kind=p.source_kind,
+            max_pixels=p.max_pixels,
+            min_side=p.min_side,
+            progress=progress,
         )
     except PosesceneError as exc:
         fail(exc)
@@ -72,57 +95,35 @@ def ingest(
 
 @app.command()
 def poses(
-    manifest: Path = typer.Argument(..., help="The ingest output directory (data/ingested) or its manifest.parquet."),
-    out_dir: Path = typer.Argument(
-        ..., help="Lattice dataset directory (part-*.parquet); existing lattices are kept and extended."
-    ),
-    detector: str = typer.Option(
-        "groundtruth",
-        help="Pose model: 'mediapipe' (photographs; bundled weights, offline), 'openpose' or 'dwpose' "
-        "(controlnet_aux; need --weights), or 'groundtruth' (keypoints shipped with the source, e.g. PoseScenes).",
-    ),
-    weights: str | None = typer.Option(
-        None,
-        help="openpose/dwpose weights: a local directory (e.g. holding body_pose_model.pth) or a hub id "
-        "such as lllyasviel/Annotators (needs network or the HF cache). Never downloaded by default.",
-    ),
-    beta: float = typer.Option(
-        0.05, min=0.0, max=1.0, help="Normalisation bias: x_hat = (x + beta w) / ((1 + 2 beta) w) (METHOD.md step 1)."
-    ),
-    min_score: float = typer.Option(
-        0.3, min=0.0, max=1.0, help="Keypoints with a lower confidence are missing (null)."
-    ),
-    min_detection_confidence: float = typer.Option(
-        0.5, min=0.0, max=1.0, help="mediapipe: confidence a person box needs (lower finds more, less sure, people)."
-    ),
-    min_presence_confidence: float = typer.Option(
-        0.5, min=0.0, max=1.0, help="mediapipe: presence score the landmarks of a found box need."
-    ),
-    max_persons: int = typer.Option(4, min=1, help="People kept per image, most prominent first."),
-    batch_size: int = typer.Option(64, min=1, help="Images per batch (and per part file)."),
-    workers: int = typer.Option(1, min=1, help="Processes running batches in parallel (each loads the model once)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set poses.detector=mediapipe."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
-    """Stage 2: detect 18-point pose lattices (OpenPose order) of every ingested image into Parquet.
+    """Stage 2: 18-point pose lattices (OpenPose order) of every image in ingest.out_dir into poses.out_dir.
 
-    Incremental: images already in OUT_DIR are skipped, so a rerun after adding images or after a crash
-    only does the rest; lattices made with another detector or beta are replaced (with a warning).
+    poses.detector: mediapipe (photographs; bundled weights, offline), openpose or dwpose (controlnet_aux,
+    need poses.weights) or groundtruth (keypoints shipped with the source, e.g. PoseScenes). Incremental:
+    images already in poses.out_dir are skipped, so a rerun after adding images or a crash only does the
+    rest; lattices made with another detector or beta are replaced (with a warning). Runs locally with
+    poses.workers processes (the Dask runner is the flow's: python -m flows.poses).
     """
     from posescene.poses import run_poses
 
+    all_params = _params(params, set_)
+    p = all_params.poses
     try:
         summary = run_poses(
-            manifest,
-            out_dir,
-            detector=detector,
-            weights=weights,
-            beta=beta,
-            min_score=min_score,
-            min_detection_confidence=min_detection_confidence,
-            min_presence_confidence=min_presence_confidence,
-            max_persons=max_persons,
-            batch_size=batch_size,
-            workers=workers,
+            all_params.ingest.out_dir,
+            p.out_dir,
+            detector=p.detector,
+            weights=p.weights,
+            beta=p.beta,
+            min_score=p.min_score,
+            min_detection_confidence=p.min_detection_confidence,
+            min_presence_confidence=p.min_presence_confidence,
+            max_persons=p.max_persons,
+            batch_size=p.batch_size,
+            workers=p.workers,
             progress=progress,
         )
     except PosesceneError as exc:
@@ -133,64 +134,64 @@ def poses(
         f"{summary.images_processed} images processed ({summary.images_existing} already done), "
         f"{summary.persons_found} persons in {summary.images_with_person} images, "
         f"no person found in {summary.images_without_person}, "
-        f"{summary.images_per_second:.1f} images/s -> {out_dir}"
+        f"{summary.images_per_second:.1f} images/s -> {p.out_dir}"
     )
 
 
 @app.command()
 def pairs(
-    lattice: Path = typer.Argument(..., help="Lattice dataset directory written by `posescene poses` (data/lattices)."),
-    out: Path = typer.Argument(..., help="Pairs Parquet file to write (atomically), e.g. data/pairs.parquet."),
-    manifest: Path = typer.Option(
-        Path("data/ingested/manifest.parquet"),
-        help="Ingest manifest: captions (y) and scene ids of the images the lattices were detected on.",
-    ),
-    strategy: str = typer.Option(
-        "scene",
-        help="How images are grouped into pairs: 'scene' (same scene id, the method's default), 'caption' "
-        "(captions equal once the pose/action words are removed) or 'random' (seeded random groups, a baseline).",
-    ),
-    heldout_fraction: float = typer.Option(
-        0.2, help="Fraction of groups held out for evaluation; a group's pairs are never split."
-    ),
-    max_pairs_per_group: int = typer.Option(30, help="Cap on (ordered) pairs per group, sampled with the seed."),
-    seed: int = typer.Option(0, help="Seed for pair sampling and the held-out split; same seed, same file."),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set pairs.strategy=caption."),
 ) -> None:
-    """Stage 3: build the (A, B, y, Z_A, Z_B) training pairs; each pair of images yields two rows (y_A, y_B)."""
+    """Stage 3: the (A, B, y, Z_A, Z_B) training pairs from poses.out_dir and ingest.out_dir into pairs.out.
+
+    pairs.strategy groups images: scene (same scene id, the method's default), caption (captions equal once
+    pose/action words are removed) or random (a seeded baseline); pairs.heldout_fraction of the groups are
+    held out whole; at most pairs.max_pairs_per_group ordered pairs per group; each pair yields two rows.
+    """
     from posescene.pairs import write_pairs
 
+    all_params = _params(params, set_)
+    p = all_params.pairs
     try:
-        summary = write_pairs(lattice, out, manifest, strategy, heldout_fraction, max_pairs_per_group, seed)
+        summary = write_pairs(
+            all_params.poses.out_dir,
+            p.out,
+            all_params.ingest.out_dir,
+            strategy=p.strategy,
+            heldout_fraction=p.heldout_fraction,
+            max_pairs_per_group=p.max_pairs_per_group,
+            seed=all_params.seed,
+        )
     except PosesceneError as exc:
         fail(exc)
     typer.echo(
-        f"wrote {summary.pairs} pairs ({summary.rows} rows) in {summary.groups} groups to {out}; "
+        f"wrote {summary.pairs} pairs ({summary.rows} rows) in {summary.groups} groups to {p.out}; "
         f"held out: {summary.pairs_heldout} pairs in {summary.groups_heldout} groups"
     )
 
 
 @app.command()
 def render(
-    lattice: Path = typer.Argument(..., help="Lattice dataset directory written by `posescene poses` (data/lattices)."),
-    out_dir: Path = typer.Argument(..., help="Directory for the maps (<image_id>.png, <image_id>_<person>.png)."),
-    radius: int = typer.Option(
-        1, min=0, max=64, help="Point radius in map pixels; 0 draws single pixels (the patent's reading)."
-    ),
-    limbs: bool = typer.Option(
-        False, "--limbs/--no-limbs", help="Also draw OpenPose-style limbs (for pretrained openpose adapters)."
-    ),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set render.radius=0."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
-    """Stage 4: render each lattice as a u x u grayscale map (u = min(w, h); points 0, else 255).
+    """Stage 4: render each lattice of poses.out_dir as a u x u grayscale map into render.out_dir.
 
-    Incremental: maps whose lattice and parameters are unchanged (recorded in OUT_DIR/render.json) are kept.
+    u = min(w, h); points (render.radius; 0 = single pixels, the patent's reading) and, with render.limbs,
+    OpenPose-style limbs are 0, the rest 255. Incremental: maps whose lattice and parameters are unchanged
+    (recorded in render.json) are kept.
     """
     from posescene.render import render_maps
 
+    all_params = _params(params, set_)
+    p = all_params.render
     try:
-        summary = render_maps(lattice, out_dir, radius=radius, limbs=limbs)
+        summary = render_maps(all_params.poses.out_dir, p.out_dir, radius=p.radius, limbs=p.limbs, progress=progress)
     except PosesceneError as exc:
         fail(exc)
     typer.echo(
-        f"{summary.rendered} maps rendered, {summary.skipped} up to date, in {out_dir} "
+        f"{summary.rendered} maps rendered, {summary.skipped} up to date, in {p.out_dir} "
         f"({summary.maps_per_second:.0f} maps/s)"
     )
