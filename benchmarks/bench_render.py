@@ -1,6 +1,6 @@
 """Grayscale map rendering: the vectorised ``render_lattice`` against a per-pixel Python reference.
 
-The reference is the literal reading of METHOD.md step 2 (visit every pixel, ink it when it lies within
+The reference is the literal reading of docs/method.md step 2 (visit every pixel, ink it when it lies within
 ``radius`` of a lattice point). Both run in this one process on the same lattices; the script checks the
 maps are identical and reports the speed ratio.
 

@@ -14,7 +14,7 @@ from tasks.render import render_task
 @flow(name="render", log_prints=True)
 @exclusive
 def render_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stage 4: one grayscale map per lattice with a person (METHOD.md step 2)."""
+    """Stage 4: one grayscale map per lattice with a person (docs/method.md step 2)."""
     params = load_params(params_path, overrides)
     summary = render_task(params.render, params.poses.out_dir, params.render.out_dir)
     print(

@@ -1,4 +1,4 @@
-"""The ``train`` stage: fine-tune S-Ad (METHOD.md steps 3-4) -> build/train, MLflow run, registry ``candidate``."""
+"""The ``train`` stage: fine-tune S-Ad (docs/method.md steps 3-4) -> build/train, MLflow run, registry ``candidate``."""
 
 from __future__ import annotations
 

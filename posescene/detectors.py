@@ -1,4 +1,4 @@
-"""Pose models psi_delta (METHOD.md step 1) behind one small interface, all mapped to the 18-point order.
+"""Pose models psi_delta (docs/method.md step 1) behind one small interface, all mapped to the 18-point order.
 
 ``make_detector(name, weights)`` builds one of:
 

@@ -1,4 +1,4 @@
-"""Pose lattices: keypoints normalised with bias beta (METHOD.md step 1, the default reading).
+"""Pose lattices: keypoints normalised with bias beta (docs/method.md step 1, the default reading).
 
 x_hat = (x + beta * b_w) / ((1 + 2 beta) * b_w), y_hat likewise with b_h, so every in-image point
 lands strictly inside [0, 1] with a margin of beta / (1 + 2 beta).

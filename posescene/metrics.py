@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHOD.md "What better means"): pure functions on arrays, no model loading.
+"""Evaluation metrics (docs/method.md "What better means"): pure functions on arrays, no model loading.
 
 Scene drift across poses
     For one prompt and seed, one image is generated per pose of a pose set from the same initial

@@ -144,7 +144,7 @@ def encode_images(base: BaseModel, images: torch.Tensor) -> torch.Tensor:
 def prepare_adapter_input(maps: torch.Tensor, in_channels: int, invert: bool) -> torch.Tensor:
     """Gray lattice maps (N, 1, R, R) in [0, 1] -> the adapter's input convention.
 
-    Our maps are black points on white (METHOD.md step 2); sketch/openpose adapters expect white on black
+    Our maps are black points on white (docs/method.md step 2); sketch/openpose adapters expect white on black
     (``invert``: 1 - x) and RGB-trained adapters expect 3 channels (the gray map repeated). Training,
     validation and the registered pyfunc model all go through this one function so they agree.
     """

@@ -1,9 +1,9 @@
-"""Stage 3 ``pairs``: the (A, B, y, Z_A, Z_B) five-tuples of METHOD.md step 1.
+"""Stage 3 ``pairs``: the (A, B, y, Z_A, Z_B) five-tuples of docs/method.md step 1.
 
 A *pose* is one lattice row with a person (``image_id``, ``person``). Poses are put into groups (the
 strategy), and a pair is an **ordered** pair of poses of two different images of the same group with
 different lattices: A goes through the frozen primary adapter and B through the trained secondary one,
-so (P, Q) and (Q, P) are different training examples. Each pair yields two rows (METHOD.md: y is y_A
+so (P, Q) and (Q, P) are different training examples. Each pair yields two rows (docs/method.md: y is y_A
 with image Z_A on the ``A`` row, y_B with Z_B on the ``B`` row).
 
 Strategies (``pairs.strategy``; none is a silent fallback for another):

@@ -1,4 +1,4 @@
-"""Stage 2, ``poses``: pose lattices (METHOD.md step 1) of every ingested image, into a Parquet dataset.
+"""Stage 2, ``poses``: pose lattices (docs/method.md step 1) of every ingested image, into a Parquet dataset.
 
 For each image of the manifest the detector (:mod:`posescene.detectors`) gives persons with 18 pixel
 keypoints and scores. A point is *missing* (null in every list) when its score is below ``min_score``

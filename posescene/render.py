@@ -1,4 +1,4 @@
-"""Stage 4 ``render``: grayscale lattice maps (METHOD.md step 2), and loading them at a model resolution.
+"""Stage 4 ``render``: grayscale lattice maps (docs/method.md step 2), and loading them at a model resolution.
 
 Each lattice with a person is scaled to [0, u] x [0, u] with u = min(w, h) (pixel index
 ``floor(x_norm * u)``, clamped to u - 1 so that x_norm = 1 stays on the map). Lattice points are 0 and

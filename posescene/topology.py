@@ -1,4 +1,4 @@
-"""The 18-point OpenPose/COCO body topology of METHOD.md step 1, and mappings onto it."""
+"""The 18-point OpenPose/COCO body topology of docs/method.md step 1, and mappings onto it."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ LIMBS: tuple[tuple[int, int], ...] = tuple(
 )  # fmt: skip
 
 # MediaPipe Pose (33 landmarks) index for each of our 18 points; the neck has no landmark and is
-# the midpoint of the shoulders (METHOD.md step 1).
+# the midpoint of the shoulders (docs/method.md step 1).
 MEDIAPIPE_TO_OPENPOSE: dict[str, int | tuple[int, int]] = {
     "nose": 0,
     "neck": (11, 12),

@@ -131,7 +131,7 @@ def test_groundtruth_detector_and_the_lattice_contract(synth_ingested, tmp_path)
                 assert row["x"][i] is row["x_norm"][i] is row["score"][i] is None
                 continue
             assert (row["x"][i], row["y"][i], row["score"][i]) == (pytest.approx(x), pytest.approx(y), 1.0)
-            # METHOD.md step 1: x_hat = (x + beta w) / ((1 + 2 beta) w)
+            # docs/method.md step 1: x_hat = (x + beta w) / ((1 + 2 beta) w)
             w, h, beta = row["width"], row["height"], 0.1
             assert row["x_norm"][i] == pytest.approx((x + beta * w) / ((1 + 2 * beta) * w), abs=1e-6)
             assert row["y_norm"][i] == pytest.approx((y + beta * h) / ((1 + 2 * beta) * h), abs=1e-6)

@@ -1,4 +1,4 @@
-"""Stage 4 ``render``: grayscale maps (METHOD.md step 2) and loss-free resizing."""
+"""Stage 4 ``render``: grayscale maps (docs/method.md step 2) and loss-free resizing."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_vectorised_matches_reference(seed):
 
 
 def test_vectorised_rendering_equals_the_per_pixel_reading():
-    """The benchmark's per-pixel reference (METHOD.md step 2, literally) and render_lattice agree."""
+    """The benchmark's per-pixel reference (docs/method.md step 2, literally) and render_lattice agree."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

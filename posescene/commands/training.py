@@ -48,7 +48,7 @@ def train(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Fine-tune the secondary adapter (METHOD.md steps 3-4); writes train.out_dir and registers `candidate`."""
+    """Fine-tune the secondary adapter (docs/method.md steps 3-4); writes train.out_dir and registers `candidate`."""
     from posescene.config import load_params, parse_set_option
     from posescene.errors import ConfigError
     from posescene.train import train as run_train
