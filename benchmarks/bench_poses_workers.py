@@ -7,7 +7,8 @@ output directory:
 - ``local-serial``: ``poses.workers: 1`` (batches in this process, the default);
 - ``local-pool-1`` / ``local-pool-2``: the spawn process pool that ``poses.workers: N`` uses;
 - ``dask-1`` / ``dask-2``: ``poses.runner: dask`` through the flow's own code (``flows._dask.run_poses_on_dask``:
-  one Prefect task per batch on a DaskTaskRunner over a LocalCluster of N worker processes).
+  the batches as ``client.map`` calls on a LocalCluster of N worker processes, the detector built once per
+  worker by a WorkerPlugin before the batches start).
 
 Two numbers per run: ``images_per_s`` as the stage reports it (from the first batch submitted to the last
 result; it includes each worker's detector start-up, but not the Dask cluster's start) and ``wall_s`` of the
@@ -25,6 +26,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -110,6 +112,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a loaded CPU starts it slowly
 
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-poses-"))
     try:
         manifest = make_images(work, args.images, args.size)
@@ -161,11 +164,24 @@ def main() -> None:
             "local_pool_wall": ratio("local-pool-2", "local-pool-1", "wall_images_per_s_median"),
             "dask_wall": ratio("dask-2", "dask-1", "wall_images_per_s_median"),
         },
+        "targets": {
+            "dask2_vs_dask1_min": 1.6,
+            "dask2_vs_local_pool2_min": 0.9,
+            "dask2_vs_dask1": ratio("dask-2", "dask-1", "images_per_s_median"),
+            "dask2_vs_local_pool2": ratio("dask-2", "local-pool-2", "images_per_s_median"),
+            "dask2_vs_dask1_wall": ratio("dask-2", "dask-1", "wall_images_per_s_median"),
+            "dask2_vs_local_pool2_wall": ratio("dask-2", "local-pool-2", "wall_images_per_s_median"),
+        },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
+                                "after": [round(x, 2) for x in os.getloadavg()]},  # fmt: skip
+        "command": "python " + " ".join(sys.argv),
         "note": args.note,
     }
     write_json_atomic(args.out, result)
-    print(json.dumps(result["speedup_2_vs_1"], indent=2))
+    print(json.dumps({**result["speedup_2_vs_1"], **result["targets"]}, indent=2))
+    load = result["load_average_1_5_15"]
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     print(f"-> {args.out}")
 
 

@@ -39,7 +39,7 @@ def poses_markdown(summary: dict[str, Any]) -> str:
 def poses_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 2: pose lattices of the ingested images (incremental Parquet dataset)."""
     params = load_params(params_path, overrides)
-    if params.poses.runner == "dask":  # batches as Prefect tasks on a DaskTaskRunner (flows/_dask.py)
+    if params.poses.runner == "dask":  # batches on a Dask cluster (flows/_dask.py)
         from flows._dask import run_poses_on_dask
 
         summary = run_poses_on_dask(params.poses, params.ingest.out_dir, params.poses.out_dir, params.ops.dask_address)

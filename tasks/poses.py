@@ -38,8 +38,8 @@ def poses_task(params: PosesParams, manifest: str, out_dir: str) -> dict[str, An
     """Pose lattices of every manifest image not yet in ``out_dir`` (incremental); returns the run summary."""
     if params.runner == "dask":
         raise NotImplementedError(
-            "poses.runner: dask runs at the flow level (flows/poses.py -> flows/_dask.py: one Prefect task per batch "
-            "on a DaskTaskRunner); this task is the local runner"
+            "poses.runner: dask runs at the flow level (flows/poses.py -> flows/_dask.py: the batches on a Dask "
+            "cluster); this task is the local runner"
         )
     summary = poses.run_poses(
         manifest,
