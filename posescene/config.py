@@ -102,7 +102,7 @@ class BootstrapParams(_Section):
     vae_steps: int = Field(250, ge=1)
     unet_steps: int = Field(1600, ge=1)
     adapter_steps: int = Field(700, ge=1)
-    judge_steps: int = Field(400, ge=1)
+    judge_steps: int = Field(2000, ge=1)
     batch_size: int = Field(32, ge=1)
     vae_lr: float = Field(1e-3, gt=0)
     unet_lr: float = Field(6e-4, gt=0)
@@ -124,11 +124,11 @@ class BootstrapParams(_Section):
     init_from: str = ""
     extra_first_scene: int = Field(2000, ge=0)  # extra fresh scenes for the decoder/judges/joint stages
     extra_scenes: int = Field(3000, ge=0)
-    decoder_steps: int = Field(2000, ge=0)  # decoder-only VAE fine-tune (encoder frozen); 0 skips it
+    decoder_steps: int = Field(900, ge=0)  # decoder-only VAE fine-tune (encoder frozen); 0 skips it
     decoder_lr: float = Field(5e-4, gt=0)
     decoder_batch_size: int = Field(16, ge=1)  # the decoder step costs ~5x a judge step
     judge_heatmap_sigma: float = Field(1.0, gt=0)  # Gaussian heatmap target (cells of the H/2 heatmap)
-    joint_steps: int = Field(2000, ge=0)  # U-Net + adapter fine-tuned together; 0 skips it
+    joint_steps: int = Field(1000, ge=0)  # U-Net + adapter fine-tuned together; 0 skips it
     joint_unet_lr: float = Field(2e-4, gt=0)
     joint_adapter_lr: float = Field(4e-4, gt=0)
     joint_ema_decay: float = Field(0.998, ge=0, lt=1)
@@ -205,7 +205,8 @@ class EvaluateParams(_Section):
     guidance_scale: float = Field(ge=0)
     batch_size: int = Field(ge=1)  # images per U-Net batch (rows of every arm are batched together)
     device: str  # auto (cuda if available) | cpu | cuda | cuda:1 ...
-    ablations: list[AblationRun]  # evaluated on the same frontier as the secondary
+    ablations: list[AblationRun]  # compared with the primary's frontier like the secondary
+    ablation_scales: list[float] = Field(min_length=1)  # their scales (Δdrift needs only 1; the primary's curve)
     mask_margin: float = Field(ge=0, le=1)  # person box grown by this fraction of max(w, h)
     fidelity: FidelityMeasure  # the headline fidelity measure of the frontier and the gate
     min_score: float = Field(ge=0, le=1)  # a detected point counts when its score is at least this
@@ -222,6 +223,13 @@ class EvaluateParams(_Section):
     def _scales_hold_base_and_one(cls, v: list[float]) -> list[float]:
         if 0.0 not in v or 1.0 not in v or any(x < 0 for x in v):
             raise ValueError("must contain 0 (the base model) and 1 (the adapters as trained), all >= 0")
+        return sorted(set(v))
+
+    @field_validator("ablation_scales")
+    @classmethod
+    def _ablation_scales_hold_one(cls, v: list[float]) -> list[float]:
+        if 1.0 not in v or any(x <= 0 for x in v):
+            raise ValueError("must contain 1 (the adapter as trained), all > 0 (scale 0 is the base model)")
         return sorted(set(v))
 
 

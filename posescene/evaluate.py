@@ -239,7 +239,11 @@ def evaluate(
     run_id = tracking.create_stage_run(client, params, uri, "evaluate")
     try:
         arms: list[tuple[str, float]] = [("base", 0.0)]
-        arms += [(key, float(s)) for key in dirs if key != "champion" for s in ev.scales if s > 0]
+        ablations = {run.name for run in ev.ablations}
+        for key in dirs:
+            if key != "champion":
+                grid = ev.ablation_scales if key in ablations else [s for s in ev.scales if s > 0]
+                arms += [(key, float(s)) for s in grid]
         if "champion" in dirs:
             arms.append(("champion", 1.0))
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]

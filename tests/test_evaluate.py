@@ -138,11 +138,12 @@ def _alias(params: Params, alias: str) -> str | None:
 def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, Path]) -> None:
     from posescene.evaluate import evaluate
 
-    params = _params(world, "outputs", world["primary"])
+    ablation = [{"name": "still", "adapter": str(world["still"])}]  # an ablation arm: scale 1 only
+    params = _params(world, "outputs", world["primary"], **{"evaluate.ablations": ablation})
     version = _register(params)
     result = evaluate(params, progress=False)
     out = Path(params.evaluate.out_dir)
-    arms = ["base", "primary_s50", "primary_s100", "secondary_s50", "secondary_s100"]
+    arms = ["base", "primary_s50", "primary_s100", "secondary_s50", "secondary_s100", "still_s100"]
     assert result.arm_keys == arms and result.images.shape[:3] == (2, 2, len(arms))
 
     summary = json.loads((out / "metrics.json").read_text())
@@ -166,7 +167,9 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     assert len(drift) == len(arms) * 2 and {"arm", "set", "pose_i", "pose_j", "rmse", "one_minus_ssim"} <= set(drift[0])
     fidelity = pacsv.read_csv(out / "fidelity.csv").to_pylist()
     assert len(fidelity) == 4 * len(arms) and {"oks", "keypoint_error", "pck@0.1box"} <= set(fidelity[0])
-    assert sorted(p.name for p in (out / "plots" / "frontier").iterdir()) == ["primary.csv", "secondary.csv"]
+    curves = sorted(p.name for p in (out / "plots" / "frontier").iterdir())
+    assert curves == ["primary.csv", "secondary.csv", "still.csv"]
+    assert result.frontier.comparisons["still"].delta_drift is not None  # on the primary's curve like the secondary
     frontier = pacsv.read_csv(out / "plots" / "frontier" / "primary.csv").to_pylist()
     assert [r["scale"] for r in frontier] == [0.0, 0.5, 1.0]  # the base model is every curve's scale-0 point
     assert {"fidelity_norm", "fidelity_norm_low", "drift", "drift_high"} <= set(frontier[0])

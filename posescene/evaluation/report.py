@@ -102,7 +102,8 @@ def frontier_rows(result: EvaluationResult) -> list[dict[str, Any]]:
     rows = []
     adapters = list(dict.fromkeys(a for a, _ in result.arms if a != "base"))
     for adapter in adapters:
-        keys = ["base"] + [arm_key(a, s) for a, s in sorted(result.arms, key=lambda x: x[1]) if a == adapter]
+        own = [arm_key(a, s) for a, s in sorted(result.arms, key=lambda x: x[1]) if a == adapter]
+        keys = (["base"] if len(own) > 1 else []) + own  # a single scale is a point, not a curve
         for key in keys:
             arm = f.arms[key]
             rows.append({
