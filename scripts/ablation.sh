@@ -10,6 +10,12 @@
 #   bash scripts/ablation.sh --queue -j 2    # queue them and run 2 at a time (isolated temp workspaces)
 #   bash scripts/ablation.sh --dry           # print what each experiment would run, run nothing
 #   bash scripts/ablation.sh --show          # only print the comparison table
+#   bash scripts/ablation.sh --frontier      # the cheap paired design: train every arm (train stage only) into
+#                                            # build/ablation/<arm>, then ONE evaluation draws all of them on the
+#                                            # same sets, poses and noises beside the primary's frontier and writes
+#                                            # reports/ablation/frontier/ (report.md, metrics.json, frontier.png):
+#                                            # Δdrift at matched fidelity per arm with paired CIs. ARMS="a b" limits
+#                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-12.3")
 #
 # Arms (each sets train.balance, train.balance_reading and train.lambda_diff, so no arm inherits another's):
 #   scale-<reading>           the scale-matched objective, for every reading in READINGS
@@ -43,6 +49,7 @@ while [ $# -gt 0 ]; do
     --show) show_only=1 ;;
     --diagnose) diagnose=1 ;;
     --report) diagnose=2 ;;
+    --frontier) mode=frontier ;;
     -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -263,7 +270,7 @@ done
 
 SORT_BY="${SORT_BY:-delta_drift_matched}"
 # Columns: the ablated params, the evaluation's verdict and matched-fidelity drift difference, drift and fidelity.
-KEEP='train\.balance|train\.balance_reading|train\.lambda_diff|verdict|delta_drift_matched|drift_rmse$|pck$|fidelity'
+KEEP='train\.balance|train\.balance_reading|train\.lambda_diff|verdict|delta_drift_matched|secondary_s100\.drift$|secondary_s100\.fidelity_norm$'
 DROP='images_per_s|n_images|scene_fraction|detection_rate|^run\.|promotion|mlflow\.|Created|State|Executor'
 
 show() {
@@ -272,6 +279,36 @@ show() {
 }
 
 if [ "$show_only" = 1 ]; then show; exit 0; fi
+
+if [ "$mode" = frontier ]; then
+  # Every arm trained by the library CLI with the default budget (no DVC experiment per arm), then one evaluation
+  # with the arms as evaluate.ablations: every arm is compared with the primary's curve on the same draw.
+  out_root=build/ablation
+  ablations="["
+  for spec in "${EXPERIMENTS[@]}"; do
+    arm="${spec%%|*}"
+    if [ -n "${ARMS:-}" ] && [[ " $ARMS " != *" $arm "* ]]; then continue; fi
+    sets=()
+    for kv in ${spec#*|}; do sets+=(--set "$kv"); done
+    echo "== train $arm: ${spec#*|}"
+    if [ ${#dry[@]} -eq 0 ]; then
+      posescene train --no-progress --no-resume "${sets[@]}" --set "train.out_dir=$out_root/$arm" \
+        --set "train.checkpoint_dir=checkpoints/ablation/$arm" --set "mlflow.registered_model=$ABLATION_MODEL" \
+        > "$out_root.$arm.log" 2>&1 || { echo "failed: see $out_root.$arm.log" >&2; exit 1; }
+    fi
+    ablations+="{name: ${arm//./_}, adapter: $out_root/$arm/secondary_adapter},"
+  done
+  ablations="${ablations%,}]"
+  echo "== evaluate every arm beside the primary's frontier -> reports/ablation/frontier"
+  if [ ${#dry[@]} -eq 0 ]; then
+    posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
+      --set evaluate.out_dir=reports/ablation/frontier --set evaluate.compare_champion=false \
+      --set "mlflow.registered_model=$ABLATION_MODEL"
+  else
+    echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=reports/ablation/frontier"
+  fi
+  exit 0
+fi
 
 # One Prefect server for every stage run (not a temporary one per flow), when the project has the helper.
 if [ -f scripts/prefect_server.sh ] && [ ${#dry[@]} -eq 0 ]; then source scripts/prefect_server.sh; fi
