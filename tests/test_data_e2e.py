@@ -76,6 +76,7 @@ def _check_pairs_and_maps(pairs_path: Path, maps_dir: Path) -> pa.Table:
 
 
 @needs_all_data_stages
+@pytest.mark.e2e  # every data stage as Prefect flows (~20 s here)
 def test_data_flow_on_a_tiny_world(tmp_path, prefect_api):
     from flows.data import DATA_STAGES, data_flow
     from flows.pairs import pairs_flow

@@ -243,6 +243,7 @@ def _render(chromium: str, page: Path, profile: Path) -> dict[str, list[dict[str
     return json.loads(text)
 
 
+@pytest.mark.e2e  # a real headless Chromium
 def test_dvc_plots_show_draws_every_plot_offline(tmp_path: Path) -> None:
     chromium = _chromium()
     template = _project_html_template()

@@ -218,6 +218,7 @@ def test_every_run_logs_the_balance_diagnostics(trained: dict[str, Any]):
     assert float(rows[0]["pose_sens_distill"]) == 1.0
 
 
+@pytest.mark.e2e  # two extra training runs (~17 s here)
 def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict[str, Any], tmp_path: Path):
     """A run stopped at STEPS/2 and resumed writes exactly the loss curve of the uninterrupted run.
 

@@ -40,6 +40,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+@pytest.mark.e2e  # the whole tiny bootstrap (~70 s here)
 def test_tiny_bootstrap_end_to_end(tmp_path: Path) -> None:
     """The real code path at test size: every part is written, loads with stock diffusers, and is measured."""
     from diffusers import AutoencoderKL, T2IAdapter, UNet2DConditionModel
@@ -103,6 +104,7 @@ def test_pck_reference() -> None:
 
 
 @needs_shipped
+@pytest.mark.e2e  # the shipped world through stock diffusers (~20 s here)
 def test_shipped_world_in_stock_diffusers(tmp_path: Path) -> None:
     """Assemble, then load and sample with no posescene code: just diffusers, as any consumer would."""
     from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
