@@ -227,3 +227,35 @@ def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
     assert np.array_equal(zero[0], batched[0])
     with pytest.raises(ConfigError, match="sampler"):
         bank.sample(jobs[:1], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS, sampler="euler", progress=False)
+
+
+def test_generate_images_library_call(tiny: dict[str, Path], tmp_path: Path):
+    """The CLI's work as a plain function: a request in, the output directory and its index out."""
+    from posescene.config import default_params
+    from posescene.generate_images import GenerateRequest, PoseSources, generate_images
+
+    kp = [[8.0 + i, 4.0 + 1.5 * i] for i in range(18)]
+    (tmp_path / "pose.json").write_text(json.dumps({"width": 32, "height": 32, "keypoints": kp}))
+    params = default_params({"model.base": str(tiny["pipeline"]), "model.primary_adapter": str(tiny["primary"]),
+                             "model.resolution": RES, "evaluate.device": "cpu"})  # fmt: skip
+    request = GenerateRequest(
+        out_dir=tmp_path / "out",
+        prompts=["a person on a beach", "a person in a forest"],
+        seeds=[0, 1],
+        models=["primary", "secondary", "primary"],  # a repeated model is generated once
+        poses=PoseSources(json_files=[tmp_path / "pose.json"]),
+        secondary=tiny["secondary"],
+        steps=2,
+    )
+    result = generate_images(request, params, progress=False)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert (result.images, result.models, result.jobs) == (8, 2, 4) == (len(index), 2, 4)
+    assert {r["file"] for r in index} >= {"secondary/p1_s1_pose0.png", "primary/p0_s0_pose0.png"}
+    assert sorted(p.name for p in (tmp_path / "out").glob("grid_*.png")) == [
+        "grid_p0_s0.png", "grid_p0_s1.png", "grid_p1_s0.png", "grid_p1_s1.png"]  # fmt: skip
+
+    with pytest.raises(ConfigError, match="need a pose"):
+        generate_images(GenerateRequest(tmp_path / "o2", ["a beach"], models=["primary"]), params, progress=False)
+    with pytest.raises(ConfigError, match="'nowhere'"):
+        generate_images(GenerateRequest(tmp_path / "o3", ["a beach"], models=["nowhere"]), params, progress=False)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
