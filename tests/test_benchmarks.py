@@ -1,0 +1,73 @@
+"""Smoke tests of the benchmarks: they run (tiny sizes, one repeat) and write the JSON keys reports rely on.
+
+Nothing here checks a timing (benchmarks compare side by side in one run; timed unit tests only measure
+the machine's load). bench_gpu.py must stay runnable without a GPU, so that the one run on a lent device
+is not its first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_gpu_tiny_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_cpu.json"
+    _run("bench_gpu.py", "--size", "tiny", "--device", "cpu", "--threads", "1", "--repeats", "1", "--warmup", "0",
+         "--sample-steps", "2", "--sample-repeats", "1", "--out", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    assert {"device", "device_name", "dtype", "resolution", "batch", "training", "evaluation", "expectation",
+            "command"} <= set(result)  # fmt: skip
+    assert result["device"] == "cpu" and result["dtype"] == "bf16" and result["batch"] == 8
+    assert set(result["training"]) == {"off", "on"}  # gradient checkpointing both ways
+    for mode in result["training"].values():
+        for variant in ("plain", "floor_1", "floor_2", "two_branch_whole", "two_branch_distill"):
+            assert mode[variant]["samples_per_s"] > 0
+        assert set(mode["ratios"]) == {
+            "two_branch_whole_vs_plain_throughput", "two_branch_distill_vs_plain_throughput",
+            "two_branch_whole_vs_floor_time", "two_branch_distill_vs_floor_time",
+        }  # fmt: skip
+    assert result["evaluation"]["images_per_s"] > 0 and result["evaluation"]["steps"] == 2
+
+
+def test_bench_gpu_names_its_device() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_gpu import device_slug, sd15_vae_config
+    finally:
+        sys.path.remove(str(BENCH))
+    import torch
+
+    assert device_slug(torch.device("cpu")) == "cpu"
+    assert sd15_vae_config()["block_out_channels"] == [128, 256, 512, 512]
+
+
+def test_bench_train_step_tiny_states_the_floor(tmp_path: Path) -> None:
+    out = tmp_path / "train_step.json"
+    stdout = _run("bench_train_step.py", "--size", "tiny", "--threads", "1", "--repeats", "1", "--warmup", "0",
+                  "--out", str(out))  # fmt: skip
+    result = json.loads(out.read_text())["tiny"]
+    assert "no-grad" in result["floor"] and "floor_2" in result["floor"]
+    assert set(result["gradient_checkpointing"]) == {"off", "on"}
+    for mode in result["gradient_checkpointing"].values():
+        assert mode["readings"]["whole"]["floor"] == "floor_1"
+        assert mode["readings"]["distill"]["floor"] == "floor_2"
+        assert {"vs_floor", "vs_plain", "at_floor"} <= set(mode["readings"]["distill"])
+    assert "floor_2 (plain + 2 no-grad forward)" in stdout
