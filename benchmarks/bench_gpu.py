@@ -199,7 +199,7 @@ def main() -> None:
     unet, vae, adapter, res, tokens, factor = build_models(args.size)
     for module in (unet, vae, adapter):
         module.requires_grad_(False).eval()
-    trainable = ("plain", "floor_1", "floor_2", *READINGS)
+    trainable = ("plain", "floor_1", "floor_2", *READINGS, "distill_teacher_first")
     # trainable copies in fp32 (made before the frozen models go to bf16), as posescene.train keeps S-Ad
     steps = Steps(unet, adapter, make_batch(unet, adapter, args.batch, res, tokens, factor, torch.device("cpu")),
                   trainable=trainable)  # fmt: skip

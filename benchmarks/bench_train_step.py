@@ -13,6 +13,8 @@ backward, clip, AdamW - unless said otherwise):
 - ``two_branch_<reading>``: ours, as posescene.train.forward_losses/train_step compute it
   (``predict_two_branches``, ``predict_teacher`` for distill, ``objective.branch_losses``, the scale balance,
   J, backward, clip, AdamW);
+- ``two_branch_distill_teacher_first``: the distill step with its teacher forward run before the gradient
+  forward instead of after it (same values; a proposed change to posescene.train.forward_losses, measured);
 - ``two_branch_batched`` (``--batched``): the alternative we did not choose for ``whole``: eps_P and eps_S
   from one U-Net call on a doubled batch (autograd then keeps and backpropagates the P half too).
 
@@ -116,7 +118,16 @@ class Steps:
         unet: UNet2DConditionModel,
         primary: T2IAdapter,
         batch: dict[str, torch.Tensor],
-        trainable: tuple[str, ...] = ("plain", "floor_1", "floor_2", "whole", "person", "distill", "batched"),
+        trainable: tuple[str, ...] = (
+            "plain",
+            "floor_1",
+            "floor_2",
+            "whole",
+            "person",
+            "distill",
+            "distill_teacher_first",
+            "batched",
+        ),
     ) -> None:
         self.unet, self.primary, self.batch = unet, primary, batch
         self.scheduler = training_scheduler()
@@ -196,6 +207,21 @@ class Steps:
 
         return run
 
+    def distill_teacher_first(self) -> None:
+        """The distill step with the teacher's no-grad forward moved before the gradient forward (a proposal).
+
+        Same values (the forwards draw no random numbers); the difference is only when the no-grad forward
+        runs: before eps_S's autograd graph exists (as in the floor) instead of while it holds every
+        activation for backward.
+        """
+        b = self.batch
+        noise, t, x_t = self._noised()
+        teacher = predict_teacher(self.unet, self.primary, x_t, t, b["text"], b["map_b"]).float()
+        eps_s, eps_p = predict_two_branches(
+            self.unet, self.primary, self.adapters["distill_teacher_first"], x_t, t, b["text"], b["map_a"], b["map_b"]
+        )
+        self._finish("distill_teacher_first", self._objective("distill", noise, eps_s, eps_p, teacher))
+
     def two_branch_batched(self) -> None:
         b = self.batch
         noise, t, x_t = self._noised()
@@ -218,6 +244,8 @@ class Steps:
             out[f"floor_{k}"] = self.floor(k)
         for reading in readings:
             out[f"two_branch_{reading}"] = self.two_branch(reading)  # type: ignore[arg-type]
+        if "distill" in readings:
+            out["two_branch_distill_teacher_first"] = self.distill_teacher_first
         if batched:
             out["two_branch_batched"] = self.two_branch_batched
         return out
@@ -301,6 +329,10 @@ def summarise(median: dict[str, float], readings: tuple[str, ...]) -> dict[str, 
             "vs_plain": round(step / median["plain"], 3),
             "at_floor": step / median[f"floor_{k}"] <= FLOOR_TARGET,
         }
+    if "two_branch_distill_teacher_first" in median:  # the proposed order (see Steps.distill_teacher_first)
+        out["distill_teacher_first_vs_floor_2"] = round(
+            median["two_branch_distill_teacher_first"] / median["floor_2"], 3
+        )
     if "two_branch_batched" in median:
         out["batched_whole_vs_plain"] = round(median["two_branch_batched"] / median["plain"], 3)
     return out
@@ -399,6 +431,9 @@ def main() -> None:
         for reading, v in summary["readings"].items():
             verdict = "at the floor" if v["at_floor"] else f"ABOVE the floor by more than {FLOOR_TARGET - 1:.0%}"
             print(f"  two_branch {reading}: {v['vs_floor']}x {v['floor']}, {v['vs_plain']}x plain ({verdict})")
+        if "distill_teacher_first_vs_floor_2" in summary:
+            first = summary["distill_teacher_first_vs_floor_2"]
+            print(f"  two_branch distill, teacher forward first: {first}x floor_2")
     print(f"wrote {out}")
 
 
