@@ -173,8 +173,10 @@ def main() -> None:
             "dask2_vs_local_pool2_wall": ratio("dask-2", "local-pool-2", "wall_images_per_s_median"),
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
-                                "after": [round(x, 2) for x in os.getloadavg()]},  # fmt: skip
+        "load_average_1_5_15": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in os.getloadavg()],
+        },  # fmt: skip
         "command": "python " + " ".join(sys.argv),
         "note": args.note,
     }
