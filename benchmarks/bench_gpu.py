@@ -19,9 +19,10 @@ posescene.train does with ``mixed_precision: bf16``), batch 8, gradient checkpoi
 - training: samples/s and peak memory of the plain diffusers T2I-Adapter step, its floors (plain + 1 or 2
   no-grad forwards, see benchmarks/bench_train_step.py) and the two-branch step under the ``whole`` and
   ``distill`` readings (the same step functions as bench_train_step.py);
-- evaluation: images/s of posescene.generate.ModelBank.sample-style batched sampling (DDIM, classifier-free
-  guidance on a doubled batch, the adapter's features added to both halves, VAE decode) with
-  ``--sample-steps`` steps (default 20, as ``evaluate.steps``).
+- evaluation: images/s of posescene.generate.ModelBank.sample-style batched sampling (classifier-free
+  guidance on a doubled batch, the adapter's features added to both halves, VAE decode) with the evaluate
+  stage's defaults: ``--sampler dpmsolver`` (DPM-Solver++ multistep) and ``--sample-steps 10``
+  (``--sampler ddim --sample-steps 20`` for the earlier setting).
 
 Expectation from FLOPs (issue 14), to compare with the first measurement: an SD-1.5 U-Net forward at
 512 px is about 0.4 TFLOP per sample (a step with backward about 3x that, 4x with checkpointing), so on an
@@ -34,7 +35,7 @@ teacher): floor ~0.5x plain without checkpointing, ~0.6x with.
 tests/test_benchmarks.py); ``--size world`` the built-in world's models.
 
     python benchmarks/bench_gpu.py [--size sd15|world|tiny] [--device cuda|cpu] [--batch 8] [--dtype bf16|fp32]
-        [--repeats 10] [--sample-steps 20] [--threads N] [--out PATH]
+        [--repeats 10] [--sampler dpmsolver|ddim] [--sample-steps 10] [--threads N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, T2IAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, T2IAdapter, UNet2DConditionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 from bench_train_step import EXTRA_FORWARDS, Steps, make_batch, sd15_configs, set_checkpointing  # noqa: E402
@@ -136,13 +137,20 @@ def make_sampler(
     guidance_scale: float,
     device: torch.device,
     dtype: torch.dtype,
+    sampler: str = "dpmsolver",
 ) -> Callable[[], torch.Tensor]:
-    """One batch of ModelBank.sample: DDIM with CFG on a doubled batch, adapter features on both halves, decode."""
+    """One batch of ModelBank.sample: ``sampler`` with CFG on a doubled batch, adapter features on both halves,
+    VAE decode (ModelBank.sampling_scheduler's schedulers: DDIM, or DPM-Solver++ multistep)."""
     g = torch.Generator().manual_seed(2)
     text = torch.randn(2 * batch, tokens, unet.config.cross_attention_dim, generator=g).to(device, dtype)
     maps = (torch.rand(batch, adapter.config.in_channels, res, res, generator=g) > 0.02).to(device, dtype)
     noise = torch.randn(batch, 4, res // factor, res // factor, generator=g).to(device, dtype)
-    scheduler = DDIMScheduler.from_config(training_scheduler().config)
+    config = training_scheduler().config
+    scheduler = (
+        DDIMScheduler.from_config(config)
+        if sampler == "ddim"
+        else DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    )
 
     @torch.inference_mode()
     def run() -> torch.Tensor:
@@ -181,7 +189,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--sampler", choices=["dpmsolver", "ddim"], default="dpmsolver")
+    parser.add_argument("--sample-steps", type=int, default=10)
     parser.add_argument("--sample-repeats", type=int, default=3)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -253,14 +262,14 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     sample = make_sampler(unet, vae, adapter, args.batch, res, tokens, factor, args.sample_steps,
-                          args.guidance_scale, device, dtype)  # fmt: skip
+                          args.guidance_scale, device, dtype, args.sampler)  # fmt: skip
     sample()  # warm-up
     sample_memory: dict[str, float] = {}
     with peak_memory(device, sample_memory):
         sample()
     sample_s = statistics.median(time_calls(sample, device, args.sample_repeats))
     evaluation = {
-        "sampler": "ddim",
+        "sampler": args.sampler,
         "steps": args.sample_steps,
         "guidance_scale": args.guidance_scale,
         "batch": args.batch,
@@ -268,7 +277,7 @@ def main() -> None:
         "images_per_s": round(args.batch / sample_s, 3),
         **sample_memory,
     }
-    print(f"evaluation sampling: {evaluation['images_per_s']} images/s ({args.sample_steps} DDIM steps, CFG)")
+    print(f"evaluation sampling: {evaluation['images_per_s']} images/s ({args.sample_steps} {args.sampler} steps, CFG)")
 
     result = {
         "measured": True,
