@@ -13,11 +13,18 @@ from tasks.bootstrap import bootstrap_task
 
 @flow(name="bootstrap", log_prints=True)
 @exclusive
-def bootstrap_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train VAE, U-Net, primary adapter and judges; write bootstrap_metrics.json (see models/world/README.md)."""
+def bootstrap_flow(
+    params_path: str = "params.yaml", overrides: dict[str, Any] | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train VAE, U-Net, primary adapter and judges; write bootstrap_metrics.json (see models/world/README.md).
+
+    ``resume``: continue from the checkpoints in ``bootstrap.checkpoint_dir`` (``python -m flows.bootstrap
+    --resume``; a stage checkpointed with other params is refused)."""
     params = load_params(params_path, overrides)
-    return bootstrap_task(params, params.bootstrap.out_dir)
+    return bootstrap_task(params, params.bootstrap.out_dir, resume)
 
 
 if __name__ == "__main__":
-    bootstrap_flow()
+    import sys
+
+    bootstrap_flow(resume="--resume" in sys.argv[1:])

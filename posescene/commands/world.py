@@ -19,6 +19,20 @@ def bootstrap(
     reuse: list[str] | None = typer.Option(
         None, help="Load this part from out_dir instead of training it (vae, judges, unet, adapter); repeatable."
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the checkpoints in bootstrap.checkpoint_dir (finished stages load)."
+    ),
+    only: list[str] | None = typer.Option(
+        None,
+        help="Train only this stage (vae, decoder, judges, unet, adapter, joint); repeatable. Writes only "
+        "checkpoints: run independent stages as separate processes, then assemble with --resume.",
+    ),
+    stop_early: bool = typer.Option(
+        False,
+        "--stop-early",
+        help="With --resume: use the last checkpoint of unfinished stages as their result "
+        "(a deadline; the metrics record where each stopped).",
+    ),
 ) -> None:
     """Train the built-in world (VAE, U-Net, primary adapter, judges) on PoseScenes and measure it."""
     from posescene.bootstrap import bootstrap as run_bootstrap
@@ -26,7 +40,9 @@ def bootstrap(
 
     try:
         p = load_params(params, parse_set_option(set_))
-        metrics = run_bootstrap(p, out_dir=out_dir, reuse=reuse or ())
+        metrics = run_bootstrap(
+            p, out_dir=out_dir, reuse=reuse or (), resume=resume, only=only or (), stop_early=stop_early
+        )
     except PosesceneError as exc:
         fail(exc)
     typer.echo(json.dumps(metrics, indent=1))
