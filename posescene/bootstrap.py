@@ -2,7 +2,7 @@
 
 Nothing can be downloaded, so the project brings its own world (``models/world/``): a VAE, a
 text-conditioned U-Net (frozen MiniLM text states, as SD's CLIP is frozen), the *primary* T2I-Adapter on
-METHOD.md step-2 lattice maps, and two judges (scene classifier, keypoint estimator) so the evaluation
+docs/method.md step-2 lattice maps, and two judges (scene classifier, keypoint estimator) so the evaluation
 can measure scene agreement and pose fidelity without CLIP/OpenPose weights.
 
 Order: data (in memory) -> VAE -> frozen latents/text states -> judges -> U-Net -> adapter -> metrics.
@@ -72,7 +72,7 @@ class WorldData:
     keypoints: np.ndarray  # (N, 18, 2) float32 pixels, NaN missing
     captions: list[str]
     kinds: np.ndarray  # (N,) int64 index into SCENE_KINDS
-    maps: np.ndarray  # (N, S, S) uint8 lattice maps (METHOD.md step 2)
+    maps: np.ndarray  # (N, S, S) uint8 lattice maps (docs/method.md step 2)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -1164,7 +1164,7 @@ pipeline demonstrates the method on a CPU with no network. Diffusers layout, fp1
 |---|---|
 | `vae/` | `AutoencoderKL`, factor 4 (64 px -> 16x16x4), scaling_factor = 1/latent std = {f("latent_scaling_factor")} |
 | `unet/` | `UNet2DConditionModel` widths [64,128,128], cross-attention on frozen MiniLM-L6 states (384-d, 32 tokens) |
-| `primary_adapter/` | `T2IAdapter` (1 channel) on METHOD.md step-2 lattice maps (points 0 on 255, render.radius) |
+| `primary_adapter/` | `T2IAdapter` (1 channel) on docs/method.md step-2 lattice maps (points 0 on 255, render.radius) |
 | `scene_classifier/` | judge: 64 px RGB -> 8 scene kinds (`posescene.judges.SceneClassifier`) |
 | `keypoint_estimator/` | judge: 64 px RGB -> 18 keypoints (32x32 heatmaps, local soft-argmax) + presence |
 
