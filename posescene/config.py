@@ -94,47 +94,47 @@ class BootstrapParams(_Section):
     (``architecture: tiny``, a few steps each) with exactly the code path of the real run.
     """
 
-    out_dir: str = "models/world"
-    architecture: Literal["world", "tiny"] = "world"  # tiny: 32 px test models (posescene.world)
-    n_scenes: int = Field(1200, ge=8)  # training scenes 0..n_scenes-1
-    poses_per_scene: int = Field(6, ge=2)
-    n_heldout: int = Field(40, ge=1)  # held-out scenes n_scenes..n_scenes+n_heldout-1 (never trained on)
-    vae_steps: int = Field(250, ge=1)
-    unet_steps: int = Field(1600, ge=1)
-    adapter_steps: int = Field(700, ge=1)
-    judge_steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    vae_lr: float = Field(1e-3, gt=0)
-    unet_lr: float = Field(6e-4, gt=0)
-    adapter_lr: float = Field(5e-4, gt=0)
-    judge_lr: float = Field(2e-3, gt=0)
-    vae_kl_weight: float = Field(1e-6, ge=0)
-    vae_edge_weight: float = Field(0.5, ge=0)  # L1 on image gradients: keeps thin limbs sharp
-    caption_dropout: float = Field(0.1, ge=0, le=1)  # empty caption, for classifier-free guidance
-    ema_decay: float = Field(0.999, ge=0, lt=1)  # U-Net EMA (0 disables)
-    eval_samples: int = Field(160, ge=1)  # held-out images generated per model for the metrics
-    eval_steps: int = Field(20, ge=1)  # DDIM steps
-    eval_guidance: list[float] = [4.0]  # CFG scales evaluated; the first is the headline
-    eval_batch_size: int = Field(32, ge=1)
-    threads: int = Field(0, ge=0)  # torch threads; 0: all cores
+    out_dir: str
+    architecture: Literal["world", "tiny"]  # tiny: 32 px test models (posescene.world)
+    n_scenes: int = Field(ge=8)  # training scenes 0..n_scenes-1
+    poses_per_scene: int = Field(ge=2)
+    n_heldout: int = Field(ge=1)  # held-out scenes n_scenes..n_scenes+n_heldout-1 (never trained on)
+    vae_steps: int = Field(ge=1)
+    unet_steps: int = Field(ge=1)
+    adapter_steps: int = Field(ge=1)
+    judge_steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    vae_lr: float = Field(gt=0)
+    unet_lr: float = Field(gt=0)
+    adapter_lr: float = Field(gt=0)
+    judge_lr: float = Field(gt=0)
+    vae_kl_weight: float = Field(ge=0)
+    vae_edge_weight: float = Field(ge=0)  # L1 on image gradients: keeps thin limbs sharp
+    caption_dropout: float = Field(ge=0, le=1)  # empty caption, for classifier-free guidance
+    ema_decay: float = Field(ge=0, lt=1)  # U-Net EMA (0 disables)
+    eval_samples: int = Field(ge=1)  # held-out images generated per model for the metrics
+    eval_steps: int = Field(ge=1)  # DDIM steps
+    eval_guidance: list[float]  # CFG scales evaluated; the first is the headline
+    eval_batch_size: int = Field(ge=1)
+    threads: int = Field(ge=0)  # torch threads; 0: all cores
     # stages trained under bf16 autocast (CPU avx512_bf16: U-Net step 1.3-2x faster; VAE decoder and judges not)
-    bf16_stages: list[Literal["vae", "decoder", "judges", "unet", "adapter", "joint"]] = ["unet", "adapter", "joint"]
-    min_snr_gamma: float = Field(0.0, ge=0)  # min-SNR-gamma loss weighting of the diffusion stages (0: off)
+    bf16_stages: list[Literal["vae", "decoder", "judges", "unet", "adapter", "joint"]]
+    min_snr_gamma: float = Field(ge=0)  # min-SNR-gamma loss weighting of the diffusion stages (0: off)
     # continue from an existing world (its vae/unet/primary_adapter are loaded, not trained; "" = from scratch)
-    init_from: str = ""
-    extra_first_scene: int = Field(2000, ge=0)  # extra fresh scenes for the decoder/judges/joint stages
-    extra_scenes: int = Field(3000, ge=0)
-    decoder_steps: int = Field(900, ge=0)  # decoder-only VAE fine-tune (encoder frozen); 0 skips it
-    decoder_lr: float = Field(5e-4, gt=0)
-    decoder_batch_size: int = Field(16, ge=1)  # the decoder step costs ~5x a judge step
-    judge_heatmap_sigma: float = Field(1.0, gt=0)  # Gaussian heatmap target (cells of the H/2 heatmap)
-    joint_steps: int = Field(1000, ge=0)  # U-Net + adapter fine-tuned together; 0 skips it
-    joint_unet_lr: float = Field(2e-4, gt=0)
-    joint_adapter_lr: float = Field(4e-4, gt=0)
-    joint_ema_decay: float = Field(0.998, ge=0, lt=1)
-    adapter_dropout: float = Field(0.2, ge=0, le=1)  # rows without adapter features in the joint stage
-    checkpoint_dir: str = "checkpoints/bootstrap"  # "" disables checkpoints
-    checkpoint_minutes: float = Field(5.0, ge=0)  # a killed run loses at most this much training
+    init_from: str
+    extra_first_scene: int = Field(ge=0)  # extra fresh scenes for the decoder/judges/joint stages
+    extra_scenes: int = Field(ge=0)
+    decoder_steps: int = Field(ge=0)  # decoder-only VAE fine-tune (encoder frozen); 0 skips it
+    decoder_lr: float = Field(gt=0)
+    decoder_batch_size: int = Field(ge=1)  # the decoder step costs ~5x a judge step
+    judge_heatmap_sigma: float = Field(gt=0)  # Gaussian heatmap target (cells of the H/2 heatmap)
+    joint_steps: int = Field(ge=0)  # U-Net + adapter fine-tuned together; 0 skips it
+    joint_unet_lr: float = Field(gt=0)
+    joint_adapter_lr: float = Field(gt=0)
+    joint_ema_decay: float = Field(ge=0, lt=1)
+    adapter_dropout: float = Field(ge=0, le=1)  # rows without adapter features in the joint stage
+    checkpoint_dir: str  # "" disables checkpoints
+    checkpoint_minutes: float = Field(ge=0)  # a killed run loses at most this much training
 
 
 class CacheParams(_Section):
