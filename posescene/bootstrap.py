@@ -1062,10 +1062,13 @@ def bootstrap(
 
 
 def log_to_mlflow(params: Params, metrics: dict[str, Any], out: Path, tracking_uri: str | None) -> None:
-    """One run in experiment ``posescene-bootstrap`` (embedded SQLite store unless configured)."""
+    """One run in experiment ``posescene-bootstrap`` (``tracking_uri``, else the project's one resolver:
+    params, then ``MLFLOW_TRACKING_URI``, then the embedded SQLite store)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri or params.mlflow.tracking_uri or "sqlite:///mlflow.db")
+    from posescene.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri or resolve_tracking_uri(params.mlflow.tracking_uri))
     mlflow.set_experiment("posescene-bootstrap")
     with mlflow.start_run(run_name="bootstrap"):
         logged = {f"bootstrap.{k}": v for k, v in params.bootstrap.model_dump().items()}
