@@ -15,7 +15,8 @@
 #                                            # same sets, poses and noises beside the primary's frontier and writes
 #                                            # reports/ablation/frontier/ (report.md, metrics.json, frontier.png):
 #                                            # Δdrift at matched fidelity per arm with paired CIs. ARMS="a b" limits
-#                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-12.3")
+#                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-12.3");
+#                                            # EVAL_SETS="key=value ..." overrides the evaluation's params
 #
 # Arms (each sets train.balance, train.balance_reading and train.lambda_diff, so no arm inherits another's):
 #   scale-<reading>           the scale-matched objective, for every reading in READINGS
@@ -301,9 +302,11 @@ if [ "$mode" = frontier ]; then
   ablations="${ablations%,}]"
   echo "== evaluate every arm beside the primary's frontier -> reports/ablation/frontier"
   if [ ${#dry[@]} -eq 0 ]; then
+    extra=()
+    for kv in ${EVAL_SETS:-}; do extra+=(--set "$kv"); done  # e.g. EVAL_SETS="evaluate.n_prompts=8" (fewer sets)
     posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
       --set evaluate.out_dir=reports/ablation/frontier --set evaluate.compare_champion=false \
-      --set "mlflow.registered_model=$ABLATION_MODEL"
+      --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
   else
     echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=reports/ablation/frontier"
   fi

@@ -149,6 +149,7 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     summary = json.loads((out / "metrics.json").read_text())
     # the decision leads the file (what `dvc metrics show` lists first)
     assert list(summary)[:2] == ["verdict", "gate"] and summary["verdict"]["text"] == result.verdict
+    assert summary["comparisons"]["still"]["reference"] == "primary"  # every ablation arm's own comparison
     assert list(summary["arms"]) == arms
     for name, arm in summary["arms"].items():
         for key in ("drift", "fidelity_norm"):
@@ -183,7 +184,7 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     report = (out / "report.md").read_text()
     assert report.splitlines()[2] == f"**Verdict: {result.verdict}**"
     assert "plots/frontier.png" in report and "| chance |" in report and "| ceiling (real images) |" in report
-    assert "### Power" in report and "grids/set_0.png" in report
+    assert "### Power" in report and "grids/set_0.png" in report and "| still | primary |" in report
     # random tiny judges: the primary is not clearly above chance, so nothing can be concluded or promoted
     assert result.promotion.status == "not_evaluated" and "**Not evaluated**" in report
     assert _alias(params, "champion") is None and _alias(params, "candidate") == version

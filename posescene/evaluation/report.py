@@ -50,6 +50,17 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
         c.name.replace(" ", "_"): {"pass": int(c.passed), "bound": _num(c.bound), "limit": _num(c.limit)}
         for c in result.decision.checks
     }
+    comparisons = {
+        name: {
+            "reference": c.reference,
+            **_interval(c.delta_drift, "delta_drift_matched"),
+            **_interval(c.delta_fidelity, "delta_fidelity_matched"),
+            **_interval(c.rel_fidelity, "rel_fidelity"),
+            **_interval(c.drift_ratio, "drift_ratio"),
+        }
+        for name, c in f.comparisons.items()
+        if name != "secondary"  # the secondary's is the verdict above
+    }
     arms: dict[str, Any] = {}
     for key, a in f.arms.items():
         arms[key] = {
@@ -69,6 +80,7 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
             **{f"chance_{m}": _num(v.value) for m, v in f.chance.items() if m != f.measure},
             **{f"ceiling_{m}": _num(v.value) for m, v in f.ceiling.items() if m != f.measure},
         },
+        "comparisons": comparisons,
         "arms": arms,
         "run": {
             "n_sets": f.n_sets,
@@ -301,6 +313,20 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             ),
             "",
         ]
+    if len(f.comparisons) > 1:
+        lines += [
+            "## Every adapter at scale 1 against its reference turned down (ablation arms, champion)",
+            "",
+            "| adapter | reference | Δdrift at matched fidelity | Δ normalised fidelity at matched drift | "
+            "relative above-chance fidelity | drift ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, c in f.comparisons.items():
+            lines.append(
+                f"| {name} | {c.reference} | {_fmt(c.delta_drift, 4, True)} | {_fmt(c.delta_fidelity, 3, True)} | "
+                f"{_fmt(c.rel_fidelity)} | {_fmt(c.drift_ratio)} |"
+            )
+        lines.append("")
     lines += [
         "## Design",
         "",
