@@ -123,7 +123,7 @@ def select_heldout(
     held = pairs.filter(pc.equal(pairs.column("split"), "heldout")).select(["image_id", "caption"]).to_pylist()
     if not held:
         raise InputDataError("no held-out pairs (split == 'heldout'); raise pairs.heldout_fraction and rerun pairs")
-    wanted = [c for c in ("image_id", "path", "scene_kind", "action", "synth_seed", "scene_index")]
+    wanted = ("image_id", "path", "scene_kind", "action", "synth_seed", "scene_index")
     info = {r["image_id"]: r for r in manifest.select([c for c in wanted if c in manifest.column_names]).to_pylist()}
     held_ids = {r["image_id"] for r in held}
     rng = np.random.default_rng([seed, 4])
