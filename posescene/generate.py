@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from posescene.errors import ConfigError, DetectorUnavailableError, InputDataError, ModelLoadError
 from posescene.lattice import denormalise, normalise
 from posescene.models import (
-    BaseModel,
+    FrozenBase,
     check_compatible,
     encode_prompts,
     load_adapter,
@@ -325,7 +325,7 @@ class ModelBank:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.resolution = int(resolution)
-        self.base: BaseModel = load_base(base, dtype).freeze()
+        self.base: FrozenBase = load_base(base, dtype).freeze()
         for module in (self.base.vae, self.base.unet, self.base.text_encoder):
             module.to(self.device)  # dtype was set at load: .to(dtype=None) would warn for every module
         try:

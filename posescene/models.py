@@ -19,7 +19,7 @@ from posescene.errors import ModelLoadError
 
 
 @dataclass
-class BaseModel:
+class FrozenBase:
     """The frozen parts of Stable Diffusion: VAE (E/De), U-Net (eps_theta), text encoder (tau)."""
 
     name: str
@@ -37,13 +37,13 @@ class BaseModel:
     def latent_scaling(self) -> float:
         return float(self.vae.config.scaling_factor)
 
-    def freeze(self) -> BaseModel:
+    def freeze(self) -> FrozenBase:
         for module in (self.vae, self.unet, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
         return self
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> BaseModel:
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FrozenBase:
         for module in (self.vae, self.unet, self.text_encoder):
             module.to(device=device, dtype=dtype)
         return self
@@ -61,7 +61,7 @@ def _missing_hint(name_or_path: str, what: str) -> str:
     )
 
 
-def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> BaseModel:
+def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> FrozenBase:
     """Load the components of a diffusers Stable Diffusion 1.x pipeline directory or hub id."""
     try:
         vae = AutoencoderKL.from_pretrained(name_or_path, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
@@ -81,7 +81,7 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> BaseMode
             f"{name_or_path}: text encoder width {hidden} != U-Net cross_attention_dim "
             f"{unet.config.cross_attention_dim}; the pipeline's components do not belong together."
         )
-    return BaseModel(str(name_or_path), vae, unet, text_encoder, tokenizer, noise_scheduler)
+    return FrozenBase(str(name_or_path), vae, unet, text_encoder, tokenizer, noise_scheduler)
 
 
 def load_adapter(name_or_path: str, dtype: torch.dtype = torch.float32) -> T2IAdapter:
@@ -95,7 +95,7 @@ def adapter_channels(adapter: T2IAdapter) -> list[int]:
     return list(adapter.config.channels)
 
 
-def check_compatible(base: BaseModel, adapter: T2IAdapter, in_channels: int, resolution: int, where: str) -> None:
+def check_compatible(base: FrozenBase, adapter: T2IAdapter, in_channels: int, resolution: int, where: str) -> None:
     """Fail early, naming both sides, if the adapter cannot drive this U-Net at this resolution."""
     unet_widths = list(base.unet.config.block_out_channels)
     widths = adapter_channels(adapter)
@@ -125,7 +125,7 @@ def check_compatible(base: BaseModel, adapter: T2IAdapter, in_channels: int, res
 
 
 @torch.no_grad()
-def encode_prompts(base: BaseModel, prompts: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
+def encode_prompts(base: FrozenBase, prompts: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
     """tau(y): the text encoder's last hidden states, exactly as diffusers' pipelines compute them."""
     tok = base.tokenizer(
         prompts, padding="max_length", max_length=base.tokenizer.model_max_length, truncation=True, return_tensors="pt"
@@ -135,7 +135,7 @@ def encode_prompts(base: BaseModel, prompts: list[str], device: torch.device | s
 
 
 @torch.no_grad()
-def encode_images(base: BaseModel, images: torch.Tensor) -> torch.Tensor:
+def encode_images(base: FrozenBase, images: torch.Tensor) -> torch.Tensor:
     """VAE latents (distribution mean x scaling factor) of images in [-1, 1], (N, 3, H, W)."""
     dist = base.vae.encode(images.to(base.vae.device, base.vae.dtype)).latent_dist
     return dist.mean * base.latent_scaling

@@ -57,7 +57,7 @@ from posescene.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from posescene.config import Params, TrainParams
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
-from posescene.models import BaseModel, check_compatible, load_adapter, load_base, prepare_adapter_input
+from posescene.models import FrozenBase, check_compatible, load_adapter, load_base, prepare_adapter_input
 
 __all__ = ["checkpoints", "train", "train_step"]  # checkpoints: re-exported for callers of the old location
 
@@ -282,7 +282,7 @@ def run_fingerprint(params: Params) -> str:
 
 @torch.no_grad()
 def validation_grid(
-    base: BaseModel,
+    base: FrozenBase,
     adapters: dict[str, T2IAdapter],
     prompt: str,
     maps: torch.Tensor,
@@ -342,7 +342,7 @@ class StepContext:
 
     params: Params
     accelerator: Accelerator
-    base: BaseModel
+    base: FrozenBase
     primary: T2IAdapter
     secondary: torch.nn.Module  # S-Ad as accelerate prepared it (DDP-wrapped on several processes)
     balance: objective.ScaleBalance | objective.FixedBalance | objective.UncertaintyBalance
@@ -600,7 +600,7 @@ def make_accelerator(tp: TrainParams) -> Accelerator:
     return accelerator
 
 
-def load_models(params: Params, device: torch.device) -> tuple[BaseModel, T2IAdapter, T2IAdapter, torch.dtype]:
+def load_models(params: Params, device: torch.device) -> tuple[FrozenBase, T2IAdapter, T2IAdapter, torch.dtype]:
     """Frozen SD + P-Ad on ``device``; S-Ad = a trainable copy of P-Ad (float32: the optimizer's copy)."""
     tp = params.train
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[tp.mixed_precision]
