@@ -1,6 +1,6 @@
 """Pose models psi_delta (docs/method.md step 1) behind one small interface, all mapped to the 18-point order.
 
-``make_detector(name, weights)`` builds one of:
+``make_detector(name, weights, ...)`` builds one of:
 
 - ``mediapipe``: MediaPipe's PoseLandmarker (``mediapipe.tasks``) on the pose detector and *full*
   landmark model that the mediapipe wheel bundles (offline; see :func:`mediapipe_pose_bundle`), up to
@@ -211,9 +211,7 @@ class MediaPipeDetector:
     name = "mediapipe"
     needs_pixels = True
 
-    def __init__(
-        self, min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5, max_persons: int = 4
-    ) -> None:
+    def __init__(self, min_detection_confidence: float, min_presence_confidence: float, max_persons: int) -> None:
         try:
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
@@ -451,9 +449,9 @@ def make_detector(
     weights: str | None = None,
     *,
     device: str | None = None,
-    min_detection_confidence: float = 0.5,
-    min_presence_confidence: float = 0.5,
-    max_persons: int = 4,
+    min_detection_confidence: float,
+    min_presence_confidence: float,
+    max_persons: int,
 ) -> Detector:
     """Build detector ``name``; raise :class:`DetectorUnavailableError` when its weights/packages are missing.
 

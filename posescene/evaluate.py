@@ -269,7 +269,7 @@ def evaluate(
         clip_scores = None
         if clip is not None:
             captions = [j.prompt for j in jobs]
-            clip_scores = clip.score(flat, captions).reshape(n_sets, n_poses, n_arms)
+            clip_scores = clip.score(flat, captions, ev.batch_size).reshape(n_sets, n_poses, n_arms)
         keys = [fr.arm_key(a, s) for a, s in arms]
         drift, drift_ssim, fidelity, ap_arms = {}, {}, {}, {}
         drift_rows, fidelity_rows = [], []

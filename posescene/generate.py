@@ -187,13 +187,29 @@ def person_arrays(person: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return kp, None if sc is None else np.asarray(sc, dtype=np.float64).reshape(-1)
 
 
-def make_pose_detector(name: str, weights: str | None) -> Any:
-    """The pose detector of ``posescene.detectors`` (ingest/poses stage), with a clear error if absent."""
+def make_pose_detector(
+    name: str,
+    weights: str | None,
+    *,
+    min_detection_confidence: float,
+    min_presence_confidence: float,
+    max_persons: int,
+) -> Any:
+    """The pose detector of ``posescene.detectors`` (ingest/poses stage), with a clear error if absent.
+
+    The thresholds are MediaPipe's (``poses.*`` in params.yaml, as the poses stage reads the lattices).
+    """
     try:
         from posescene.detectors import make_detector
     except ImportError as exc:
         raise DetectorUnavailableError(f"pose detector {name!r}: posescene.detectors is not available ({exc})") from exc
-    return make_detector(name, weights)
+    return make_detector(
+        name,
+        weights,
+        min_detection_confidence=min_detection_confidence,
+        min_presence_confidence=min_presence_confidence,
+        max_persons=max_persons,
+    )
 
 
 def poses_from_images(
@@ -317,7 +333,7 @@ class ModelBank:
         *,
         resolution: int,
         in_channels: int = 1,
-        device: str = "auto",
+        device: str,
         dtype: torch.dtype = torch.float32,
         identity: str | None = None,
         identity_scale: float = 1.0,
@@ -495,7 +511,7 @@ class ModelBank:
         guidance_scale: float,
         batch_size: int,
         maps: Callable[[Sequence[Pose]], torch.Tensor],
-        sampler: str = "ddim",
+        sampler: str,
         progress: bool = True,
     ) -> np.ndarray:
         """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* adapters and scales.

@@ -44,7 +44,8 @@ class SceneClassifier(ModelMixin, ConfigMixin):
         self,
         class_names: Sequence[str] = SCENE_KINDS,
         widths: Sequence[int] = (32, 64, 96),
-        resolution: int = 64,
+        *,
+        resolution: int,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [_block(3, widths[0])]
@@ -79,7 +80,8 @@ class KeypointEstimator(ModelMixin, ConfigMixin):
         self,
         n_keypoints: int = N_KEYPOINTS,
         widths: Sequence[int] = (32, 64, 128),
-        resolution: int = 64,
+        *,
+        resolution: int,
         window: int = 5,
     ):
         super().__init__()

@@ -313,8 +313,9 @@ class UncertaintyBalance(nn.Module):
 
 
 def make_balance(
-    kind: Balance, momentum: float = 0.99, lambda_diff: float = 1.0
+    kind: Balance, momentum: float, lambda_diff: float
 ) -> ScaleBalance | FixedBalance | UncertaintyBalance:
+    """The balance ``kind``; ``momentum`` (scale) and ``lambda_diff`` (fixed) are train.* in params.yaml."""
     if kind == "scale":
         return ScaleBalance(momentum)
     if kind == "fixed":

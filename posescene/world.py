@@ -176,7 +176,7 @@ def assemble_world_pipeline(shipped_dir: str | Path, out_dir: str | Path) -> Pat
     return save_pipeline_dir(out_dir, vae, unet, text_encoder, world_tokenizer())
 
 
-def build_tiny_models(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def build_tiny_models(out_dir: str | Path, seed: int) -> tuple[Path, Path]:
     """Random tiny SD pipeline + T2I-Adapter saved with save_pretrained, for tests and benchmarks.
 
     Returns (pipeline_dir, adapter_dir). The tokenizer is MiniLM's (local); the text encoder a 1-layer BERT.

@@ -114,7 +114,7 @@ data = T.load_train_set(params, T.read_pair_rows(params.pairs.out), cache, T.per
 
 def context(reading: str, adapter: torch.nn.Module) -> T.StepContext:
     p = load_params("params.yaml", {"train.balance_reading": reading, "train.balance": "scale"})
-    balance = objective.make_balance("scale", p.train.running_mean_momentum)
+    balance = objective.make_balance("scale", p.train.running_mean_momentum, p.train.lambda_diff)
     optimizer = T.make_optimizer(p.train, adapter, balance)
     return T.StepContext(p, acc, base, primary, adapter, balance, optimizer, get_scheduler("constant", optimizer), dtype)
 

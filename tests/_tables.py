@@ -186,7 +186,7 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
     from posescene.world import build_tiny_models
 
     p = default_params()  # the stages' settings as params.yaml has them, but for the paths and sizes below
-    pipeline, adapter = build_tiny_models(root / "models")
+    pipeline, adapter = build_tiny_models(root / "models", seed=0)
     generate(root / "synth", n_scenes=4, poses_per_scene=3, size=resolution, seed=0, first_scene=0, progress=False)
     ingest(root / "synth", root / "ingested", **stage_options(ingest, "ingest"), progress=False)
     run_poses(root / "ingested", root / "lattices", **stage_options(run_poses, "poses", detector="groundtruth"))

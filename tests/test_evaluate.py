@@ -55,7 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
               progress=False)  # fmt: skip
     write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", strategy="scene", heldout_fraction=0.3,
                 max_pairs_per_group=30, seed=0)  # fmt: skip
-    pipeline, primary = build_tiny_models(root / "tiny")
+    pipeline, primary = build_tiny_models(root / "tiny", seed=0)
     torch.manual_seed(0)
     KeypointEstimator(widths=(8, 8, 8), resolution=32).save_pretrained(root / "judges" / "keypoint_estimator")
     SceneClassifier(widths=(8, 8, 8), resolution=32).save_pretrained(root / "judges" / "scene_classifier")

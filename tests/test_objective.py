@@ -221,11 +221,11 @@ def test_uncertainty_balance_optimum_is_the_scale_mapping():
 
 
 def test_make_balance():
-    assert isinstance(make_balance("scale", 0.9), ScaleBalance)
-    assert isinstance(make_balance("fixed", lambda_diff=2.0), FixedBalance)
-    assert isinstance(make_balance("uncertainty"), UncertaintyBalance)
+    assert isinstance(make_balance("scale", 0.9, 1.0), ScaleBalance)
+    assert isinstance(make_balance("fixed", 0.99, lambda_diff=2.0), FixedBalance)
+    assert isinstance(make_balance("uncertainty", 0.99, 1.0), UncertaintyBalance)
     with pytest.raises(ValueError, match="unknown balance"):
-        make_balance("foo")  # type: ignore[arg-type]
+        make_balance("foo", 0.99, 1.0)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ readings

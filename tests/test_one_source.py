@@ -23,25 +23,12 @@ from posescene.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("posescene", "tasks", "flows")  # where code that runs the stages lives
 
-# Sections still being reworked by another engineer this session; their defaults move to params.yaml
-# once the fields settle (issue 15). Empty when every section is default-free.
-IN_FLUX: frozenset[str] = frozenset()
+# Schema sections allowed to keep defaults (none: params.yaml holds every value).
+SECTIONS_WITH_DEFAULTS: frozenset[str] = frozenset()
 
-# Copies in files other engineers are reworking this session (issue 15 lists them); each goes when its owner
-# takes the value from Params. The scan still fails on any copy not listed here.
-KNOWN_COPIES: dict[tuple[str, str], str] = {
-    ("posescene/bootstrap.py", "weight_decay"): "bootstrap (world engineer, in flux): optimiser helper default",
-    ("posescene/detectors.py", "min_detection_confidence"): "the evaluation's pose judge builds MediaPipe "
-    "without poses.* thresholds (evaluation/judges.py via generate.make_pose_detector)",
-    ("posescene/detectors.py", "min_presence_confidence"): "as min_detection_confidence",
-    ("posescene/detectors.py", "max_persons"): "as min_detection_confidence",
-    ("posescene/evaluation/judges.py", "batch_size"): "evaluation judges (evaluation engineer, in flux)",
-    ("posescene/generate.py", "device"): "ModelBank(device='auto') (generate.py's sampler owner)",
-    ("posescene/generate.py", "sampler"): "ModelBank.sample (evaluation engineer, in flux)",
-    ("posescene/judges.py", "resolution"): "judge architecture default (world engineer, in flux)",
-    ("posescene/objective.py", "lambda_diff"): "FixedBalance default (objective engineer)",
-    ("posescene/world.py", "seed"): "build_tiny_models(seed=0) (world engineer)",
-}
+# (file, argument) defaults allowed to equal a params.yaml value, each with its reason (none: every library
+# function takes such a value from Params or as a required argument). The scan fails on any copy not listed.
+KNOWN_COPIES: dict[tuple[str, str], str] = {}
 
 _NOT_LITERAL = object()
 
@@ -156,7 +143,7 @@ def test_the_schema_has_no_default_values() -> None:
     with_defaults = [
         f"{path}.{name}" if path != "<top>" else name
         for path, model in _sections()
-        if model.__name__ not in IN_FLUX
+        if model.__name__ not in SECTIONS_WITH_DEFAULTS
         for name, field in model.model_fields.items()
         if not field.is_required()
     ]

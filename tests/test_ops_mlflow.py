@@ -118,7 +118,7 @@ def _registry_workflow(
     t0 = time.monotonic()
     monkeypatch.chdir(tmp_path)  # git/dvc provenance tags and any stray ./mlruns stay in tmp
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models")
+    pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models", seed=0)
     params_file = tmp_path / "params.yaml"
     write_params(
         params_file,

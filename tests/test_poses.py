@@ -273,20 +273,21 @@ def test_threshold_bounds_and_people_without_points():
 
 
 def test_missing_weights_are_a_clear_error(tmp_path, monkeypatch):
+    thresholds = stage_options(make_detector, "poses")  # MediaPipe's, from params.yaml
     with pytest.raises(DetectorUnavailableError, match=r"does not exist.*body_pose_model\.pth"):
-        make_detector("openpose", str(tmp_path / "no-such-dir"))
+        make_detector("openpose", str(tmp_path / "no-such-dir"), **thresholds)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DetectorUnavailableError, match=r"has no body_pose_model\.pth.*lllyasviel/Annotators"):
-        make_detector("openpose", str(tmp_path / "empty"))
+        make_detector("openpose", str(tmp_path / "empty"), **thresholds)
     with pytest.raises(DetectorUnavailableError, match="no weights given"):
-        make_detector("openpose", None)
+        make_detector("openpose", None, **thresholds)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DetectorUnavailableError, match="HF_HUB_OFFLINE"):
-        make_detector("openpose", "posescene-test/no-such-annotators")
+        make_detector("openpose", "posescene-test/no-such-annotators", **thresholds)
     with pytest.raises(DetectorUnavailableError, match=r"dw-ll_ucoco_384\.pth"):
-        make_detector("dwpose", str(tmp_path / "empty"))
+        make_detector("dwpose", str(tmp_path / "empty"), **thresholds)
     with pytest.raises(DetectorUnavailableError, match="bundled"):
-        make_detector("mediapipe", str(tmp_path / "empty"))
+        make_detector("mediapipe", str(tmp_path / "empty"), **thresholds)
 
 
 def test_run_fails_before_work_on_missing_weights_or_ground_truth(photo_ingested, tmp_path):

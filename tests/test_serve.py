@@ -47,7 +47,7 @@ def _register_champion(tmp_path: Path) -> str:
     from posescene.pyfunc import log_and_register
     from posescene.world import build_tiny_models
 
-    pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models")
+    pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models", seed=0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = {
         "model.base": str(pipeline_dir),

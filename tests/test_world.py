@@ -94,16 +94,16 @@ def test_judges_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     images = torch.rand(3, 3, 64, 64)
     for cls in (SceneClassifier, KeypointEstimator):
-        model = cls().eval()
+        model = cls(resolution=64).eval()
         model.save_pretrained(tmp_path / cls.__name__)
         loaded = cls.from_pretrained(tmp_path / cls.__name__).eval()
         with torch.no_grad():
             a, b = model(images), loaded(images)
         first = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
         torch.testing.assert_close(*first)
-    names = predict_scene(SceneClassifier(), images)
-    assert len(names) == 3 and set(names) <= set(SceneClassifier().config.class_names)
-    xy, score = predict_keypoints(KeypointEstimator(), np.zeros((2, 48, 48, 3), dtype=np.uint8))
+    names = predict_scene(SceneClassifier(resolution=64), images)
+    assert len(names) == 3 and set(names) <= set(SceneClassifier(resolution=64).config.class_names)
+    xy, score = predict_keypoints(KeypointEstimator(resolution=64), np.zeros((2, 48, 48, 3), dtype=np.uint8))
     assert xy.shape == (2, 18, 2) and score.shape == (2, 18)
     assert (xy >= 0).all() and (xy <= 48).all()  # pixels of the input size
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from posescene.config import Params
+from posescene.config import Params, PosesParams
 from posescene.errors import ModelLoadError
 from posescene.generate import person_arrays
 
@@ -66,14 +66,24 @@ class WorldPoseJudge:
 
 
 class DetectorPoseJudge:
-    """A ``posescene.detectors`` detector (MediaPipe for real checkpoints), run over the images in batches."""
+    """A ``posescene.detectors`` detector (MediaPipe for real checkpoints), run over the images in batches.
 
-    def __init__(self, name: str, weights: str | None, batch_size: int = 64) -> None:
+    ``poses``: the poses stage's detector settings (MediaPipe's thresholds and ``poses.batch_size``), so
+    the judge reads a generated image as the lattices stage reads a real one.
+    """
+
+    def __init__(self, name: str, weights: str | None, poses: PosesParams) -> None:
         from posescene.generate import make_pose_detector
 
         self.name = name
-        self.detector = make_pose_detector(name, weights)
-        self.batch_size = batch_size
+        self.detector = make_pose_detector(
+            name,
+            weights,
+            min_detection_confidence=poses.min_detection_confidence,
+            min_presence_confidence=poses.min_presence_confidence,
+            max_persons=poses.max_persons,
+        )
+        self.batch_size = poses.batch_size
 
     def predict(self, images: np.ndarray) -> list[Persons]:
         out: list[Persons] = []
@@ -114,7 +124,7 @@ class ClipScorer:
         self.device = device
 
     @torch.no_grad()
-    def score(self, images: np.ndarray, captions: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def score(self, images: np.ndarray, captions: Sequence[str], batch_size: int) -> np.ndarray:
         out = []
         for s in range(0, len(images), batch_size):
             batch = self.processor(
@@ -172,7 +182,7 @@ def make_judges(params: Params, device: torch.device, notices: list[str]) -> tup
     if pose_choice == "world":
         pose = WorldPoseJudge(shipped / "keypoint_estimator", device)
     elif pose_choice != "none":
-        pose = DetectorPoseJudge(pose_choice, ev.pose_judge_weights)
+        pose = DetectorPoseJudge(pose_choice, ev.pose_judge_weights, params.poses)
     else:
         notices.append("pose fidelity not measured (evaluate.pose_judge: none)")
     scene: SceneJudge | None = None
