@@ -56,28 +56,14 @@ def make_images(root: Path, n_images: int, size: int) -> Path:
 def runners(batch_size: int) -> dict[str, Callable[[Path, Path], dict[str, Any]]]:
     from flows._dask import run_poses_on_dask
     from posescene.config import default_params
-    from posescene.poses import process_pool_map, run_poses
+    from posescene.poses import process_pool_map, run_poses_with
 
     params = default_params({"poses.detector": "mediapipe", "poses.batch_size": batch_size}).poses
 
     def local(workers: int | None, pool: bool) -> Callable[[Path, Path], dict[str, Any]]:
         def run(manifest: Path, out: Path) -> dict[str, Any]:
             map_fn = process_pool_map(workers or 1) if pool else None
-            summary = run_poses(
-                manifest,
-                out,
-                detector=params.detector,
-                weights=params.weights,
-                beta=params.beta,
-                min_score=params.min_score,
-                min_detection_confidence=params.min_detection_confidence,
-                min_presence_confidence=params.min_presence_confidence,
-                max_persons=params.max_persons,
-                batch_size=params.batch_size,
-                workers=workers or 1,
-                map_fn=map_fn,
-                progress=False,
-            )
+            summary = run_poses_with(params, manifest, out, workers=workers or 1, map_fn=map_fn, progress=False)
             return summary.to_dict()
 
         return run

@@ -140,19 +140,12 @@ def run_poses_with_client(
     client.register_plugin(DetectorPlugin(detector_spec(params)), name=f"posescene-detector-{params.detector}")
     slots = max(1, sum(client.nthreads().values()))
     n_images = read_manifest(manifest).num_rows
-    return poses.run_poses(
+    return poses.run_poses_with(
+        params,
         manifest,
         out_dir,
-        detector=params.detector,
-        weights=params.weights,
-        beta=params.beta,
-        min_score=params.min_score,
-        min_detection_confidence=params.min_detection_confidence,
-        min_presence_confidence=params.min_presence_confidence,
-        max_persons=params.max_persons,
         batch_size=batch_size_for(n_images, params.batch_size, slots),
-        workers=params.workers,  # unused here: map_fn runs the batches on the cluster
-        map_fn=client_map(client, on_result),
+        map_fn=client_map(client, on_result),  # the batches run on the cluster (poses.workers unused)
         progress=False,
     )
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +55,9 @@ from posescene.ingest import read_manifest
 from posescene.io import atomic_path
 from posescene.lattice import normalise
 from posescene.topology import KEYPOINT_NAMES, N_KEYPOINTS
+
+if TYPE_CHECKING:  # the library reads the settings off the object; workers never import the schema
+    from posescene.config import PosesParams
 
 log = logging.getLogger(__name__)
 
@@ -555,6 +558,27 @@ def run_poses(
     summary.seconds = time.perf_counter() - start
     summary.images_per_second = summary.images_processed / work if summary.images_processed and work > 0 else 0.0
     return summary
+
+
+def run_poses_with(params: PosesParams, manifest: str | Path, out_dir: str | Path, **overrides: Any) -> PosesSummary:
+    """:func:`run_poses` with the stage's settings from ``params`` (params.yaml ``poses``).
+
+    ``overrides`` replace or add :func:`run_poses` keywords (``batch_size``, ``workers``, ``device``,
+    ``map_fn``, ``progress``); one place maps the ``poses`` section onto the call, for the task, the CLI,
+    the Dask runner and the benchmarks.
+    """
+    options: dict[str, Any] = {
+        "detector": params.detector,
+        "weights": params.weights,
+        "beta": params.beta,
+        "min_score": params.min_score,
+        "min_detection_confidence": params.min_detection_confidence,
+        "min_presence_confidence": params.min_presence_confidence,
+        "max_persons": params.max_persons,
+        "batch_size": params.batch_size,
+        "workers": params.workers,
+    }
+    return run_poses(manifest, out_dir, **{**options, **overrides})
 
 
 def read_lattices(path: str | Path) -> pa.Table:

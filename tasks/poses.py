@@ -41,17 +41,4 @@ def poses_task(params: PosesParams, manifest: str, out_dir: str) -> dict[str, An
             "poses.runner: dask runs at the flow level (flows/poses.py -> flows/_dask.py: the batches on a Dask "
             "cluster); this task is the local runner"
         )
-    summary = poses.run_poses(
-        manifest,
-        out_dir,
-        detector=params.detector,
-        weights=params.weights,
-        beta=params.beta,
-        min_score=params.min_score,
-        min_detection_confidence=params.min_detection_confidence,
-        min_presence_confidence=params.min_presence_confidence,
-        max_persons=params.max_persons,
-        batch_size=params.batch_size,
-        workers=params.workers,
-    )
-    return summary.to_dict()
+    return poses.run_poses_with(params, manifest, out_dir).to_dict()

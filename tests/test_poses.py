@@ -13,7 +13,7 @@ from _params import stage_options
 from PIL import Image
 
 import posescene.poses as poses_mod
-from posescene.config import PROJECT_PARAMS
+from posescene.config import PROJECT_PARAMS, default_params
 from posescene.detectors import DetectorUnavailableError, PersonKeypoints, drop_duplicates, make_detector
 from posescene.errors import InputDataError
 from posescene.ingest import ingest
@@ -407,6 +407,16 @@ def test_map_fn_runs_every_batch(synth_ingested, tmp_path):
     )
     assert len(seen) == 3 and summary.images_processed == 24
     assert read_lattices(tmp_path / "lat").num_rows == 24
+
+
+def test_run_poses_with_maps_the_poses_section_onto_the_call(monkeypatch):
+    calls = []
+    monkeypatch.setattr(poses_mod, "run_poses", lambda manifest, out, **kw: calls.append((manifest, out, kw)))
+    params = default_params().poses
+    poses_mod.run_poses_with(params, "m", "o")
+    poses_mod.run_poses_with(params, "m", "o", batch_size=3, progress=False)
+    assert calls[0] == ("m", "o", stage_options(run_poses, "poses"))  # every required keyword, as params.yaml sets it
+    assert calls[1][2] == {**stage_options(run_poses, "poses", batch_size=3), "progress": False}
 
 
 def test_read_lattices_edges(tmp_path):

@@ -107,25 +107,12 @@ def poses(
     rest; lattices made with another detector or beta are replaced (with a warning). Runs locally with
     poses.workers processes (the Dask runner is the flow's: python -m flows.poses).
     """
-    from posescene.poses import run_poses
+    from posescene.poses import run_poses_with
 
     all_params = _params(params, set_)
     p = all_params.poses
     try:
-        summary = run_poses(
-            all_params.ingest.out_dir,
-            p.out_dir,
-            detector=p.detector,
-            weights=p.weights,
-            beta=p.beta,
-            min_score=p.min_score,
-            min_detection_confidence=p.min_detection_confidence,
-            min_presence_confidence=p.min_presence_confidence,
-            max_persons=p.max_persons,
-            batch_size=p.batch_size,
-            workers=p.workers,
-            progress=progress,
-        )
+        summary = run_poses_with(p, all_params.ingest.out_dir, p.out_dir, progress=progress)
     except PosesceneError as exc:
         fail(exc)
     for warning in summary.warnings:
