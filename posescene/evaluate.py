@@ -286,7 +286,7 @@ def evaluate(
                         row["lpips"] = pair.perceptual
                     drift_rows.append(row)
             # the headline drift (evaluate.promotion.metric) drives the frontier; the 1-SSIM column stays 1-SSIM
-            drift[key] = d if ev.promotion.metric == "drift_rmse" else d_ssim
+            drift[key] = fr.headline_drift(ev.promotion.metric, d, d_ssim)
             drift_ssim[key] = d_ssim
             values, oks, score = measure_fidelity(persons[:, :, a], targets, ev.min_score)
             fidelity[key], ap_arms[key] = values, (oks, score)

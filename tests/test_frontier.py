@@ -29,18 +29,28 @@ def _cells(value: float, rng: np.random.Generator, sd: float = 0.01) -> dict[str
     return {"oks": v, "keypoint_error": 1 - v}
 
 
+SSIM_UNIT = 10.0  # 1-SSIM is ~10x the RMSE in these worlds: the two drift columns are on different scales
+
+
 def _world(
     secondary: tuple[float, float] | None,
     champion: tuple[float, float] | None = None,
     primary_gain: float = 0.5,
     seed: int = 0,
+    *,
+    metric: str = "drift_rmse",
+    secondary_ssim: float | None = None,
 ) -> fr.Frontier:
     """The primary's fidelity grows linearly with its scale and its drift with it; the base is at chance.
 
     ``secondary`` / ``champion``: (fidelity, drift) at scale 1 (the secondary's other scales are its scale-1
-    values scaled, they only shape its own curve).
+    values scaled, they only shape its own curve). The 1-SSIM columns are the RMSE ones x ``SSIM_UNIT`` (own
+    noise), except the secondary's when ``secondary_ssim`` (its 1-SSIM at scale 1) says otherwise; ``metric``
+    (``evaluate.promotion.metric``) picks the headline drift the frontier and the gate read.
     """
     rng = np.random.default_rng(seed)
+    ssim_rng = np.random.default_rng(seed + 1000)  # its own stream: the RMSE columns do not depend on it
+    ssim = {"base": _pairs(0.0, ssim_rng, 0.0)}
     arms: list[tuple[str, float]] = [("base", 0.0)]
     drift = {"base": _pairs(0.0, rng, 0.0)}
     fidelity = {"base": _cells(CHANCE, rng)}
@@ -48,6 +58,7 @@ def _world(
         key = fr.arm_key("primary", s)
         arms.append(("primary", s))
         drift[key] = _pairs(0.02 * s, rng)
+        ssim[key] = _pairs(0.02 * s * SSIM_UNIT, ssim_rng, 0.01)
         fidelity[key] = _cells(CHANCE + primary_gain * s, rng)
     compare = []
     if secondary is not None:
@@ -55,11 +66,14 @@ def _world(
             key = fr.arm_key("secondary", s)
             arms.append(("secondary", s))
             drift[key] = _pairs(secondary[1] * s, rng)
+            one_minus_ssim = secondary[1] * SSIM_UNIT if secondary_ssim is None else secondary_ssim
+            ssim[key] = _pairs(one_minus_ssim * s, ssim_rng, 0.01)
             fidelity[key] = _cells(CHANCE + (secondary[0] - CHANCE) * min(s, 1.0), rng)
         compare.append(("secondary", "primary"))
     if champion is not None:
         arms.append(("champion", 1.0))
         drift["champion_s100"] = _pairs(champion[1], rng)
+        ssim["champion_s100"] = _pairs(champion[1] * SSIM_UNIT, ssim_rng, 0.01)
         fidelity["champion_s100"] = _cells(champion[0], rng)
         compare += [("champion", "primary"), ("secondary", "champion")]
     mismatched = {m: np.repeat(v[:, :, None], P, axis=2) for m, v in _cells(CHANCE, rng).items()}
@@ -67,8 +81,8 @@ def _world(
         v[:, np.arange(P), np.arange(P)] = np.nan
     real = {"oks": np.full(P, CEILING), "keypoint_error": np.full(P, 1 - CEILING)}
     return fr.summarise(
-        drift=drift,
-        drift_ssim=drift,
+        drift={key: fr.headline_drift(metric, d, ssim[key]) for key, d in drift.items()},
+        drift_ssim=ssim,
         fidelity=fidelity,
         mismatched=mismatched,
         real=real,
@@ -130,6 +144,35 @@ def test_trivial_answers_are_refused(name: str, secondary: tuple[float, float], 
     failed = {c.name for c in d.checks if not c.passed}
     assert failing <= failed, (name, [c.line() for c in d.checks])
     assert not gate.verdict(f, d).startswith("Pareto-better"), name
+
+
+def test_drift_ssim_metric_gates_on_the_one_minus_ssim_columns() -> None:
+    # RMSE: the secondary drifts as much as the primary; 1-SSIM: half as much. promotion.metric decides.
+    better_in_ssim = {"secondary": (CHANCE + 0.5, 0.02), "secondary_ssim": 0.02 * SSIM_UNIT / 2}
+    f = _world(**better_in_ssim, metric="drift_ssim")
+    arm = f.arms["secondary_s100"]
+    assert arm.drift == arm.drift_ssim and arm.drift.value == pytest.approx(0.1, abs=0.01)  # the 1-SSIM column
+    d = gate.decide(f, RULES)
+    assert d.status == "pass", [c.line() for c in d.checks]
+    comp = f.comparisons["secondary"]
+    assert comp.drift_ratio.high < 1 and comp.delta_drift is not None and comp.delta_drift.high < 0
+    assert gate.verdict(f, d).startswith("Pareto-better than turning the primary down")
+
+    # the same adapters gated on RMSE: no less drift than the primary, refused
+    on_rmse = _world(**better_in_ssim, metric="drift_rmse")
+    assert on_rmse.arms["secondary_s100"].drift.value == pytest.approx(0.02, abs=0.002)
+    d = gate.decide(on_rmse, RULES)
+    assert d.status == "fail" and not next(c for c in d.checks if c.name == "drift vs primary").passed
+
+    # an all-zero adapter (the base model: no drift in either column, fidelity at chance) is refused on 1-SSIM too
+    zero = _world(secondary=(CHANCE, 0.0), secondary_ssim=0.0, metric="drift_ssim")
+    assert zero.arms["secondary_s100"].drift.value == pytest.approx(0.0, abs=0.01)  # |noise| only
+    d = gate.decide(zero, RULES)
+    assert d.status == "fail"
+    assert {"fidelity vs primary", "not dominated"} <= {c.name for c in d.checks if not c.passed}
+    assert not gate.verdict(zero, d).startswith("Pareto-better")
+    with pytest.raises(ValueError, match="drift metric"):
+        fr.headline_drift("drift_lpips", np.zeros(1), np.zeros(1))
 
 
 def test_primary_at_chance_means_not_evaluated() -> None:

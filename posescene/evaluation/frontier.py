@@ -206,6 +206,15 @@ def arm_key(adapter: str, scale: float) -> str:
     return "base" if scale == 0 else f"{adapter}_s{round(scale * 100)}"
 
 
+def headline_drift(metric: str, rmse: np.ndarray, one_minus_ssim: np.ndarray) -> np.ndarray:
+    """The drift the frontier and the promotion gate read (``evaluate.promotion.metric``): RMSE or 1-SSIM."""
+    if metric == "drift_rmse":
+        return rmse
+    if metric == "drift_ssim":
+        return one_minus_ssim
+    raise ValueError(f"unknown drift metric {metric!r}; choose drift_rmse or drift_ssim")
+
+
 def comparison_key(adapter: str, reference: str) -> str:
     """``secondary`` for a comparison with the primary, ``secondary_vs_champion`` otherwise."""
     return adapter if reference == "primary" else f"{adapter}_vs_{reference}"
