@@ -71,3 +71,16 @@ def test_bench_train_step_tiny_states_the_floor(tmp_path: Path) -> None:
         assert mode["readings"]["distill"]["floor"] == "floor_2"
         assert {"vs_floor", "vs_plain", "at_floor"} <= set(mode["readings"]["distill"])
     assert "floor_2 (plain + 2 no-grad forward)" in stdout
+
+
+def test_bench_e2e_dry_run_prints_the_pipeline_plan(tmp_path: Path) -> None:
+    from flows.stages import PIPELINE_STAGES
+
+    out = tmp_path / "e2e.json"
+    stdout = _run("bench_e2e.py", "--dry-run", "--out", str(out))
+    steps = [line.split()[1] for line in stdout.splitlines() if line[:3].strip().rstrip(".").isdigit()]
+    assert steps == list(PIPELINE_STAGES)  # every stage dvc repro runs, in order (bootstrap is frozen)
+    assert "dvc repro --force --single-item evaluate" in stdout and "git clone" in stdout
+    assert not out.exists()  # nothing run, nothing written
+    cmd = _run("bench_e2e.py", "--dry-run", "--runner", "cmd", "--until", "pairs", "--out", str(out))
+    assert "python -m flows.pairs" in cmd and "flows.render" not in cmd
