@@ -3,8 +3,11 @@
 Peer (the evaluation before the frontier): one stock diffusers pipeline per model, ``evaluate.batch_size`` 16,
 DDIM 20 steps. Candidates, run in this same process on the same sets, poses and noises:
 
-- ``batched_ddim``: :meth:`ModelBank.sample` (rows of every arm in one U-Net batch), DDIM 20 steps;
-- ``batched_<sampler>_<steps>``: the same with fewer steps of another sampler (default DPM-Solver++ 10).
+- ``batched_ddim``: :meth:`ModelBank.sample` (rows of every arm in one U-Net batch of 64; the base rows of a
+  set drawn once, not once per pose), DDIM 20 steps;
+- ``batched_<sampler>_<steps>``: the same with fewer steps of another sampler (default DPM-Solver++ 10);
+- ``..._batch16``: the same in U-Net batches of 16 (``evaluate.batch_size``; this CPU's rows/s peak there);
+- ``..._bf16`` (``--bf16``): the U-Net under bf16 autocast, plus a check that it gives the same bits twice.
 
 Every variant draws the same arms (the base model, the primary at scale 0.5 and 1.0), so the script also checks
 that fewer steps are *equivalent for the evaluation*: per arm, mean scene drift and mean OKS of the world's
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from functools import partial
@@ -78,6 +83,8 @@ def main() -> None:
     parser.add_argument("--sampler", default="dpmsolver")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--bf16", action="store_true", help="also a bf16-autocast variant (CPUs with avx512_bf16)")
+    parser.add_argument("--note", default="", help="recorded in the JSON (what else shared the CPU)")
     parser.add_argument("--pipeline", default="build/world/pipeline")
     parser.add_argument("--adapter", default="models/world/primary_adapter")
     parser.add_argument("--judge", default="models/world/keypoint_estimator")
@@ -104,18 +111,27 @@ def main() -> None:
                                          progress=False))  # fmt: skip
         return np.stack(per_arm, axis=1).reshape(args.sets, args.poses, len(ARMS), 64, 64, 3)
 
-    def batched(sampler: str, steps: int) -> np.ndarray:
+    def batched(sampler: str, steps: int, bf16: bool = False, batch_size: int = 64) -> np.ndarray:
         jobs = [ArmJob(c, s, p, a, sc) for c, s in zip(captions, seeds, strict=True) for p in poses for a, sc in ARMS]
-        flat = bank.sample(jobs, steps=steps, guidance_scale=5.0, batch_size=64, maps=maps, sampler=sampler,
-                           progress=False)  # fmt: skip
+        flat = bank.sample(jobs, steps=steps, guidance_scale=5.0, batch_size=batch_size, maps=maps, sampler=sampler,
+                           bf16=bf16, progress=False)  # fmt: skip
         return flat.reshape(args.sets, args.poses, len(ARMS), 64, 64, 3)
 
     variants = {
         "stock_ddim_20": stock,
         "batched_ddim_20": partial(batched, "ddim", 20),
         f"batched_{args.sampler}_{args.steps}": partial(batched, args.sampler, args.steps),
+        f"batched_{args.sampler}_{args.steps}_batch16": partial(batched, args.sampler, args.steps, batch_size=16),
     }
+    if args.bf16:
+        variants[f"batched_{args.sampler}_{args.steps}_bf16"] = partial(batched, args.sampler, args.steps, True)
     batched(args.sampler, 1)  # warm-up: allocator and kernel set-up are not billed to a variant
+    determinism = {}
+    if args.bf16:  # bf16 kernels must give the same bits twice, or the evaluation stops being reproducible
+        batched(args.sampler, 1, True)
+        first, second = batched(args.sampler, 2, True), batched(args.sampler, 2, True)
+        determinism["bf16_bitwise_equal_twice"] = bool(np.array_equal(first, second))
+    load_before = [round(x, 2) for x in os.getloadavg()]
     seconds, values = {}, {}
     for name, fn in variants.items():
         t0 = time.perf_counter()
@@ -131,6 +147,10 @@ def main() -> None:
         "images_per_s": {k: round(n / v, 3) for k, v in seconds.items()},
         "speedup_vs_stock": {k: round(seconds["stock_ddim_20"] / v, 2) for k, v in seconds.items()},
         "equivalence": {},
+        "determinism": determinism,
+        "load_average_1_5_15": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+        "command": "python " + " ".join(sys.argv),
+        "note": args.note,
     }
     for name, vals in values.items():
         rows = {}

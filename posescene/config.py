@@ -205,6 +205,7 @@ class EvaluateParams(_Section):
     guidance_scale: float = Field(ge=0)
     batch_size: int = Field(ge=1)  # images per U-Net batch (rows of every arm are batched together)
     device: str  # auto (cuda if available) | cpu | cuda | cuda:1 ...
+    bf16: bool  # the sampler's U-Net under bf16 autocast (ModelBank.sample)
     ablations: list[AblationRun]  # compared with the primary's frontier like the secondary
     ablation_scales: list[float] = Field(min_length=1)  # their scales (Δdrift needs only 1; the primary's curve)
     mask_margin: float = Field(ge=0, le=1)  # person box grown by this fraction of max(w, h)

@@ -258,7 +258,7 @@ def evaluate(
                        in_channels=params.model.adapter_in_channels, invert=params.model.adapter_invert)  # fmt: skip
         t0 = time.perf_counter()
         flat = bank.sample(jobs, steps=ev.steps, guidance_scale=ev.guidance_scale, batch_size=ev.batch_size,
-                           maps=maps, sampler=ev.sampler, progress=progress)  # fmt: skip
+                           maps=maps, sampler=ev.sampler, bf16=ev.bf16, progress=progress)  # fmt: skip
         generation_s = time.perf_counter() - t0
         n_sets, n_poses, n_arms = len(heldout.sets), len(heldout.poses), len(arms)
         images = flat.reshape(n_sets, n_poses, n_arms, *flat.shape[1:])

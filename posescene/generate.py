@@ -512,6 +512,7 @@ class ModelBank:
         batch_size: int,
         maps: Callable[[Sequence[Pose]], torch.Tensor],
         sampler: str,
+        bf16: bool,
         progress: bool = True,
     ) -> np.ndarray:
         """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* adapters and scales.
@@ -521,7 +522,37 @@ class ModelBank:
         that one U-Net call serves every arm: an arm only changes the features added to the encoder, and a
         scale-0 (base) row adds zeros, which is the base model exactly. Adapter features are computed once
         per (adapter, pose). ``tests/test_generate.py`` pins the equality with the stock pipeline.
+
+        Base rows (no adapter, or scale 0) do not depend on the pose: those of one (prompt, seed) are drawn
+        once and copied, so an evaluation's base arm costs one image per set, not one per pose.
+
+        ``bf16``: the U-Net runs under bf16 autocast (the scheduler, the adapters and the VAE decode stay fp32):
+        for GPUs. On this project's reference CPU (avx512_bf16) it was bit-reproducible but *slower* at 64 px
+        (0.82x; ``benchmarks/results/sampling.json``), so ``evaluate.bf16`` is off there.
         """
+        slot: dict[tuple[object, ...], int] = {}
+        unique: list[ArmJob] = []
+        where = np.empty(len(jobs), dtype=np.int64)
+        for i, job in enumerate(jobs):
+            key = (job.prompt, job.seed) if job.adapter is None or job.scale == 0 else ("row", i)
+            if key not in slot:
+                slot[key] = len(unique)
+                unique.append(job)
+            where[i] = slot[key]
+        return self._sample_rows(unique, steps, guidance_scale, batch_size, maps, sampler, bf16, progress)[where]
+
+    def _sample_rows(
+        self,
+        jobs: Sequence[ArmJob],
+        steps: int,
+        guidance_scale: float,
+        batch_size: int,
+        maps: Callable[[Sequence[Pose]], torch.Tensor],
+        sampler: str,
+        bf16: bool,
+        progress: bool,
+    ) -> np.ndarray:
+        """:meth:`sample` for rows that are all distinct."""
         unet, vae = self.base.unet, self.base.vae
         negative = self.text([""])
         cfg = guidance_scale > 1.0
@@ -571,13 +602,15 @@ class ModelBank:
                 for t in scheduler.timesteps:
                     inp = torch.cat([latents, latents]) if cfg else latents
                     inp = scheduler.scale_model_input(inp, t)
-                    eps = unet(
-                        inp,
-                        t,
-                        encoder_hidden_states=text,
-                        down_intrablock_additional_residuals=None if res is None else [r.clone() for r in res],
-                        cross_attention_kwargs=self.cross_attention_kwargs,
-                    ).sample
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                        eps = unet(
+                            inp,
+                            t,
+                            encoder_hidden_states=text,
+                            down_intrablock_additional_residuals=None if res is None else [r.clone() for r in res],
+                            cross_attention_kwargs=self.cross_attention_kwargs,
+                        ).sample
+                    eps = eps.to(latents.dtype)
                     if cfg:
                         uncond, conditioned = eps.chunk(2)
                         eps = uncond + guidance_scale * (conditioned - uncond)

@@ -214,7 +214,9 @@ def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
     prompt = "a person on a beach"
     arms = [(None, 0.0), ("primary", 0.5), ("primary", 1.0), ("secondary", 1.0)]
     jobs = [ArmJob(prompt, 7, POSES[1], a, s) for a, s in arms]
-    batched = bank.sample(jobs, steps=3, guidance_scale=4.0, batch_size=4, maps=MAPS, sampler="ddim", progress=False)
+    batched = bank.sample(
+        jobs, steps=3, guidance_scale=4.0, batch_size=4, maps=MAPS, sampler="ddim", bf16=False, progress=False
+    )
     for row, (adapter, scale) in enumerate(arms):
         spec = ModelSpec("base") if adapter is None else ModelSpec(adapter, (adapter,), (scale,))
         stock = bank.generate(spec, [Job(prompt, 7, POSES[1])], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS,
@@ -223,10 +225,41 @@ def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
     # the scale matters (the pose is drawn) and scale 0 of an adapter is the base model exactly
     assert not np.array_equal(batched[1], batched[2])
     zero = bank.sample([ArmJob(prompt, 7, POSES[1], "primary", 0.0)], steps=3, guidance_scale=4.0, batch_size=1,
-                       maps=MAPS, sampler="ddim", progress=False)  # fmt: skip
+                       maps=MAPS, sampler="ddim", bf16=False, progress=False)  # fmt: skip
     assert np.array_equal(zero[0], batched[0])
     with pytest.raises(ConfigError, match="sampler"):
-        bank.sample(jobs[:1], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS, sampler="euler", progress=False)
+        bank.sample(
+            jobs[:1], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS, sampler="euler", bf16=False, progress=False
+        )
+
+
+def test_base_rows_are_drawn_once_per_prompt_and_seed(bank: ModelBank, monkeypatch: pytest.MonkeyPatch):
+    """The base model ignores the pose: its rows for several poses of one set are computed once and copied, and
+    equal the base row drawn alone; adapter rows (scale > 0) stay one per pose."""
+    from posescene.generate import ArmJob
+
+    prompt = "a person on a beach"
+    jobs = [
+        ArmJob(prompt, 7, pose, a, s)
+        for pose in POSES[:2]
+        for a, s in ((None, 0.0), ("primary", 0.0), ("primary", 1.0))
+    ]
+    drawn: list[int] = []
+    rows = bank._sample_rows
+
+    def counted(unique, *args):  # type: ignore[no-untyped-def]
+        drawn.append(len(unique))
+        return rows(unique, *args)
+
+    monkeypatch.setattr(bank, "_sample_rows", counted)
+    kw = dict(steps=2, guidance_scale=4.0, batch_size=8, maps=MAPS, sampler="ddim", bf16=False, progress=False)
+    images = bank.sample(jobs, **kw)
+    assert drawn == [3]  # one base row + two primary@1 rows, not six
+    base_rows = [0, 1, 3, 4]
+    assert all(np.array_equal(images[i], images[0]) for i in base_rows)
+    assert not np.array_equal(images[2], images[5])  # the pose is drawn by the adapter rows
+    alone = bank.sample([ArmJob(prompt, 7, None, None, 0.0)], **kw)
+    assert np.abs(alone[0].astype(int) - images[0].astype(int)).max() <= 1
 
 
 def test_generate_images_library_call(tiny: dict[str, Path], tmp_path: Path):
