@@ -314,6 +314,24 @@ class ArmJob:
     scale: float
 
 
+def distinct_rows(jobs: Sequence[ArmJob]) -> tuple[list[ArmJob], np.ndarray]:
+    """The jobs that need drawing, and for every job the index of its image among them.
+
+    A base row (no adapter, or scale 0) does not depend on the pose, so the base rows of one (prompt, seed)
+    are one image; every adapter row is its own.
+    """
+    slot: dict[tuple[object, ...], int] = {}
+    unique: list[ArmJob] = []
+    where = np.empty(len(jobs), dtype=np.int64)
+    for i, job in enumerate(jobs):
+        key = (job.prompt, job.seed) if job.adapter is None or job.scale == 0 else ("row", i)
+        if key not in slot:
+            slot[key] = len(unique)
+            unique.append(job)
+        where[i] = slot[key]
+    return unique, where
+
+
 @dataclass(frozen=True)
 class Job:
     """One image to generate: a prompt, a seed (-> its initial noise) and a pose (ignored by ``base``)."""
@@ -530,29 +548,7 @@ class ModelBank:
         for GPUs. On this project's reference CPU (avx512_bf16) it was bit-reproducible but *slower* at 64 px
         (0.82x; ``benchmarks/results/sampling.json``), so ``evaluate.bf16`` is off there.
         """
-        slot: dict[tuple[object, ...], int] = {}
-        unique: list[ArmJob] = []
-        where = np.empty(len(jobs), dtype=np.int64)
-        for i, job in enumerate(jobs):
-            key = (job.prompt, job.seed) if job.adapter is None or job.scale == 0 else ("row", i)
-            if key not in slot:
-                slot[key] = len(unique)
-                unique.append(job)
-            where[i] = slot[key]
-        return self._sample_rows(unique, steps, guidance_scale, batch_size, maps, sampler, bf16, progress)[where]
-
-    def _sample_rows(
-        self,
-        jobs: Sequence[ArmJob],
-        steps: int,
-        guidance_scale: float,
-        batch_size: int,
-        maps: Callable[[Sequence[Pose]], torch.Tensor],
-        sampler: str,
-        bf16: bool,
-        progress: bool,
-    ) -> np.ndarray:
-        """:meth:`sample` for rows that are all distinct."""
+        jobs, where = distinct_rows(jobs)
         unet, vae = self.base.unet, self.base.vae
         negative = self.text([""])
         cfg = guidance_scale > 1.0
@@ -620,4 +616,4 @@ class ModelBank:
                 out[start : start + n] = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
                 bar.update(n)
         bar.close()
-        return out
+        return out[where]

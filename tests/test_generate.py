@@ -233,28 +233,22 @@ def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
         )
 
 
-def test_base_rows_are_drawn_once_per_prompt_and_seed(bank: ModelBank, monkeypatch: pytest.MonkeyPatch):
+def test_base_rows_are_drawn_once_per_prompt_and_seed(bank: ModelBank):
     """The base model ignores the pose: its rows for several poses of one set are computed once and copied, and
     equal the base row drawn alone; adapter rows (scale > 0) stay one per pose."""
     from posescene.generate import ArmJob
 
     prompt = "a person on a beach"
-    jobs = [
-        ArmJob(prompt, 7, pose, a, s)
-        for pose in POSES[:2]
-        for a, s in ((None, 0.0), ("primary", 0.0), ("primary", 1.0))
-    ]
-    drawn: list[int] = []
-    rows = bank._sample_rows
-
-    def counted(unique, *args):  # type: ignore[no-untyped-def]
-        drawn.append(len(unique))
-        return rows(unique, *args)
-
-    monkeypatch.setattr(bank, "_sample_rows", counted)
+    arms = ((None, 0.0), ("primary", 0.0), ("primary", 1.0))
+    jobs = [ArmJob(prompt, 7, pose, a, s) for pose in POSES[:2] for a, s in arms]
+    rows: list[int] = []
+    hook = bank.base.unet.register_forward_pre_hook(lambda _module, args: rows.append(args[0].shape[0]))
     kw = dict(steps=2, guidance_scale=4.0, batch_size=8, maps=MAPS, sampler="ddim", bf16=False, progress=False)
-    images = bank.sample(jobs, **kw)
-    assert drawn == [3]  # one base row + two primary@1 rows, not six
+    try:
+        images = bank.sample(jobs, **kw)
+    finally:
+        hook.remove()
+    assert sum(rows) == 2 * 2 * 3  # 2 steps x (uncond + cond) x 3 distinct rows: one base + two primary@1, not six
     base_rows = [0, 1, 3, 4]
     assert all(np.array_equal(images[i], images[0]) for i in base_rows)
     assert not np.array_equal(images[2], images[5])  # the pose is drawn by the adapter rows
