@@ -589,7 +589,7 @@ def train_unet(
 
     groups = [{"params": list(unet.parameters()), "lr": bp.unet_lr}]
     train_loop("unet", bp.unet_steps, {"unet": unet}, groups, min(200, bp.unet_steps // 10 + 1), step_fn, bp, seed,
-               ckpt, weight_decay=1e-2, ema_decay=bp.ema_decay)  # fmt: skip
+               ckpt, weight_decay=bp.weight_decay, ema_decay=bp.ema_decay)  # fmt: skip
     return unet.eval()
 
 
@@ -624,7 +624,7 @@ def train_adapter(
 
     groups = [{"params": list(adapter.parameters()), "lr": bp.adapter_lr}]
     train_loop("adapter", bp.adapter_steps, {"adapter": adapter}, groups, min(100, bp.adapter_steps // 10 + 1),
-               step_fn, bp, seed, ckpt, weight_decay=1e-2)  # fmt: skip
+               step_fn, bp, seed, ckpt, weight_decay=bp.weight_decay)  # fmt: skip
     unet.requires_grad_(True)
     return adapter.eval()
 
@@ -653,7 +653,7 @@ def train_joint(
         {"params": list(adapter.parameters()), "lr": bp.joint_adapter_lr},
     ]
     train_loop("joint", bp.joint_steps, {"unet": unet, "adapter": adapter}, groups,
-               min(100, bp.joint_steps // 10 + 1), step_fn, bp, seed, ckpt, weight_decay=1e-2,
+               min(100, bp.joint_steps // 10 + 1), step_fn, bp, seed, ckpt, weight_decay=bp.weight_decay,
                ema_decay=bp.joint_ema_decay)  # fmt: skip
     return unet.eval(), adapter.eval()
 

@@ -108,6 +108,7 @@ class BootstrapParams(_Section):
     unet_lr: float = Field(gt=0)
     adapter_lr: float = Field(gt=0)
     judge_lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)  # AdamW, the U-Net, adapter and joint stages
     vae_kl_weight: float = Field(ge=0)
     vae_edge_weight: float = Field(ge=0)  # L1 on image gradients: keeps thin limbs sharp
     caption_dropout: float = Field(ge=0, le=1)  # empty caption, for classifier-free guidance
