@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import BertModel
 
 from posescene.config import BootstrapParams, Params
+from posescene.devices import resolve_device
 from posescene.errors import ConfigError, ModelLoadError, TrainingDivergedError
 from posescene.io import atomic_path, write_json_atomic, write_text_atomic
 from posescene.judges import (
@@ -121,11 +122,14 @@ def _check_finite(loss: torch.Tensor, part: str, step: int) -> None:
 
 
 @torch.no_grad()
-def encode_texts(captions: Sequence[str], batch_size: int = 256) -> tuple[torch.Tensor, list[str]]:
+def encode_texts(
+    captions: Sequence[str], batch_size: int = 256, device: torch.device | None = None
+) -> tuple[torch.Tensor, list[str]]:
     """Frozen MiniLM token states of the unique captions, exactly as diffusers' ``encode_prompt`` computes
-    them (padding to max_length, ``text_encoder(input_ids)[0]``, no attention mask). Row 0 is ""."""
+    them (padding to max_length, ``text_encoder(input_ids)[0]``, no attention mask). Row 0 is "".
+    The states come back on the CPU (the batches are drawn there)."""
     tokenizer = world_tokenizer()
-    encoder = BertModel.from_pretrained(minilm_dir(), use_safetensors=True).eval()
+    encoder = BertModel.from_pretrained(minilm_dir(), use_safetensors=True).eval().to(device or "cpu")
     unique = [""] + sorted(set(captions) - {""})
     states = []
     for i in tqdm(range(0, len(unique), batch_size), desc="text states", unit="batch"):
@@ -136,7 +140,7 @@ def encode_texts(captions: Sequence[str], batch_size: int = 256) -> tuple[torch.
             truncation=True,
             return_tensors="pt",
         )
-        states.append(encoder(tok.input_ids)[0])
+        states.append(encoder(tok.input_ids.to(encoder.device))[0].cpu())
     return torch.cat(states), unique
 
 
@@ -147,10 +151,10 @@ def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage) * 100_003_001 + step) % 2**63)
 
 
-def _autocast(bp: BootstrapParams, stage: str) -> Any:
-    """bf16 autocast on the CPU for the stages in ``bootstrap.bf16_stages`` (avx512_bf16 makes the U-Net
-    step 1.3-2x faster than fp32; the conv-only VAE decoder and judges measured no faster), or nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=stage in bp.bf16_stages)
+def _autocast(bp: BootstrapParams, stage: str, device: torch.device) -> Any:
+    """bf16 autocast on ``device`` for the stages in ``bootstrap.bf16_stages`` (on this CPU, avx512_bf16 makes
+    the U-Net step 1.3-2x faster than fp32; the conv-only VAE decoder and judges measured no faster)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage in bp.bf16_stages)
 
 
 # the params each stage's training depends on: a checkpoint made with other values is not resumed
@@ -238,8 +242,14 @@ def train_loop(
     batch_size: int | None = None,
 ) -> None:
     """AdamW + warm-up/cosine schedule + optional EMA over ``modules``, checkpointed every
-    ``bootstrap.checkpoint_minutes`` and resumable; on return the modules hold the final (EMA) weights."""
+    ``bootstrap.checkpoint_minutes`` and resumable; on return the modules hold the final (EMA) weights.
+
+    The modules train where they are (``bootstrap.device``); ``step_fn`` moves its batch there. The last
+    checkpoint of a finished stage holds its *result* only (the final EMA weights, no optimiser state: a
+    quarter of the bytes), which is all a resumed run needs from it.
+    """
     params = [p for g in groups for p in g["params"]]
+    device = params[0].device
     batch_size = batch_size or bp.batch_size  # recorded only (step_fn draws the batches)
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
@@ -253,13 +263,17 @@ def train_loop(
             f"{ckpt.path(stage)} was made with other params ({state['fingerprint']} vs now {fingerprint}); "
             "run without --resume (or delete it) to retrain this stage"
         )
+    final = False  # do the modules hold the stage's result (EMA applied)?
     if state is not None:
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
+        final = state.get("opt") is None  # a finished stage's result (see result())
+        if not final:
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
         if ema is not None and state.get("ema") is not None:
-            ema.shadow, ema.step = state["ema"], state["ema_step"]
+            ema.shadow = [s.to(p.device) for s, p in zip(state["ema"], holder.parameters(), strict=True)]
+            ema.step = state["ema_step"]
         start, running = state["step"], state.get("running")
     stats = dict(state.get("stats", {})) if state is not None else {}
     stats.setdefault("elapsed_s", 0.0)
@@ -271,6 +285,7 @@ def train_loop(
         stats["runs"] = stats["runs"] + [
             {
                 "from_step": start,
+                "device": str(device),
                 "threads": torch.get_num_threads(),
                 "bf16": stage in bp.bf16_stages,
                 "batch": batch_size,
@@ -289,6 +304,10 @@ def train_loop(
             "ema": ema.shadow if ema else None, "ema_step": ema.step if ema else 0,
         }  # fmt: skip
 
+    def result(step: int) -> dict[str, Any]:
+        """The finished stage (the modules already hold the EMA weights): no optimiser, schedule or EMA."""
+        return {**snapshot(step), "opt": None, "sched": None, "ema": None, "ema_step": 0}
+
     holder.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, unit="step")
     for step in bar:
@@ -306,11 +325,16 @@ def train_loop(
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in info.items()})
-        if step + 1 == steps or ckpt.due():
+        if step + 1 == steps:
+            if ema:
+                ema.copy_to(holder)
+            final = True
+            ckpt.save(stage, result(step + 1))
+        elif ckpt.due():
             ckpt.save(stage, snapshot(step + 1))
         after_step(stage, step + 1)
     ckpt.stats[stage] = stats
-    if ema:
+    if ema and not final:  # stopped early at a periodic checkpoint: its EMA is the result
         ema.copy_to(holder)
     holder.eval()
 
@@ -331,15 +355,18 @@ def _recon_losses(rec: torch.Tensor, x: torch.Tensor, bp: BootstrapParams) -> tu
 
 
 # ----------------------------------------------------------------------------------------------- VAE
-def train_vae(arch: Architecture, data: WorldData, bp: BootstrapParams, seed: int, ckpt: Checkpoints) -> AutoencoderKL:
+def train_vae(
+    arch: Architecture, data: WorldData, bp: BootstrapParams, seed: int, ckpt: Checkpoints, device: torch.device
+) -> AutoencoderKL:
     """L1 + L2 + image-gradient L1 (thin limbs) + a tiny KL; the latent scale is fixed afterwards."""
-    vae = AutoencoderKL(**arch.vae)
+    vae = AutoencoderKL(**arch.vae).to(device)
 
     def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         x = to_unit(data.images[_rows(len(data), bp.batch_size, gen).numpy()]) * 2 - 1
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(-1)
-        with _autocast(bp, "vae"):
+        x = x.to(device)
+        with _autocast(bp, "vae", device):
             dist = vae.encode(x).latent_dist
             rec = vae.decode(dist.sample(generator=gen)).sample
         rl, l1 = _recon_losses(rec, x, bp)
@@ -353,11 +380,11 @@ def train_vae(arch: Architecture, data: WorldData, bp: BootstrapParams, seed: in
 
 def finetune_decoder(
     vae: AutoencoderKL, data: WorldData, means: torch.Tensor, stds: torch.Tensor, bp: BootstrapParams, seed: int,
-    ckpt: Checkpoints,
+    ckpt: Checkpoints, device: torch.device,
 ) -> AutoencoderKL:  # fmt: skip
     """Fine-tune the VAE *decoder only* (post_quant_conv + decoder): the encoder and so the latent space the
     U-Net and the adapter were trained on stay exactly as they are, while reconstructions get sharper."""
-    vae.requires_grad_(False)
+    vae.to(device).requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]
     for m in trained:
         m.requires_grad_(True)
@@ -366,7 +393,8 @@ def finetune_decoder(
         idx = _rows(len(data), bp.decoder_batch_size, gen)
         x = to_unit(data.images[idx.numpy()]) * 2 - 1
         z = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
-        with _autocast(bp, "decoder"):
+        x, z = x.to(device), z.to(device)
+        with _autocast(bp, "decoder", device):
             rec = vae.decode(z).sample
         rl, l1 = _recon_losses(rec, x, bp)
         return rl, {"l1": l1.item()}
@@ -392,9 +420,9 @@ def vae_posterior(
     """Latent posterior (mean, std), unscaled, of uint8 images."""
     mean, std = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
-        dist = vae.encode(to_unit(images[i : i + batch_size]) * 2 - 1).latent_dist
-        mean.append(dist.mean)
-        std.append(dist.std)
+        dist = vae.encode((to_unit(images[i : i + batch_size]) * 2 - 1).to(vae.device)).latent_dist
+        mean.append(dist.mean.cpu())
+        std.append(dist.std.cpu())
     return torch.cat(mean), torch.cat(std)
 
 
@@ -407,7 +435,7 @@ def cached_posterior(vae: AutoencoderKL, images: np.ndarray, ckpt: Checkpoints) 
     for m in (vae.encoder, vae.quant_conv):
         for k, v in m.state_dict().items():
             h.update(k.encode())
-            h.update(v.detach().float().numpy().tobytes())
+            h.update(v.detach().float().cpu().numpy().tobytes())
     h.update(np.ascontiguousarray(images).tobytes())
     path = None if ckpt.root is None else ckpt.root / f"latents-{h.hexdigest()[:16]}.pt"
     if path is not None and path.exists():
@@ -428,8 +456,8 @@ def vae_decode(vae: AutoencoderKL, latents: torch.Tensor, batch_size: int = 128,
     """Unscaled latents -> uint8 images (N, H, W, 3)."""
     out = []
     for i in tqdm(range(0, len(latents), batch_size), desc=desc, unit="batch"):
-        x = vae.decode(latents[i : i + batch_size]).sample
-        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        x = vae.decode(latents[i : i + batch_size].to(vae.device)).sample
+        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -493,13 +521,14 @@ def train_judges(
     bp: BootstrapParams,
     seed: int,
     ckpt: Checkpoints,
+    device: torch.device,
 ) -> tuple[SceneClassifier, KeypointEstimator]:
     """Both judges on the same augmented batches, half real images and half VAE reconstructions.
 
     ``recon``: (sorted row indices, their reconstructions uint8); rows without one always use the real image.
     """
-    classifier = SceneClassifier(resolution=res)
-    estimator = KeypointEstimator(resolution=res)
+    classifier = SceneClassifier(resolution=res).to(device)
+    estimator = KeypointEstimator(resolution=res).to(device)
     kp_frac = torch.from_numpy(data.keypoints) / res
     kinds = torch.from_numpy(data.kinds)
 
@@ -513,10 +542,11 @@ def train_judges(
             use &= rows[pos] == idx.numpy()
             src = np.where(use[:, None, None, None], images[pos], src)
         x, kp = augment(to_unit(src), kp_frac[idx], gen)
-        with _autocast(bp, "judges"):
+        x, kp = x.to(device), kp.to(device)
+        with _autocast(bp, "judges", device):
             logits = classifier(x)
             out = estimator(x)
-        ce = F.cross_entropy(logits.float(), kinds[idx], label_smoothing=0.05)
+        ce = F.cross_entropy(logits.float(), kinds[idx].to(device), label_smoothing=0.05)
         kl = keypoint_loss(out, kp, bp.judge_heatmap_sigma)
         return ce + kl, {"ce": ce.item(), "kp": kl.item()}
 
@@ -552,22 +582,23 @@ class Ema:
 
 def _diffusion_batch(
     latents: torch.Tensor, text: torch.Tensor, text_idx: torch.Tensor, idx: torch.Tensor, dropout: float,
-    gen: torch.Generator,
+    gen: torch.Generator, device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(noisy latents, timesteps, text states, noise) for a batch; dropped captions use the "" states (row 0)."""
+    """(noisy latents, timesteps, text states, noise) for a batch, on ``device``; dropped captions use the ""
+    states (row 0). Drawn on the CPU from ``gen``, so every device trains on the same batches."""
     sched = training_scheduler()
     z0 = latents[idx]
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
     rows = torch.where(torch.rand(len(idx), generator=gen) < dropout, 0, text_idx[idx])
-    return sched.add_noise(z0, noise, t), t, text[rows], noise
+    return sched.add_noise(z0, noise, t).to(device), t.to(device), text[rows].to(device), noise.to(device)
 
 
 def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Epsilon MSE; with ``gamma > 0`` min-SNR-gamma weighting (Hang et al. 2023): min(SNR, gamma) / SNR."""
     per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
     if gamma > 0:
-        alpha_bar = training_scheduler().alphas_cumprod[t]
+        alpha_bar = training_scheduler().alphas_cumprod.to(t.device)[t]
         snr = alpha_bar / (1 - alpha_bar)
         per = per * (snr.clamp(max=gamma) / snr)
     return per.mean()
@@ -575,15 +606,15 @@ def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, gam
 
 def train_unet(
     arch: Architecture, latents: torch.Tensor, text: torch.Tensor, text_idx: torch.Tensor, bp: BootstrapParams,
-    seed: int, ckpt: Checkpoints,
+    seed: int, ckpt: Checkpoints, device: torch.device,
 ) -> UNet2DConditionModel:  # fmt: skip
     """Epsilon-prediction DDPM loss (SD 1.x schedule) on frozen scaled latents and frozen text states."""
-    unet = UNet2DConditionModel(**arch.unet)
+    unet = UNet2DConditionModel(**arch.unet).to(device)
 
     def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = _rows(len(latents), bp.batch_size, gen)
-        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen)
-        with _autocast(bp, "unet"):
+        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen, device)
+        with _autocast(bp, "unet", device):
             pred = unet(zt, t, states).sample
         return diffusion_loss(pred, noise, t, bp.min_snr_gamma), {}
 
@@ -599,25 +630,25 @@ def _adapter_features(
     """Adapter features exactly as ``StableDiffusionAdapterPipeline`` feeds them (input = map / 255,
     (N, 1, S, S)); rows with ``keep == False`` get zero features (adapter dropout: the bare U-Net)."""
     cond = torch.from_numpy(maps[idx.numpy()]).float()[:, None] / 255.0
-    features = adapter(cond)
+    features = adapter(cond.to(adapter.device))
     if keep is None:
         return list(features)
-    k = keep.to(features[0].dtype)[:, None, None, None]
+    k = keep.to(features[0].device, features[0].dtype)[:, None, None, None]
     return [f * k for f in features]
 
 
 def train_adapter(
     arch: Architecture, unet: UNet2DConditionModel, latents: torch.Tensor, maps: np.ndarray, text: torch.Tensor,
-    text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints,
+    text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints, device: torch.device,
 ) -> T2IAdapter:  # fmt: skip
     """The primary adapter with the U-Net frozen; features go in as ``down_intrablock_additional_residuals``."""
-    adapter = T2IAdapter(**arch.adapter)
-    unet.requires_grad_(False)
+    adapter = T2IAdapter(**arch.adapter).to(device)
+    unet.to(device).requires_grad_(False)
 
     def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = _rows(len(latents), bp.batch_size, gen)
-        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen)
-        with _autocast(bp, "adapter"):
+        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen, device)
+        with _autocast(bp, "adapter", device):
             features = _adapter_features(adapter, maps, idx)
             pred = unet(zt, t, states, down_intrablock_additional_residuals=features).sample
         return diffusion_loss(pred, noise, t, bp.min_snr_gamma), {}
@@ -631,19 +662,19 @@ def train_adapter(
 
 def train_joint(
     unet: UNet2DConditionModel, adapter: T2IAdapter, latents: torch.Tensor, maps: np.ndarray, text: torch.Tensor,
-    text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints,
+    text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints, device: torch.device,
 ) -> tuple[UNet2DConditionModel, T2IAdapter]:  # fmt: skip
     """U-Net and primary adapter fine-tuned *together*: the U-Net learns to use the pose features. The adapter
     is dropped on ``bootstrap.adapter_dropout`` of the rows (zero features), so the bare U-Net (the base
     model) keeps working; captions are dropped as before for classifier-free guidance."""
-    unet.requires_grad_(True)
-    adapter.requires_grad_(True)
+    unet.to(device).requires_grad_(True)
+    adapter.to(device).requires_grad_(True)
 
     def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = _rows(len(latents), bp.batch_size, gen)
-        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen)
+        zt, t, states, noise = _diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen, device)
         keep = torch.rand(len(idx), generator=gen) >= bp.adapter_dropout
-        with _autocast(bp, "joint"):
+        with _autocast(bp, "joint", device):
             features = _adapter_features(adapter, maps, idx, keep)
             pred = unet(zt, t, states, down_intrablock_additional_residuals=features).sample
         return diffusion_loss(pred, noise, t, bp.min_snr_gamma), {}
@@ -676,7 +707,7 @@ def _load(cls: type[ModelMixin], path: Path) -> Any:
 @torch.no_grad()
 def generate_images(
     pipeline_dir: Path, adapter: T2IAdapter | None, captions: Sequence[str], maps: np.ndarray | None,
-    steps: int, guidance: float, seed: int, batch_size: int,
+    steps: int, guidance: float, seed: int, batch_size: int, device: torch.device,
 ) -> np.ndarray:  # fmt: skip
     """Images from the stock diffusers pipelines (what the evaluation stage runs), uint8 (N, S, S, 3)."""
     from diffusers import StableDiffusionAdapterPipeline, StableDiffusionPipeline
@@ -685,6 +716,7 @@ def generate_images(
         pipe: Any = StableDiffusionPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
     else:
         pipe = StableDiffusionAdapterPipeline.from_pretrained(pipeline_dir, adapter=adapter, torch_dtype=torch.float32)
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     out = []
@@ -721,7 +753,7 @@ def normalised(score: float, chance: float, ceiling: float) -> float:
 
 def measure(
     out_dir: Path, held: WorldData, vae: AutoencoderKL, classifier: SceneClassifier, estimator: KeypointEstimator,
-    adapter: T2IAdapter, bp: BootstrapParams, seed: int,
+    adapter: T2IAdapter, bp: BootstrapParams, seed: int, device: torch.device,
 ) -> dict[str, Any]:  # fmt: skip
     """Held-out quality: VAE PSNR, judge accuracy, scene agreement and pose fidelity of base vs primary adapter.
 
@@ -760,7 +792,7 @@ def measure(
             tag = "" if g_i == 0 else f"_cfg{guidance:g}"
             for name, ad in (("base", None), ("primary", adapter)):
                 images = generate_images(
-                    pipeline_dir, ad, caps, held.maps[pick], bp.eval_steps, guidance, seed, bp.eval_batch_size
+                    pipeline_dir, ad, caps, held.maps[pick], bp.eval_steps, guidance, seed, bp.eval_batch_size, device
                 )
                 scene = np.mean(np.asarray(predict_scene(classifier, images)) == names[pick])
                 xy, _ = predict_keypoints(estimator, images)
@@ -859,6 +891,7 @@ def bootstrap(
         raise ConfigError(f"only: unknown stage(s) {sorted(set(only) - set(STAGES))}; allowed: {', '.join(STAGES)}")
     out = Path(out_dir or bp.out_dir)
     torch.set_num_threads(bp.threads or os.cpu_count() or 1)
+    device = resolve_device(bp.device)
     torch.manual_seed(params.seed)
     seed = params.seed
     arch = world_architecture() if bp.architecture == "world" else tiny_architecture(cross_attention_dim=384)
@@ -934,11 +967,11 @@ def bootstrap(
     else:
         if not wanted("vae", bp.vae_steps):
             raise ConfigError("the vae stage is needed by every other stage: include it in --only or finish it first")
-        vae = train_vae(arch, train, bp, seed, ckpt)
+        vae = train_vae(arch, train, bp, seed, ckpt, device)
         vae.register_to_config(scaling_factor=1.0)
         parts["vae"] = []
         record("vae", ["vae"], train_r, bp.vae_steps, "from scratch")
-    raw, raw_std = cached_posterior(vae, fine.images, ckpt)
+    raw, raw_std = cached_posterior(vae.to(device), fine.images, ckpt)
     if "vae" not in reuse and init is None:
         # SD's convention: latents x scaling_factor have ~unit std, which the noise schedule assumes.
         vae.register_to_config(scaling_factor=float(1.0 / raw[: len(train)].std()))
@@ -946,7 +979,7 @@ def bootstrap(
     latents = raw * scaling
     decoder_done = "vae" in reuse or bp.decoder_steps == 0
     if not decoder_done and wanted("decoder", bp.decoder_steps):
-        vae = finetune_decoder(vae, fine, raw, raw_std, bp, seed, ckpt)
+        vae = finetune_decoder(vae, fine, raw, raw_std, bp, seed, ckpt, device)
         record("decoder", ["vae"], train_r + extra_r, bp.decoder_steps, "decoder only (encoder frozen)")
         decoder_done = True
     timed("vae", start)
@@ -964,8 +997,8 @@ def bootstrap(
         if not ckpt.finished("judges", bp.judge_steps):
             # reconstructions of at most JUDGE_RECON_IMAGES rows (decoding all takes many minutes on one thread)
             rows = np.arange(0, len(fine), max(1, -(-len(fine) // JUDGE_RECON_IMAGES)))
-            recon = (rows, vae_decode(vae, raw[rows]))
-        classifier, estimator = train_judges(res, fine, recon, bp, seed, ckpt)
+            recon = (rows, vae_decode(vae.to(device), raw[rows]))
+        classifier, estimator = train_judges(res, fine, recon, bp, seed, ckpt, device)
         parts["scene_classifier"], parts["keypoint_estimator"] = [], []
         record("judges", ["scene_classifier", "keypoint_estimator"], train_r + extra_r, bp.judge_steps,
                "from scratch, real + VAE-reconstructed images")  # fmt: skip
@@ -978,7 +1011,7 @@ def bootstrap(
     start = time.perf_counter()
     text, text_idx = torch.empty(0), torch.empty(0, dtype=torch.long)  # unused unless a stage trains
     if need_text:
-        text, unique = encode_texts(fine.captions + held.captions)
+        text, unique = encode_texts(fine.captions + held.captions, device=device)
         row = {c: i for i, c in enumerate(unique)}
         text_idx = torch.tensor([row[c] for c in fine.captions])
     timed("text", start)
@@ -992,7 +1025,7 @@ def bootstrap(
         unet = _load(UNet2DConditionModel, init / "unet")
         ran["unet"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
     elif wanted("unet", bp.unet_steps):
-        unet = train_unet(arch, latents[:n_train], text, text_idx[:n_train], bp, seed, ckpt)
+        unet = train_unet(arch, latents[:n_train], text, text_idx[:n_train], bp, seed, ckpt, device)
         parts["unet"] = []
         record("unet", ["unet"], train_r, bp.unet_steps, "from scratch")
     timed("unet", start)
@@ -1004,14 +1037,16 @@ def bootstrap(
         adapter = _load(T2IAdapter, init / "primary_adapter")
         ran["adapter"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
     elif unet is not None and wanted("adapter", bp.adapter_steps):
-        adapter = train_adapter(arch, unet, latents[:n_train], train.maps, text, text_idx[:n_train], bp, seed, ckpt)
+        adapter = train_adapter(
+            arch, unet, latents[:n_train], train.maps, text, text_idx[:n_train], bp, seed, ckpt, device
+        )
         parts["primary_adapter"] = []
         record("adapter", ["primary_adapter"], train_r, bp.adapter_steps, "from scratch, U-Net frozen")
     timed("adapter", start)
 
     start = time.perf_counter()
     if unet is not None and adapter is not None and wanted("joint", bp.joint_steps):
-        unet, adapter = train_joint(unet, adapter, latents, fine.maps, text, text_idx, bp, seed, ckpt)
+        unet, adapter = train_joint(unet, adapter, latents, fine.maps, text, text_idx, bp, seed, ckpt, device)
         record("joint", ["unet", "primary_adapter"], train_r + extra_r, bp.joint_steps,
                f"U-Net + adapter together, adapter dropout {bp.adapter_dropout:g}")  # fmt: skip
     timed("joint", start)
@@ -1037,11 +1072,11 @@ def bootstrap(
 
     start = time.perf_counter()
     # Measure what was shipped (fp16 weights round-tripped), not the in-memory fp32 models.
-    vae = _load(AutoencoderKL, out / "vae")
-    classifier = _load(SceneClassifier, out / "scene_classifier")
-    estimator = _load(KeypointEstimator, out / "keypoint_estimator")
+    vae = _load(AutoencoderKL, out / "vae").to(device)
+    classifier = _load(SceneClassifier, out / "scene_classifier").to(device)
+    estimator = _load(KeypointEstimator, out / "keypoint_estimator").to(device)
     adapter = _load(T2IAdapter, out / "primary_adapter")
-    metrics = measure(out, held, vae, classifier, estimator, adapter, bp, seed)
+    metrics = measure(out, held, vae, classifier, estimator, adapter, bp, seed, device)
     timed("metrics", start)
     timings["time_total_s"] = round(time.perf_counter() - t0, 1)
     metrics.update(timings)
@@ -1053,6 +1088,7 @@ def bootstrap(
     metrics["stages"] = ran
     metrics["resumed"] = resume
     metrics["threads"] = torch.get_num_threads()
+    metrics["device"] = str(device)
     metrics["shipped_bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     metrics["targets"] = targets(metrics)
     write_json_atomic(out / "bootstrap_metrics.json", metrics)

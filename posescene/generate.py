@@ -43,6 +43,7 @@ from diffusers import (
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from posescene.devices import resolve_device
 from posescene.errors import ConfigError, DetectorUnavailableError, InputDataError, ModelLoadError
 from posescene.lattice import denormalise, normalise
 from posescene.models import (
@@ -281,19 +282,6 @@ def standard_spec(name: str, both_weights: Sequence[float] = (0.5, 0.5)) -> Mode
     if name == "both":
         return ModelSpec("both", ("primary", "secondary"), tuple(float(w) for w in both_weights))
     raise ValueError(f"unknown model {name!r}; choose from {STANDARD_MODELS} or name an adapter directory")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {device!r}: not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available on this machine; use auto or cpu")
-    return chosen
 
 
 SAMPLERS = ("ddim", "dpmsolver")

@@ -135,8 +135,8 @@ def local_soft_argmax(logits: torch.Tensor, window: int = 5) -> torch.Tensor:
 def heatmap_targets(kp: torch.Tensor, h: int, w: int, sigma: float = 1.0) -> torch.Tensor:
     """Keypoints as image fractions (N, K, 2), NaN missing -> normalised Gaussian targets (N, K, h, w)
     (sigma in heatmap cells; rows of missing points are zero)."""
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32, device=kp.device) + 0.5) / w
+    ys = (torch.arange(h, dtype=torch.float32, device=kp.device) + 0.5) / h
     k = torch.nan_to_num(kp, nan=-10.0)
     dx = (xs[None, None, :] - k[..., 0:1]) * w  # (N, K, w) in cells
     dy = (ys[None, None, :] - k[..., 1:2]) * h

@@ -194,6 +194,10 @@ def test_bootstrap_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypat
         assert resumed[key] == whole[key], key
     runs = resumed["stages"]["joint"]["runs"]
     assert [(r["from_step"], r["to_step"]) for r in runs] == [(0, 3), (3, 4)]
+    assert {r["device"] for r in runs} == {"cpu"}
+    # a finished stage keeps its result only (EMA weights, no optimiser), and the runs above loaded it exactly
+    done = torch.load(tmp_path / "ck2" / "joint.pt", map_location="cpu", weights_only=False)
+    assert (done["step"], done["opt"], done["ema"]) == (4, None, None)
     assert (tmp_path / "whole" / "training_data.json").read_text() == (
         tmp_path / "resumed" / "training_data.json"
     ).read_text()
@@ -252,3 +256,17 @@ def test_bootstrap_continues_a_world_and_records_its_data(tmp_path: Path, monkey
     shifted = cont | {"bootstrap.n_scenes": 8, "bootstrap.extra_first_scene": 300}  # held-out 8..12 inside [0, 16)
     with pytest.raises(ConfigError, match="overlap held-out"):
         bs.bootstrap(load_params(REPO_ROOT / "params.yaml", shifted), out_dir=tmp_path / "y", log_mlflow=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bootstrap_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
+    """--device cuda on a CPU-only machine stops at once with an error naming the fix, before any work."""
+    from typer.testing import CliRunner
+
+    from posescene.cli import app
+
+    args = ["bootstrap", "--device", "cuda", "--out-dir", str(tmp_path / "w")]
+    result = CliRunner().invoke(app, args + [f"--set={k}={v}" for k, v in TINY.items()])
+    assert result.exit_code != 0
+    assert "CUDA is not available" in result.output and "use auto or cpu" in result.output
+    assert not (tmp_path / "w").exists()

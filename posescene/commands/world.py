@@ -33,13 +33,17 @@ def bootstrap(
         help="With --resume: use the last checkpoint of unfinished stages as their result "
         "(a deadline; the metrics record where each stopped).",
     ),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda[:N] (default: bootstrap.device)."),
 ) -> None:
     """Train the built-in world (VAE, U-Net, primary adapter, judges) on PoseScenes and measure it."""
     from posescene.bootstrap import bootstrap as run_bootstrap
     from posescene.config import load_params, parse_set_option
 
     try:
-        p = load_params(params, parse_set_option(set_))
+        overrides = parse_set_option(set_)
+        if device is not None:
+            overrides["bootstrap.device"] = device
+        p = load_params(params, overrides)
         metrics = run_bootstrap(
             p, out_dir=out_dir, reuse=reuse or (), resume=resume, only=only or (), stop_early=stop_early
         )
