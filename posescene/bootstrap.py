@@ -751,6 +751,25 @@ def normalised(score: float, chance: float, ceiling: float) -> float:
     return float((score - chance) / max(ceiling - chance, 1e-9))
 
 
+def fidelity_norm_ci(
+    xy: np.ndarray, real_xy: np.ndarray, own: np.ndarray, other: np.ndarray, scenes: np.ndarray, threshold: float,
+    reference: str, side: int, seed: int, n_boot: int = 2000,
+) -> list[float]:  # fmt: skip
+    """95% percentile interval of the normalised fidelity, resampling held-out *scenes* with replacement (the
+    poses of one scene share a background and a person, so the scene, not the image, is the unit). Score,
+    chance and ceiling are recomputed on each resample."""
+    rng = np.random.default_rng(seed)
+    rows = [np.flatnonzero(scenes == s) for s in np.unique(scenes)]
+    values = []
+    for _ in range(n_boot):
+        take = np.concatenate([rows[j] for j in rng.integers(0, len(rows), len(rows))])
+        score = pck(xy[take], own[take], threshold, reference, side)
+        chance = pck(xy[take], other[take], threshold, reference, side)
+        values.append(normalised(score, chance, pck(real_xy[take], own[take], threshold, reference, side)))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 def measure(
     out_dir: Path, held: WorldData, vae: AutoencoderKL, classifier: SceneClassifier, estimator: KeypointEstimator,
     adapter: T2IAdapter, bp: BootstrapParams, seed: int, device: torch.device,
@@ -803,6 +822,10 @@ def measure(
                     metrics[f"{name}_pck@{k}{tag}"] = score
                     metrics[f"{name}_chance_pck@{k}{tag}"] = chance
                     metrics[f"{name}_fidelity_norm@{k}{tag}"] = normalised(score, chance, ceiling[k])
+                    if g_i == 0:
+                        metrics[f"{name}_fidelity_norm@{k}_ci95"] = fidelity_norm_ci(
+                            xy, real_xy[pick], own, other, pick // bp.poses_per_scene, t, r, res, seed
+                        )
                 if g_i == 0:
                     _save_grid(out_dir / f"samples_{name}.png", images[:16], held.maps[pick][:16] if ad else None)
     metrics["eval_guidance"] = bp.eval_guidance[0]
@@ -1140,6 +1163,8 @@ def targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
         v = m.get(key)
         met = isinstance(v, int | float) and (v >= target if op == ">=" else v <= target)
         out[key] = {"target": f"{op} {target:g}", "value": v, "met": bool(met), "what": what}
+        if f"{key}_ci95" in m:  # met is judged on the estimate; the interval says how sure that is
+            out[key]["ci95"] = m[f"{key}_ci95"]
     return out
 
 
@@ -1148,12 +1173,15 @@ def readme(bp: BootstrapParams, m: dict[str, Any], seed: int, data: dict[str, An
 
     def f(key: str, fmt: str = ".3f") -> str:
         v = m.get(key)
+        if isinstance(v, list) and len(v) == 2:  # an interval
+            return f"[{v[0]:{fmt}}, {v[1]:{fmt}}]"
         return format(v, fmt) if isinstance(v, int | float) else "n/a"
 
     target_rows = "\n".join(
         f"| {t['what']} | `{k}` | {t['target']} | "
         f"{format(t['value'], '.0f' if k == 'shipped_bytes' else '.3f') if _num(t['value']) else 'n/a'}"
-        f" | {'yes' if t['met'] else '**no**'} |"
+        + (" [{:.3f}, {:.3f}]".format(*t["ci95"]) if "ci95" in t else "")
+        + f" | {'yes' if t['met'] else '**no**'} |"
         for k, t in targets(m).items()
     )
     stage_rows = "\n".join(
@@ -1161,8 +1189,8 @@ def readme(bp: BootstrapParams, m: dict[str, Any], seed: int, data: dict[str, An
         + (f" (stopped at {st['stopped_early_at_step']}: deadline)" if "stopped_early_at_step" in st else "")
         + f" | {st.get('scenes', '')} | {st.get('elapsed_s', '')} | "
         + ", ".join(
-            f"steps {r.get('from_step')}-{r.get('to_step')} on {r.get('threads')} thread(s)"
-            f"{' bf16' if r.get('bf16') else ''}"
+            f"steps {r.get('from_step')}-{r.get('to_step')} on {r.get('device', 'cpu')}, {r.get('threads')} "
+            f"thread(s), batch {r.get('batch')}{', bf16' if r.get('bf16') else ''}"
             for r in st.get("runs", [])
         )  # fmt: skip
         + " |"
@@ -1184,6 +1212,8 @@ def readme(bp: BootstrapParams, m: dict[str, Any], seed: int, data: dict[str, An
         )  # fmt: skip
         rows.append((f"pose normalised fidelity @{name}, base / primary",
                      [f"base_fidelity_norm@{ref}", f"primary_fidelity_norm@{ref}"]))  # fmt: skip
+        rows.append(("95% interval over held-out scenes, base / primary",
+                     [f"base_fidelity_norm@{ref}_ci95", f"primary_fidelity_norm@{ref}_ci95"]))  # fmt: skip
     bf16 = ", ".join(bp.bf16_stages) or "no stage"
     metric_rows = "\n".join(f"| {label} | {' / '.join(f(k) for k in keys)} |" for label, keys in rows)
     parts = (data or {}).get("parts", {})

@@ -270,3 +270,24 @@ def test_bootstrap_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "CUDA is not available" in result.output and "use auto or cpu" in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_fidelity_interval_resamples_scenes() -> None:
+    """The normalised fidelity's interval: a generator that draws the asked pose sits at 1, one that ignores
+    the pose at 0 (the interval covers it), and one right on half the scenes between, inside its interval."""
+    from posescene.bootstrap import fidelity_norm_ci, normalised, other_pose
+    from posescene.judges import pck
+
+    rng = np.random.default_rng(0)
+    poses, n_scenes = 4, 30
+    own = rng.uniform(8, 56, (n_scenes * poses, 18, 2))
+    other = own[other_pose(len(own), poses)]
+    scenes = np.arange(len(own)) // poses
+    rest = (own, own, other, scenes, 0.1, "bbox", 64, 0)  # real images = the asked poses: ceiling 1
+    assert fidelity_norm_ci(own.copy(), *rest) == [1.0, 1.0]  # perfect pose: the ceiling
+    lo, hi = fidelity_norm_ci(rng.uniform(8, 56, own.shape), *rest)  # pose-less output: chance
+    assert lo < 0 < hi and hi - lo < 0.2
+    half = np.where((scenes % 2 == 0)[:, None, None], own, rng.uniform(8, 56, own.shape))  # right on half
+    lo, hi = fidelity_norm_ci(half, *rest)
+    point = normalised(pck(half, own, 0.1, "bbox"), pck(half, other, 0.1, "bbox"), 1.0)
+    assert lo < point < hi and 0.2 < lo and hi < 0.8
