@@ -264,11 +264,34 @@ def predict_teacher(
     return unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=primary(cond_b)).sample
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
+
+
+def _hash_weights(h: Any, source: str) -> None:
+    """Feed ``h`` what identifies the frozen weights at ``source``: every weights file of a local directory by
+    path, size and its first and last MiB (cheap for GB checkpoints, and retrained weights differ there); a hub
+    id by name (what loads is its cached revision)."""
+    root = Path(source)
+    files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES) if root.is_dir() else []
+    h.update(source.encode())
+    for path in files:
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(root)}:{size}".encode())
+        with path.open("rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(size - (1 << 20), 0))
+            h.update(f.read(1 << 20))
+
+
 def run_fingerprint(params: Params) -> str:
-    """What a checkpoint must share with this run to be resumed: model, data, seed and the learning setup."""
+    """What a checkpoint must share with this run to be resumed: the frozen models' weights (not only their
+    paths: a retrained world at the same path must not resume a run made against the old one), data, seed
+    and the learning setup."""
     train = {k: v for k, v in params.train.model_dump().items() if k not in RESUMABLE_ACROSS}
     spec = {"seed": params.seed, "model": params.model.model_dump(), "render": params.render.model_dump()}
     h = hashlib.sha256(json.dumps({**spec, "train": train}, sort_keys=True).encode())
+    for source in (params.model.base, params.model.primary_adapter):
+        _hash_weights(h, source)
     h.update(Path(params.pairs.out).read_bytes())
     # The objective's and the loop's code too: a code change retrains instead of silently "resuming" a
     # finished run with old semantics. After a crash, --resume-from still continues across a code fix.
@@ -790,6 +813,9 @@ def train(
                     )
                 accelerator.wait_for_everyone()
         bar.close()
+        final_grid = Path(tp.out_dir) / "validation" / f"step_{tp.steps}.png"
+        if main and not final_grid.exists():  # resumed a finished run: its grids went with the old out_dir
+            save_validation(ctx, val_prompt, val_maps, tp.steps, run_id)
 
         # -- outputs: the trained state's pose sensitivity, the adapter, metrics, loss curve, MLflow registry
         metrics: dict[str, float] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -245,9 +246,33 @@ def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict
     a = (trained["result"].adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (resumed.adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes() == a
 
+    # resuming a finished run whose outputs are gone (DVC removes them first) writes its last grid again
+    shutil.rmtree(resumed.out_dir / "validation")
+    done = train(tiny_params(world, tmp_path), progress=False)
+    assert done.resumed_from == STEPS and (done.out_dir / "validation" / f"step_{STEPS}.png").exists()
+
     # --no-resume discards this setup's checkpoints and starts over
     again = train(tiny_params(world, tmp_path, steps=1), resume=False, progress=False)
     assert again.resumed_from == 0 and [s for s, _ in checkpoints(tmp_path / "checkpoints")] == [1]
+
+
+def test_a_retrained_frozen_model_is_not_resumed(world: dict[str, Any], tmp_path: Path):
+    """The resume fingerprint reads the frozen weights, not only their paths: a primary adapter retrained in
+    place (same path, new weights, as when the world is rebuilt) starts a new run instead of resuming one made
+    against the old weights."""
+    from posescene.train import run_fingerprint
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["adapter"], adapter)
+    p = tiny_params(world, tmp_path)
+    p = p.model_copy(update={"model": p.model.model_copy(update={"primary_adapter": str(adapter)})})
+    before = run_fingerprint(p)
+    assert run_fingerprint(p) == before
+    weights = adapter / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert run_fingerprint(p) != before
 
 
 def test_bad_params_fail_early_naming_the_key(world: dict[str, Any], tmp_path: Path):
