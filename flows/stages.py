@@ -32,7 +32,13 @@ REGISTRY: tuple[Stage, ...] = (
     Stage("poses", ("data/lattices",), "detect keypoint lattices per image (incremental)", data=True),
     Stage("pairs", ("data/pairs.parquet",), "same-scene, different-pose training tuples", data=True),
     Stage("render", ("data/maps",), "grayscale pose maps from the lattices", data=True),
-    Stage("bootstrap", ("models/world",), "retrain the shipped world (frozen; ~30 min)", pipeline=False),
+    Stage(
+        "bootstrap",
+        ("models/world",),
+        "retrain the shipped world (frozen; hours on a 2-core CPU, minutes on a GPU with bootstrap.device / "
+        "--device cuda; resumable)",
+        pipeline=False,
+    ),
     Stage("world", ("build/world/pipeline",), "the shipped world as a diffusers pipeline directory"),
     Stage("cache", ("data/cache",), "frozen VAE latents and text states"),
     Stage(
