@@ -84,3 +84,31 @@ def test_bench_e2e_dry_run_prints_the_pipeline_plan(tmp_path: Path) -> None:
     assert not out.exists()  # nothing run, nothing written
     cmd = _run("bench_e2e.py", "--dry-run", "--runner", "cmd", "--until", "pairs", "--out", str(out))
     assert "python -m flows.pairs" in cmd and "flows.render" not in cmd
+
+
+def test_text_encoder_pack_unpacks_to_the_same_lookups(tmp_path: Path) -> None:
+    """The fp16 pack that carries MiniLM to a lent GPU: unpacked, every kept word piece's row is the packed one,
+    every other row is zero (never looked up), and the other tensors come back as fp32 of the packed values."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sys.path.insert(0, str(BENCH / "gpu_bootstrap"))
+    try:
+        from pack_text_encoder import TOKENIZER_FILES, WORD, unpack
+    finally:
+        sys.path.remove(str(BENCH / "gpu_bootstrap"))
+    packed_dir = tmp_path / "pack"
+    packed_dir.mkdir()
+    rows = torch.randn(3, 4).half()
+    layer = torch.randn(4, 4).half()
+    save_file({WORD + ".rows": rows, WORD + ".ids": torch.tensor([0, 5, 9]), WORD + ".shape": torch.tensor([10, 4]),
+               "encoder.layer.0.weight": layer}, packed_dir / "packed.safetensors")  # fmt: skip
+    for name in TOKENIZER_FILES:
+        (packed_dir / name).write_text("{}")
+    model = unpack(packed_dir, tmp_path / "site")
+    weights = load_file(model / "model.safetensors")
+    word = weights[WORD]
+    assert word.dtype == torch.float32 and word.shape == (10, 4)
+    assert torch.equal(word[[0, 5, 9]], rows.float()) and not word[[1, 2, 3, 4, 6, 7, 8]].any()
+    assert torch.equal(weights["encoder.layer.0.weight"], layer.float())
+    assert (model.parent / "__init__.py").exists() and all((model / n).exists() for n in TOKENIZER_FILES)
