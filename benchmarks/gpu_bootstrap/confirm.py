@@ -1,7 +1,7 @@
-"""Measure candidate worlds on *fresh* held-out scenes that no training run and no choice between them used.
+"""Measure candidate worlds on *fresh* held-out scenes that no training run used.
 
-The bootstrap's own metrics (scenes [n_scenes, n_scenes + n_heldout)) decided which GPU-continued world was
-shipped, so they are optimistic for it by selection. This re-runs ``posescene.bootstrap.measure`` on scenes
+The bootstrap's own metrics (scenes [n_scenes, n_scenes + n_heldout)) are what one would pick a world by, so
+they are optimistic for the one picked. This re-runs ``posescene.bootstrap.measure`` on scenes
 [--first, --first + --scenes) (by default [1240, 1320): after the held-out range, before the extra scenes,
 never trained on), for each world given, with the same seed, sampler and judges.
 
