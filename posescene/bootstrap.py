@@ -384,7 +384,7 @@ def finetune_decoder(
 ) -> AutoencoderKL:  # fmt: skip
     """Fine-tune the VAE *decoder only* (post_quant_conv + decoder): the encoder and so the latent space the
     U-Net and the adapter were trained on stay exactly as they are, while reconstructions get sharper."""
-    vae.to(device).requires_grad_(False)
+    vae.requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]
     for m in trained:
         m.requires_grad_(True)
@@ -643,7 +643,7 @@ def train_adapter(
 ) -> T2IAdapter:  # fmt: skip
     """The primary adapter with the U-Net frozen; features go in as ``down_intrablock_additional_residuals``."""
     adapter = T2IAdapter(**arch.adapter).to(device)
-    unet.to(device).requires_grad_(False)
+    unet.requires_grad_(False)
 
     def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = _rows(len(latents), bp.batch_size, gen)
@@ -667,8 +667,8 @@ def train_joint(
     """U-Net and primary adapter fine-tuned *together*: the U-Net learns to use the pose features. The adapter
     is dropped on ``bootstrap.adapter_dropout`` of the rows (zero features), so the bare U-Net (the base
     model) keeps working; captions are dropped as before for classifier-free guidance."""
-    unet.to(device).requires_grad_(True)
-    adapter.to(device).requires_grad_(True)
+    unet.requires_grad_(True)
+    adapter.requires_grad_(True)
 
     def step_fn(step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = _rows(len(latents), bp.batch_size, gen)
@@ -697,10 +697,11 @@ def save_part(model: ModelMixin, path: Path) -> None:
         half.save_pretrained(tmp, safe_serialization=True)
 
 
-def _load(cls: type[ModelMixin], path: Path) -> Any:
+def _load(cls: type[ModelMixin], path: Path, device: torch.device) -> Any:
+    """A shipped part (fp16 on disk) as fp32 on ``device``, where every stage that uses it runs."""
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path}: not found; train it (leave it out of --reuse) or restore models/world")
-    return cls.from_pretrained(path, use_safetensors=True, torch_dtype=torch.float32).eval()
+    return cls.from_pretrained(path, use_safetensors=True, torch_dtype=torch.float32).eval().to(device)
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -983,9 +984,9 @@ def bootstrap(
     # ---- VAE (+ decoder fine-tune)
     start = time.perf_counter()
     if "vae" in reuse:
-        vae = _load(AutoencoderKL, out / "vae")
+        vae = _load(AutoencoderKL, out / "vae", device)
     elif init is not None:
-        vae = _load(AutoencoderKL, init / "vae")
+        vae = _load(AutoencoderKL, init / "vae", device)
         ran["vae"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
     else:
         if not wanted("vae", bp.vae_steps):
@@ -994,7 +995,7 @@ def bootstrap(
         vae.register_to_config(scaling_factor=1.0)
         parts["vae"] = []
         record("vae", ["vae"], train_r, bp.vae_steps, "from scratch")
-    raw, raw_std = cached_posterior(vae.to(device), fine.images, ckpt)
+    raw, raw_std = cached_posterior(vae, fine.images, ckpt)
     if "vae" not in reuse and init is None:
         # SD's convention: latents x scaling_factor have ~unit std, which the noise schedule assumes.
         vae.register_to_config(scaling_factor=float(1.0 / raw[: len(train)].std()))
@@ -1011,8 +1012,8 @@ def bootstrap(
     start = time.perf_counter()
     classifier = estimator = None
     if "judges" in reuse:
-        classifier = _load(SceneClassifier, out / "scene_classifier")
-        estimator = _load(KeypointEstimator, out / "keypoint_estimator")
+        classifier = _load(SceneClassifier, out / "scene_classifier", device)
+        estimator = _load(KeypointEstimator, out / "keypoint_estimator", device)
     elif wanted("judges", bp.judge_steps):
         if not decoder_done:
             raise ConfigError("the judges train on decoder reconstructions: finish the decoder stage first")
@@ -1020,7 +1021,7 @@ def bootstrap(
         if not ckpt.finished("judges", bp.judge_steps):
             # reconstructions of at most JUDGE_RECON_IMAGES rows (decoding all takes many minutes on one thread)
             rows = np.arange(0, len(fine), max(1, -(-len(fine) // JUDGE_RECON_IMAGES)))
-            recon = (rows, vae_decode(vae.to(device), raw[rows]))
+            recon = (rows, vae_decode(vae, raw[rows]))
         classifier, estimator = train_judges(res, fine, recon, bp, seed, ckpt, device)
         parts["scene_classifier"], parts["keypoint_estimator"] = [], []
         record("judges", ["scene_classifier", "keypoint_estimator"], train_r + extra_r, bp.judge_steps,
@@ -1043,9 +1044,9 @@ def bootstrap(
     n_train = len(train)
     unet = adapter = None
     if "unet" in reuse:
-        unet = _load(UNet2DConditionModel, out / "unet")
+        unet = _load(UNet2DConditionModel, out / "unet", device)
     elif init is not None:
-        unet = _load(UNet2DConditionModel, init / "unet")
+        unet = _load(UNet2DConditionModel, init / "unet", device)
         ran["unet"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
     elif wanted("unet", bp.unet_steps):
         unet = train_unet(arch, latents[:n_train], text, text_idx[:n_train], bp, seed, ckpt, device)
@@ -1055,9 +1056,9 @@ def bootstrap(
 
     start = time.perf_counter()
     if "adapter" in reuse:
-        adapter = _load(T2IAdapter, out / "primary_adapter")
+        adapter = _load(T2IAdapter, out / "primary_adapter", device)
     elif init is not None:
-        adapter = _load(T2IAdapter, init / "primary_adapter")
+        adapter = _load(T2IAdapter, init / "primary_adapter", device)
         ran["adapter"] = {"steps": 0, "how": f"continued from {bp.init_from}"}
     elif unet is not None and wanted("adapter", bp.adapter_steps):
         adapter = train_adapter(
@@ -1095,10 +1096,10 @@ def bootstrap(
 
     start = time.perf_counter()
     # Measure what was shipped (fp16 weights round-tripped), not the in-memory fp32 models.
-    vae = _load(AutoencoderKL, out / "vae").to(device)
-    classifier = _load(SceneClassifier, out / "scene_classifier").to(device)
-    estimator = _load(KeypointEstimator, out / "keypoint_estimator").to(device)
-    adapter = _load(T2IAdapter, out / "primary_adapter")
+    vae = _load(AutoencoderKL, out / "vae", device)
+    classifier = _load(SceneClassifier, out / "scene_classifier", device)
+    estimator = _load(KeypointEstimator, out / "keypoint_estimator", device)
+    adapter = _load(T2IAdapter, out / "primary_adapter", device)
     metrics = measure(out, held, vae, classifier, estimator, adapter, bp, seed, device)
     timed("metrics", start)
     timings["time_total_s"] = round(time.perf_counter() - t0, 1)

@@ -17,14 +17,19 @@ from pathlib import Path
 
 from posescene.bootstrap import bootstrap
 from posescene.config import load_params, parse_set_option
+from posescene.io import atomic_path
 
 
 def main(device_out: Path, name: str) -> None:
+    parts = sorted(device_out.glob("joint.pt.part-*"))
+    if not (device_out / "gpu_summary.json").exists() or not parts:
+        raise SystemExit(f"{device_out}: no gpu_summary.json or joint.pt.part-* here; pass the folder the device "
+                         "call returned (its files_at)")  # fmt: skip
     summary = json.loads((device_out / "gpu_summary.json").read_text())
     ckpt, out = Path("checkpoints") / name, Path("build") / name
     ckpt.mkdir(parents=True, exist_ok=True)
-    with (ckpt / "joint.pt").open("wb") as joint:
-        for part in sorted(device_out.glob("joint.pt.part-*")):
+    with atomic_path(ckpt / "joint.pt") as tmp, tmp.open("wb") as joint:  # never a half-joined checkpoint
+        for part in parts:
             joint.write(part.read_bytes())
     sets = shlex.split(summary["ARGS"].replace("checkpoints/gpu", str(ckpt)))
     (ckpt / "ARGS").write_text(" ".join(sets) + "\n")

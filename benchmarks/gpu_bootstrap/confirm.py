@@ -51,11 +51,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "world"
             shutil.copytree(world, copy)
-            vae = _load(AutoencoderKL, world / "vae")
-            classifier = _load(SceneClassifier, world / "scene_classifier")
-            estimator = _load(KeypointEstimator, world / "keypoint_estimator")
-            adapter = _load(T2IAdapter, world / "primary_adapter")
-            m = measure(copy, held, vae, classifier, estimator, adapter, bp, seed, torch.device("cpu"))
+            cpu = torch.device("cpu")
+            vae = _load(AutoencoderKL, world / "vae", cpu)
+            classifier = _load(SceneClassifier, world / "scene_classifier", cpu)
+            estimator = _load(KeypointEstimator, world / "keypoint_estimator", cpu)
+            adapter = _load(T2IAdapter, world / "primary_adapter", cpu)
+            m = measure(copy, held, vae, classifier, estimator, adapter, bp, seed, cpu)
         results[str(world)] = {k: m[k] for k in KEYS}
         print(world, json.dumps(results[str(world)]), flush=True)
     a.out.write_text(json.dumps(results, indent=1) + "\n")
