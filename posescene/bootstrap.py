@@ -834,6 +834,37 @@ def measure(
     return metrics
 
 
+def measure_world(
+    world: Path, params: Params, first_scene: int, n_scenes: int, device: torch.device | None = None
+) -> dict[str, Any]:
+    """:func:`measure` a finished world on PoseScenes scenes ``[first_scene, first_scene + n_scenes)``.
+
+    The bootstrap's own held-out scenes are what one picks a world by, so its metrics are optimistic for
+    the world picked; scenes none of its parts ever trained on (``training_data.json``) give the unbiased
+    number. Refuses scenes any part trained on. ``world`` is only read (sample sheets go to a temp copy).
+    """
+    bp, seed = params.bootstrap, params.seed
+    device = device or torch.device("cpu")
+    scenes = [[first_scene, first_scene + n_scenes]]
+    seen = [r for rs in _read_training_data(world)["parts"].values() for r in rs]
+    if n_scenes <= 0 or _overlaps(seen, scenes):
+        raise ConfigError(
+            f"{world}: scenes {scenes} are empty or overlap what it trained on ({_merge(seen)}); pick others"
+        )
+    parts = {name: _load(cls, world / name, device) for name, cls in (
+        ("vae", AutoencoderKL), ("scene_classifier", SceneClassifier), ("keypoint_estimator", KeypointEstimator),
+        ("primary_adapter", T2IAdapter))}  # fmt: skip
+    res = int(parts["vae"].config.sample_size)
+    held = make_data(first_scene, n_scenes, bp.poses_per_scene, res, seed, params.poses.beta, params.render.radius,
+                     desc="fresh held-out")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="world-measure-") as tmp:
+        scratch = Path(tmp) / "world"
+        copy_tree(world, scratch)
+        metrics = measure(scratch, held, parts["vae"], parts["scene_classifier"], parts["keypoint_estimator"],
+                          parts["primary_adapter"], bp, seed, device)  # fmt: skip
+    return {"scenes": scenes, **metrics}
+
+
 def _save_grid(path: Path, images: np.ndarray, maps: np.ndarray | None) -> None:
     """A small contact sheet (maps row above images when given) for the README."""
     from posescene.io import save_image_atomic

@@ -16,7 +16,8 @@
 #                                            # reports/ablation/frontier/ (report.md, metrics.json, frontier.png):
 #                                            # Δdrift at matched fidelity per arm with paired CIs. ARMS="a b" limits
 #                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-12.3");
-#                                            # EVAL_SETS="key=value ..." overrides the evaluation's params
+#                                            # EVAL_SETS="key=value ..." overrides the evaluation's params;
+#                                            # FRONTIER_OUT another folder than reports/ablation/frontier
 #
 # Arms (each sets train.balance, train.balance_reading and train.lambda_diff, so no arm inherits another's):
 #   scale-<reading>           the scale-matched objective, for every reading in READINGS
@@ -25,6 +26,10 @@
 #                             reading after the default 200 steps: build/diagnostics/<reading>/metrics.json when
 #                             --diagnose ran, else the measured numbers below (reports/ablation/objective_diagnostics.md)
 #   uncertainty-<reading>     learned log-variance weighting
+#   steps-<n>                 the default objective (params.yaml) trained for n steps instead of train.steps, for
+#                             every n in BUDGETS (env, default "1000 3000"): does a longer budget leave the
+#                             primary's scale curve? (e.g. ARMS="steps-1000 steps-3000" FRONTIER_OUT=reports/ablation/budget
+#                             bash scripts/ablation.sh --frontier)
 # READINGS (env, default "$DEFAULT_READING" = params.yaml's train.balance_reading) picks the readings the fixed and
 # uncertainty arms are run for; GRID_READINGS likewise for the fixed grid alone.
 #
@@ -51,7 +56,7 @@ while [ $# -gt 0 ]; do
     --diagnose) diagnose=1 ;;
     --report) diagnose=2 ;;
     --frontier) mode=frontier ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -269,6 +274,10 @@ for reading in $READINGS; do
   EXPERIMENTS+=("uncertainty-$reading|train.balance=uncertainty train.balance_reading=$reading train.lambda_diff=1.0")
 done
 
+for n in ${BUDGETS:-1000 3000}; do
+  EXPERIMENTS+=("steps-$n|train.steps=$n")
+done
+
 SORT_BY="${SORT_BY:-delta_drift_matched}"
 # Columns: the ablated params, the evaluation's verdict and matched-fidelity drift difference, drift and fidelity.
 KEEP='train\.balance|train\.balance_reading|train\.lambda_diff|verdict|delta_drift_matched|secondary_s100\.drift$|secondary_s100\.fidelity_norm$'
@@ -300,15 +309,16 @@ if [ "$mode" = frontier ]; then
     ablations+="{name: ${arm//./_}, adapter: $out_root/$arm/secondary_adapter},"
   done
   ablations="${ablations%,}]"
-  echo "== evaluate every arm beside the primary's frontier -> reports/ablation/frontier"
+  frontier_out="${FRONTIER_OUT:-reports/ablation/frontier}"
+  echo "== evaluate every arm beside the primary's frontier -> $frontier_out"
   if [ ${#dry[@]} -eq 0 ]; then
     extra=()
     for kv in ${EVAL_SETS:-}; do extra+=(--set "$kv"); done  # e.g. EVAL_SETS="evaluate.n_prompts=8" (fewer sets)
     posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
-      --set evaluate.out_dir=reports/ablation/frontier --set evaluate.compare_champion=false \
+      --set evaluate.out_dir="$frontier_out" --set evaluate.compare_champion=false \
       --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
   else
-    echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=reports/ablation/frontier"
+    echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=$frontier_out"
   fi
   exit 0
 fi

@@ -50,8 +50,9 @@ def test_tiny_bootstrap_end_to_end(tmp_path: Path) -> None:
     """The real code path at test size: every part is written, loads with stock diffusers, and is measured."""
     from diffusers import AutoencoderKL, T2IAdapter, UNet2DConditionModel
 
-    from posescene.bootstrap import bootstrap
+    from posescene.bootstrap import bootstrap, measure_world
     from posescene.config import load_params
+    from posescene.errors import ConfigError
     from posescene.judges import KeypointEstimator, SceneClassifier
 
     out = tmp_path / "world"
@@ -86,6 +87,15 @@ def test_tiny_bootstrap_end_to_end(tmp_path: Path) -> None:
         load_params(REPO_ROOT / "params.yaml", tiny), out_dir=out, reuse=["vae", "judges", "unet"], log_mlflow=False
     )
     assert again["reused_parts"] == ["vae", "judges", "unet"]
+
+    # measured again on fresh scenes no part trained on; scenes it trained on are refused
+    before = sorted(p.name for p in out.iterdir())
+    fresh = measure_world(out, load_params(REPO_ROOT / "params.yaml", tiny), 20, 2)
+    assert fresh["scenes"] == [[20, 22]] and fresh["heldout_images"] == 4
+    assert 0 <= fresh["ceiling_pck@0.1bbox"] <= 1 and np.isfinite(fresh["primary_fidelity_norm@0.1bbox"])
+    assert sorted(p.name for p in out.iterdir()) == before  # the world itself is only read
+    with pytest.raises(ConfigError, match="overlap what it trained on"):
+        measure_world(out, load_params(REPO_ROOT / "params.yaml", tiny), 14, 4)
 
 
 def test_judges_round_trip(tmp_path: Path) -> None:
