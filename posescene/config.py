@@ -119,7 +119,7 @@ class BootstrapParams(_Section):
     eval_batch_size: int = Field(ge=1)
     threads: int = Field(ge=0)  # torch threads; 0: all cores
     device: str  # auto (CUDA when available) | cpu | cuda | cuda:N; checked when the bootstrap starts
-    # stages trained under bf16 autocast (CPU avx512_bf16: U-Net step 1.3-2x faster; VAE decoder and judges not)
+    # stages trained under bf16 autocast: pays on a GPU; on this CPU fp32 is ~2x faster (bench_world_step.py)
     bf16_stages: list[Literal["vae", "decoder", "judges", "unet", "adapter", "joint"]]
     min_snr_gamma: float = Field(ge=0)  # min-SNR-gamma loss weighting of the diffusion stages (0: off)
     # continue from an existing world (its vae/unet/primary_adapter are loaded, not trained; "" = from scratch)

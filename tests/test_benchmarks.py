@@ -73,6 +73,17 @@ def test_bench_train_step_tiny_states_the_floor(tmp_path: Path) -> None:
     assert "floor_2 (plain + 2 no-grad forward)" in stdout
 
 
+def test_bench_world_step_times_each_variant_against_bf16(tmp_path: Path) -> None:
+    out = tmp_path / "world_step.json"
+    _run("bench_world_step.py", "--stage", "joint", "--threads", "1", "--batch", "4", "--repeats", "1", "--warmup",
+         "0", "--out", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["stage"] == "joint" and result["batch"] == 4 and result["threads"] == 1
+    assert set(result["s_per_step_median"]) == {"bf16", "fp32", "bf16_channels_last"}
+    assert result["speedup_vs_bf16"]["bf16"] == 1.0 and all(v > 0 for v in result["s_per_step_median"].values())
+    assert result["command"].startswith("python benchmarks/bench_world_step.py --stage joint")
+
+
 def test_bench_e2e_dry_run_prints_the_pipeline_plan(tmp_path: Path) -> None:
     from flows.stages import PIPELINE_STAGES
 

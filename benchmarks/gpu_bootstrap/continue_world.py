@@ -37,6 +37,8 @@ def overrides(steps: int, batch: int, ckpt: Path, device: str = "cuda", extra: d
         "bootstrap.checkpoint_dir": str(ckpt),
         "bootstrap.checkpoint_minutes": 60,
         "bootstrap.device": device,
+        # bf16 autocast pays on a GPU; on the CPU fp32 is ~2x faster (benchmarks/results/world_step_*_cpu.json)
+        "bootstrap.bf16_stages": "[unet,adapter,joint]" if device.startswith("cuda") else "[]",
     }
 
 
