@@ -123,3 +123,15 @@ def test_text_encoder_pack_unpacks_to_the_same_lookups(tmp_path: Path) -> None:
     assert torch.equal(word[[0, 5, 9]], rows.float()) and not word[[1, 2, 3, 4, 6, 7, 8]].any()
     assert torch.equal(weights["encoder.layer.0.weight"], layer.float())
     assert (model.parent / "__init__.py").exists() and all((model / n).exists() for n in TOKENIZER_FILES)
+
+
+def test_assemble_refuses_a_folder_without_the_device_runs_files(tmp_path: Path) -> None:
+    """assemble.py re-joins a GPU run's checkpoint: a wrong folder stops before anything is written."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_bootstrap" / "assemble.py"), str(tmp_path), "never_written"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "no gpu_summary.json or joint.pt.part-*" in proc.stderr and "files_at" in proc.stderr
+    assert not (REPO_ROOT / "checkpoints" / "never_written").exists()
