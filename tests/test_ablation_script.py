@@ -1,0 +1,34 @@
+"""scripts/ablation.sh plans what it says (--dry runs nothing): the arms' overrides and where the evaluation goes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+
+def _dry(**env: str) -> str:
+    venv_bin = str(Path(sys.executable).parent)
+    proc = subprocess.run(
+        ["bash", "scripts/ablation.sh", "--frontier", "--dry"], cwd=REPO_ROOT, capture_output=True, text=True,
+        env={**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", **env}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_budget_arms_train_longer_and_evaluate_into_their_own_folder() -> None:
+    out = _dry(ARMS="steps-1000 steps-3000", FRONTIER_OUT="reports/ablation/budget")
+    assert "== train steps-1000: train.steps=1000" in out and "== train steps-3000: train.steps=3000" in out
+    assert "scale-whole" not in out  # ARMS limits the arms
+    assert "{name: steps-1000, adapter: build/ablation/steps-1000/secondary_adapter}" in out
+    assert "--set evaluate.out_dir=reports/ablation/budget" in out
+
+
+def test_default_frontier_folder_and_other_budgets() -> None:
+    out = _dry(ARMS="steps-500", BUDGETS="500")
+    assert "== train steps-500: train.steps=500" in out
+    assert "--set evaluate.out_dir=reports/ablation/frontier" in out
