@@ -35,6 +35,7 @@ from transformers import BertModel
 from posescene.config import BootstrapParams, Params
 from posescene.devices import resolve_device
 from posescene.errors import ConfigError, ModelLoadError, TrainingDivergedError
+from posescene.evaluation.heldout import TRAINING_DATA_FILE, load_training_ranges
 from posescene.io import atomic_path, write_json_atomic, write_text_atomic
 from posescene.judges import (
     KeypointEstimator,
@@ -905,12 +906,14 @@ def _overlaps(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
 
 
 def _read_training_data(world: Path) -> dict[str, Any]:
-    import json
-
-    path = world / "training_data.json"
-    if not path.exists():
-        raise ModelLoadError(f"{path}: missing; a world to continue from must record its training data")
-    return json.loads(path.read_text())
+    """The world's ``training_data.json``, validated; a world without one cannot be measured or continued."""
+    record = load_training_ranges(world)
+    if record is None:
+        raise ModelLoadError(
+            f"{world / TRAINING_DATA_FILE}: missing; a world to measure or continue from must record the scenes "
+            "each part trained on (restore it from git, or rebuild the world with `posescene bootstrap`)"
+        )
+    return record
 
 
 def bootstrap(
@@ -1123,7 +1126,7 @@ def bootstrap(
     if _overlaps(seen, held_r):  # pragma: no cover - guarded by the checks above
         raise ConfigError(f"training scenes {_merge(seen)} overlap the held-out scenes {held_r}")
     record_json = {"generator": "posescene.synth", "seed": seed, "parts": parts, "measured_on": held_r}
-    write_json_atomic(out / "training_data.json", record_json)
+    write_json_atomic(out / TRAINING_DATA_FILE, record_json)
 
     start = time.perf_counter()
     # Measure what was shipped (fp16 weights round-tripped), not the in-memory fp32 models.

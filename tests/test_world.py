@@ -269,6 +269,20 @@ def test_bootstrap_continues_a_world_and_records_its_data(tmp_path: Path, monkey
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_measure_world_refuses_a_world_without_its_training_record(tmp_path: Path) -> None:
+    """A world that does not say what it trained on cannot be measured on "fresh" scenes: a clear error."""
+    from posescene.bootstrap import measure_world
+    from posescene.config import load_params
+    from posescene.errors import InputDataError, ModelLoadError
+
+    params = load_params(REPO_ROOT / "params.yaml", TINY)
+    with pytest.raises(ModelLoadError, match="training_data.json: missing"):
+        measure_world(tmp_path, params, 20, 2)
+    (tmp_path / "training_data.json").write_text('["not", "a", "record"]')
+    with pytest.raises(InputDataError, match="unreadable training record"):
+        measure_world(tmp_path, params, 20, 2)
+
+
 def test_bootstrap_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
     """--device cuda on a CPU-only machine stops at once with an error naming the fix, before any work."""
     from typer.testing import CliRunner
