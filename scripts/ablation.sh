@@ -15,7 +15,7 @@
 #                                            # same sets, poses and noises beside the primary's frontier and writes
 #                                            # reports/ablation/frontier/ (report.md, metrics.json, frontier.png):
 #                                            # Δdrift at matched fidelity per arm with paired CIs. ARMS="a b" limits
-#                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-12.3");
+#                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-18.8");
 #                                            # EVAL_SETS="key=value ..." overrides the evaluation's params;
 #                                            # FRONTIER_OUT another folder than reports/ablation/frontier
 #
@@ -72,7 +72,7 @@ GRID_READINGS="${GRID_READINGS:-$READINGS}"
 # lambda_eff of the scale mapping after the default 200 steps (mean of the last train.log_every steps),
 # measured by `bash scripts/ablation.sh --diagnose` (reports/ablation/objective_diagnostics.md); used when
 # build/diagnostics/<reading>/metrics.json is not there.
-declare -A MEASURED_LAMBDA=([whole]=240 [person]=418 [distill]=12.3)
+declare -A MEASURED_LAMBDA=([whole]=24.8 [person]=32.1 [distill]=18.8)
 
 # ------------------------------------------------------------------------------------------- diagnose
 
