@@ -7,9 +7,10 @@ loss, backward, clip, AdamW, EMA - for:
 
 - ``fp32``: no autocast;
 - ``bf16``: ``torch.autocast(bfloat16)``, what ``bootstrap.bf16_stages`` turns on (the peer of the ratios);
-- ``bf16_channels_last``: the same with U-Net, adapter and inputs in channels-last memory format (oneDNN's
-  preferred layout for convolutions);
-- ``bf16_compile`` (``--compile``): the U-Net and adapter under ``torch.compile`` (compile time excluded, reported).
+- ``fp32_channels_last`` / ``bf16_channels_last``: U-Net, adapter and inputs in channels-last memory format
+  (oneDNN's preferred layout for convolutions);
+- ``fp32_compile`` (``--compile``): the default precision with U-Net and adapter under ``torch.compile``
+  (inductor; compile time is excluded from the step time and reported as warm-up).
 
 Variants run interleaved (so load from other processes hits all alike), each on its own copy of the same
 initial weights, after warm-up steps; the median of the repeats is reported with the ratio to ``bf16``.
@@ -50,7 +51,7 @@ def make_step(
     """One optimiser step of ``stage`` in ``variant`` (its own modules, optimiser and EMA): ``unet`` trains the
     U-Net alone, ``adapter`` the adapter with the U-Net frozen, ``joint`` both with adapter dropout."""
     unet, adapter = copy.deepcopy(unet).train(), copy.deepcopy(adapter).train()
-    channels_last = variant == "bf16_channels_last"
+    bf16, channels_last, compiled = variant.startswith("bf16"), variant.endswith("channels_last"), "compile" in variant
     if channels_last:
         unet, adapter = unet.to(memory_format=torch.channels_last), adapter.to(memory_format=torch.channels_last)
     unet.requires_grad_(stage != "adapter")
@@ -59,8 +60,8 @@ def make_step(
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     holder = torch.nn.ModuleList(trained)
     ema = Ema(holder, 0.998)
-    run_unet: Any = torch.compile(unet) if variant == "bf16_compile" else unet
-    run_adapter: Any = torch.compile(adapter) if variant == "bf16_compile" else adapter
+    run_unet: Any = torch.compile(unet) if compiled else unet
+    run_adapter: Any = torch.compile(adapter) if compiled else adapter
     cpu = torch.device("cpu")
 
     def step(i: int) -> float:
@@ -71,7 +72,7 @@ def make_step(
         if channels_last:
             zt = zt.contiguous(memory_format=torch.channels_last)
         start = time.perf_counter()
-        autocast = nullcontext() if variant == "fp32" else torch.autocast("cpu", dtype=torch.bfloat16)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
         with autocast:
             features = None if stage == "unet" else _adapter_features(run_adapter, data["maps"], idx, keep)
             pred = run_unet(zt, t, states, down_intrablock_additional_residuals=features).sample
@@ -111,7 +112,7 @@ def main() -> None:
         "text_idx": torch.randint(1, 64, (N_ROWS,)),
         "maps": rng.integers(0, 256, (N_ROWS, arch.resolution, arch.resolution), dtype=np.uint8),
     }
-    variants = ["bf16", "fp32", "bf16_channels_last"] + (["bf16_compile"] if a.compile else [])
+    variants = ["bf16", "fp32", "bf16_channels_last", "fp32_channels_last"] + (["fp32_compile"] if a.compile else [])
     steps, compile_s = {}, {}
     for v in variants:
         steps[v] = make_step(v, a.stage, unet, adapter, data, batch, bp.min_snr_gamma, bp.adapter_dropout)

@@ -79,7 +79,7 @@ def test_bench_world_step_times_each_variant_against_bf16(tmp_path: Path) -> Non
          "0", "--out", str(out))  # fmt: skip
     result = json.loads(out.read_text())
     assert result["stage"] == "joint" and result["batch"] == 4 and result["threads"] == 1
-    assert set(result["s_per_step_median"]) == {"bf16", "fp32", "bf16_channels_last"}
+    assert set(result["s_per_step_median"]) == {"bf16", "fp32", "bf16_channels_last", "fp32_channels_last"}
     assert result["speedup_vs_bf16"]["bf16"] == 1.0 and all(v > 0 for v in result["s_per_step_median"].values())
     assert result["command"].startswith("python benchmarks/bench_world_step.py --stage joint")
 
