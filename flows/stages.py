@@ -35,8 +35,8 @@ REGISTRY: tuple[Stage, ...] = (
     Stage(
         "bootstrap",
         ("models/world",),
-        "retrain the shipped world (frozen; hours on a 2-core CPU, minutes on a GPU with bootstrap.device / "
-        "--device cuda; resumable)",
+        "retrain the shipped world (frozen; about 3 hours from scratch on an idle 2-core CPU over resumed runs, "
+        "an estimated half hour on one H200 with bootstrap.device / --device cuda; resumable)",
         pipeline=False,
     ),
     Stage("world", ("build/world/pipeline",), "the shipped world as a diffusers pipeline directory"),
