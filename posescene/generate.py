@@ -285,6 +285,42 @@ def standard_spec(name: str, both_weights: Sequence[float] = (0.5, 0.5)) -> Mode
 
 
 SAMPLERS = ("ddim", "dpmsolver")
+INJECTIONS = ("scale", "mask", "steps", "inpaint")
+
+
+@dataclass(frozen=True)
+class Injection:
+    """How an arm's adapter features enter the U-Net: the training-free knobs a user already has.
+
+    - ``scale``: the features times the arm's scale at every step (diffusers' ``adapter_conditioning_scale``);
+      ``knob`` is unused.
+    - ``mask``: the features times the pose's own person region grown by ``knob`` (a fraction of the side, as
+      ``evaluate.mask_margin``), area-resized to every feature level: sd-webui-controlnet's
+      ``effective_region_mask``, which diffusers lacks. A region covering the image is ``scale`` exactly.
+    - ``steps``: the features added only during the first ``knob`` fraction of the denoising steps: the original
+      T2I-Adapter's ``cond_tau`` (diffusers' SDXL ``adapter_conditioning_factor``). 1 is ``scale``, 0 the base.
+    - ``inpaint``: the features as ``scale``, and outside the pose's person region (grown by ``knob``) the latent
+      is replaced by the base model's latent of the same noise after every step (latent blending). Its drift
+      outside the person regions is ~0 by construction: a bound to report, not a competitor.
+    """
+
+    kind: str = "scale"
+    knob: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in INJECTIONS:
+            raise ConfigError(f"injection {self.kind!r}: choose one of {', '.join(INJECTIONS)}")
+        if self.kind == "steps" and not 0.0 <= self.knob <= 1.0:
+            raise ConfigError(f"steps injection: the fraction of steps must be in [0, 1], got {self.knob}")
+        if self.kind in ("mask", "inpaint") and self.knob < 0:
+            raise ConfigError(f"{self.kind} injection: the region margin must be >= 0, got {self.knob}")
+
+    @property
+    def uses_region(self) -> bool:
+        return self.kind in ("mask", "inpaint")
+
+
+SCALE = Injection()
 
 
 @dataclass(frozen=True)
@@ -292,7 +328,9 @@ class ArmJob:
     """One image of an evaluation: a prompt, an initial-noise seed, a pose, and the arm that draws it.
 
     ``adapter`` is a key of the bank's adapters (None: the base model) and ``scale`` its
-    ``adapter_conditioning_scale`` (0 is the base model too).
+    ``adapter_conditioning_scale`` (0 is the base model too). ``added``: further (adapter, scale) whose
+    features are summed with it (``MultiAdapter``'s weighted sum: the ``both`` arm). ``injection``: how the
+    summed features enter the U-Net (:class:`Injection`).
     """
 
     prompt: str
@@ -300,6 +338,19 @@ class ArmJob:
     pose: Pose | None
     adapter: str | None
     scale: float
+    injection: Injection = SCALE
+    added: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def terms(self) -> list[tuple[str, float]]:
+        """The (adapter, scale) whose features this row adds, zero scales left out."""
+        own = [(self.adapter, self.scale)] if self.adapter is not None else []
+        return [(a, float(s)) for a, s in [*own, *self.added] if s != 0]
+
+    @property
+    def is_base(self) -> bool:
+        """The base model: no features at all (an inpaint row still follows the base outside the region)."""
+        return not self.terms or (self.injection.kind == "steps" and self.injection.knob == 0)
 
 
 def distinct_rows(jobs: Sequence[ArmJob]) -> tuple[list[ArmJob], np.ndarray]:
@@ -312,7 +363,7 @@ def distinct_rows(jobs: Sequence[ArmJob]) -> tuple[list[ArmJob], np.ndarray]:
     unique: list[ArmJob] = []
     where = np.empty(len(jobs), dtype=np.int64)
     for i, job in enumerate(jobs):
-        key = (job.prompt, job.seed) if job.adapter is None or job.scale == 0 else ("row", i)
+        key = (job.prompt, job.seed) if job.is_base else ("row", i)
         if key not in slot:
             slot[key] = len(unique)
             unique.append(job)
@@ -519,89 +570,152 @@ class ModelBank:
         maps: Callable[[Sequence[Pose]], torch.Tensor],
         sampler: str,
         bf16: bool,
+        region: Callable[[Pose, float], np.ndarray] | None = None,
         progress: bool = True,
     ) -> np.ndarray:
-        """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* adapters and scales.
+        """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* arms in one U-Net call.
 
         The same computation as ``StableDiffusionAdapterPipeline`` (classifier-free guidance with the adapter's
         features on both halves, the scheduler's own steps, the VAE decode and [0, 1] clamp), written out so
-        that one U-Net call serves every arm: an arm only changes the features added to the encoder, and a
-        scale-0 (base) row adds zeros, which is the base model exactly. Adapter features are computed once
-        per (adapter, pose). ``tests/test_generate.py`` pins the equality with the stock pipeline.
+        that one U-Net call serves every arm: an arm only changes the features added to the encoder (and, for
+        ``inpaint``, the latent outside the person region), and a base row adds zeros, which is the base model
+        exactly. Adapter features are computed once per (adapter, pose). ``tests/test_generate.py`` pins the
+        equality with the stock pipeline and the trivial settings of every :class:`Injection` (a region that
+        covers the image = ``scale``; steps fraction 1 = ``scale``, 0 = the base model).
 
-        Base rows (no adapter, or scale 0) do not depend on the pose: those of one (prompt, seed) are drawn
-        once and copied, so an evaluation's base arm costs one image per set, not one per pose.
+        ``region(pose, margin)``: the (res, res) boolean person region of a pose grown by ``margin`` (needed by
+        ``mask`` and ``inpaint`` arms). Base rows do not depend on the pose: those of one (prompt, seed) are
+        drawn once and copied, so an evaluation's base arm costs one image per set, not one per pose.
 
         ``bf16``: the U-Net runs under bf16 autocast (the scheduler, the adapters and the VAE decode stay fp32):
         for GPUs. On this project's reference CPU (avx512_bf16) it was bit-reproducible but *slower* at 64 px
         (0.82x; ``benchmarks/results/sampling.json``), so ``evaluate.bf16`` is off there.
         """
         jobs, where = distinct_rows(jobs)
+        for j in jobs:
+            if j.is_base:
+                continue
+            if j.pose is None:
+                raise InputDataError("an adapter arm needs a pose for every job")
+            if j.injection.uses_region and region is None:
+                raise ConfigError(f"{j.injection.kind} arms need the person region of each pose: pass region=")
+            for adapter, _ in j.terms:
+                if adapter not in self.adapters:
+                    raise ModelLoadError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
         unet, vae = self.base.unet, self.base.vae
         negative = self.text([""])
         cfg = guidance_scale > 1.0
         features: dict[tuple[str, int], list[torch.Tensor]] = {}
+        regions: dict[tuple[int, float, tuple[int, ...], str], torch.Tensor] = {}
         pose_ids: dict[int, int] = {}
         out = np.empty((len(jobs), self.resolution, self.resolution, 3), dtype=np.uint8)
-        bar = tqdm(total=len(jobs), desc="sample", unit="img", disable=not progress)
+
+        def pose_key(pose: Pose | None) -> int:
+            return pose_ids.setdefault(id(pose), len(pose_ids))
+
+        def region_at(j: ArmJob, size: tuple[int, int], how: str) -> torch.Tensor:
+            """(1, h, w) person region of the row's pose at a feature or latent size: ``area`` gives the covered
+            fraction of each cell (soft feature masks), ``max`` marks any cell the region touches (inpainting
+            keeps the base only where no person pixel falls)."""
+            assert region is not None and j.pose is not None
+            key = (pose_key(j.pose), j.injection.knob, size, how)
+            if key not in regions:
+                full = torch.from_numpy(np.asarray(region(j.pose, j.injection.knob), dtype=np.float32))[None, None]
+                small = (
+                    torch.nn.functional.interpolate(full, size=size, mode="area")
+                    if how == "area"
+                    else torch.nn.functional.adaptive_max_pool2d(full, size)
+                )
+                regions[key] = small[0].to(self.device, self.dtype)
+            return regions[key]
 
         def residuals(batch: Sequence[ArmJob]) -> list[torch.Tensor] | None:
-            keyed = [j for j in batch if j.adapter is not None and j.scale != 0]
-            if not keyed:
+            """Per level, (n, C, h, w): every row's summed adapter features (masked for ``mask`` arms)."""
+            if all(j.is_base for j in batch):
                 return None
-            for j in keyed:
-                assert j.pose is not None
-                key = (j.adapter, pose_ids.setdefault(id(j.pose), len(pose_ids)))
-                if key not in features:
-                    if j.adapter not in self.adapters:
-                        raise ModelLoadError(f"adapter {j.adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
-                    cond = maps([j.pose]).to(self.device, self.dtype)
-                    features[key] = [f[0] for f in self.adapters[j.adapter](cond)]
             levels: list[torch.Tensor] | None = None
             for row, j in enumerate(batch):
-                if j.adapter is None or j.scale == 0:
+                if j.is_base:
                     continue
-                feats = features[(j.adapter, pose_ids[id(j.pose)])]
-                if levels is None:
-                    levels = [torch.zeros((len(batch), *f.shape), device=f.device, dtype=f.dtype) for f in feats]
-                for level, f in zip(levels, feats, strict=True):
-                    level[row] = f * j.scale
+                for adapter, scale in j.terms:
+                    key = (adapter, pose_key(j.pose))
+                    if key not in features:
+                        cond = maps([j.pose]).to(self.device, self.dtype)  # type: ignore[list-item]
+                        features[key] = [f[0] for f in self.adapters[adapter](cond)]
+                    feats = features[key]
+                    if levels is None:
+                        levels = [torch.zeros((len(batch), *f.shape), device=f.device, dtype=f.dtype) for f in feats]
+                    for level, f in zip(levels, feats, strict=True):
+                        level[row] += f * scale
+                if j.injection.kind == "mask":
+                    assert levels is not None
+                    for level in levels:
+                        level[row] *= region_at(j, tuple(level.shape[-2:]), "area")
             return levels
 
+        def denoise(batch: Sequence[ArmJob], anchors: Mapping[tuple[str, int], list[torch.Tensor]]) -> list[torch.Tensor]:
+            """The latents after every step (the last is the result) for one batch of rows."""
+            n = len(batch)
+            cond = self.text([j.prompt for j in batch]).to(self.device, self.dtype)
+            text = torch.cat([negative.expand(n, -1, -1).to(cond), cond]) if cfg else cond
+            res = residuals(batch)
+            if res is not None and cfg:
+                res = [torch.cat([r, r]) for r in res]
+            # ``steps`` rows add their features for the first round(fraction x steps) steps only
+            active = [steps if j.injection.kind != "steps" else round(j.injection.knob * steps) for j in batch]
+            blend = [(row, j) for row, j in enumerate(batch) if j.injection.kind == "inpaint" and not j.is_base]
+            inside = {row: region_at(j, tuple(self.latent_shape[1:]), "max") for row, j in blend}
+            scheduler = self.sampling_scheduler(sampler)
+            scheduler.set_timesteps(steps, device=self.device)
+            latents = torch.cat([self.initial_noise(j.seed) for j in batch]).to(self.device, self.dtype)
+            latents = latents * scheduler.init_noise_sigma
+            trajectory = []
+            for k, t in enumerate(scheduler.timesteps):
+                inp = torch.cat([latents, latents]) if cfg else latents
+                inp = scheduler.scale_model_input(inp, t)
+                step_res = res
+                if res is not None and min(active) <= k:
+                    gate = torch.tensor([float(k < a) for a in active], device=self.device, dtype=self.dtype)
+                    gate = torch.cat([gate, gate]) if cfg else gate
+                    step_res = [r * gate.view(-1, 1, 1, 1) for r in res]
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    eps = unet(
+                        inp,
+                        t,
+                        encoder_hidden_states=text,
+                        down_intrablock_additional_residuals=None if step_res is None else [r.clone() for r in step_res],
+                        cross_attention_kwargs=self.cross_attention_kwargs,
+                    ).sample
+                eps = eps.to(latents.dtype)
+                if cfg:
+                    uncond, conditioned = eps.chunk(2)
+                    eps = uncond + guidance_scale * (conditioned - uncond)
+                latents = scheduler.step(eps, t, latents).prev_sample
+                for row, j in blend:  # outside the person region, the base model's latent of this step
+                    base = anchors[(j.prompt, j.seed)][k]
+                    latents[row] = inside[row] * latents[row] + (1 - inside[row]) * base
+                trajectory.append(latents)
+            return trajectory
+
+        def decode(latents: torch.Tensor) -> np.ndarray:
+            image = vae.decode(latents / vae.config.scaling_factor).sample
+            image = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+        # the base trajectories that inpaint rows follow outside their person region, drawn first
+        anchors: dict[tuple[str, int], list[torch.Tensor]] = {}
+        wanted = list(dict.fromkeys((j.prompt, j.seed) for j in jobs if j.injection.kind == "inpaint" and not j.is_base))
+        bar = tqdm(total=len(jobs) + len(wanted), desc="sample", unit="img", disable=not progress)
         with torch.inference_mode():
+            for start in range(0, len(wanted), batch_size):
+                chunk = [ArmJob(p, s, None, None, 0.0) for p, s in wanted[start : start + batch_size]]
+                trajectory = denoise(chunk, anchors)
+                for row, j in enumerate(chunk):
+                    anchors[(j.prompt, j.seed)] = [lat[row].clone() for lat in trajectory]
+                bar.update(len(chunk))
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start : start + batch_size]
-                n = len(batch)
-                if any(j.adapter is not None and j.scale != 0 and j.pose is None for j in batch):
-                    raise InputDataError("an adapter arm needs a pose for every job")
-                cond = self.text([j.prompt for j in batch]).to(self.device, self.dtype)
-                text = torch.cat([negative.expand(n, -1, -1).to(cond), cond]) if cfg else cond
-                res = residuals(batch)
-                if res is not None and cfg:
-                    res = [torch.cat([r, r]) for r in res]
-                scheduler = self.sampling_scheduler(sampler)
-                scheduler.set_timesteps(steps, device=self.device)
-                latents = torch.cat([self.initial_noise(j.seed) for j in batch]).to(self.device, self.dtype)
-                latents = latents * scheduler.init_noise_sigma
-                for t in scheduler.timesteps:
-                    inp = torch.cat([latents, latents]) if cfg else latents
-                    inp = scheduler.scale_model_input(inp, t)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                        eps = unet(
-                            inp,
-                            t,
-                            encoder_hidden_states=text,
-                            down_intrablock_additional_residuals=None if res is None else [r.clone() for r in res],
-                            cross_attention_kwargs=self.cross_attention_kwargs,
-                        ).sample
-                    eps = eps.to(latents.dtype)
-                    if cfg:
-                        uncond, conditioned = eps.chunk(2)
-                        eps = uncond + guidance_scale * (conditioned - uncond)
-                    latents = scheduler.step(eps, t, latents).prev_sample
-                image = vae.decode(latents / vae.config.scaling_factor).sample
-                image = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-                out[start : start + n] = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-                bar.update(n)
+                out[start : start + len(batch)] = decode(denoise(batch, anchors)[-1])
+                bar.update(len(batch))
         bar.close()
         return out[where]

@@ -286,3 +286,80 @@ def test_generate_images_library_call(tiny: dict[str, Path], tmp_path: Path):
     with pytest.raises(ConfigError, match="'nowhere'"):
         generate_images(GenerateRequest(tmp_path / "o3", ["a beach"], models=["nowhere"]), params, progress=False)
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def _region_fn(fill: bool | None = None):
+    """A person region for the sampler: all True / all False, or a box in the left half (fill None)."""
+
+    def region(pose, margin: float) -> np.ndarray:  # noqa: ARG001 - the sampler's signature
+        if fill is not None:
+            return np.full((RES, RES), fill)
+        out = np.zeros((RES, RES), dtype=bool)
+        out[4:28, 2:14] = True
+        return out
+
+    return region
+
+
+def _arms(bank: ModelBank, jobs: list, region=None, **kw) -> np.ndarray:
+    opts = dict(steps=3, guidance_scale=4.0, batch_size=8, maps=MAPS, sampler="dpmsolver", bf16=False, progress=False)
+    return bank.sample(jobs, region=region, **{**opts, **kw}).astype(int)
+
+
+def test_every_injection_reduces_to_an_existing_arm_at_its_trivial_setting(bank: ModelBank):
+    """The alternatives are arms of one sampler; at their trivial knob each must be an arm we already trust:
+    a mask covering the image is the scale arm, a steps fraction of 1 is the scale arm and 0 the base model,
+    a mask of nothing is the base model; the ``both`` arm is the stock MultiAdapter pipeline."""
+    from posescene.generate import ArmJob, Injection
+
+    prompt, pose = "a person on a beach", POSES[1]
+    base, scale = ArmJob(prompt, 7, pose, None, 0.0), ArmJob(prompt, 7, pose, "primary", 1.0)
+    jobs = [
+        base,
+        scale,
+        ArmJob(prompt, 7, pose, "primary", 1.0, Injection("steps", 1.0)),
+        ArmJob(prompt, 7, pose, "primary", 1.0, Injection("steps", 0.0)),
+        ArmJob(prompt, 7, pose, "primary", 1.0, Injection("steps", 0.5)),
+    ]
+    out = _arms(bank, jobs)
+    assert np.array_equal(out[2], out[1]) and np.array_equal(out[3], out[0])
+    assert not np.array_equal(out[4], out[1]) and not np.array_equal(out[4], out[0])  # half the steps is neither
+
+    mask = [ArmJob(prompt, 7, pose, "primary", 1.0, Injection("mask", 0.1))]
+    assert np.array_equal(_arms(bank, [base, scale, *mask], _region_fn(True))[2], out[1])
+    assert np.abs(_arms(bank, [base, *mask], _region_fn(False))[1] - out[0]).max() <= 1
+    half = _arms(bank, [base, scale, *mask], _region_fn())
+    assert not np.array_equal(half[2], out[1]) and not np.array_equal(half[2], out[0])
+    with pytest.raises(ConfigError, match="region"):
+        _arms(bank, mask)
+    with pytest.raises(ConfigError, match="fraction"):
+        Injection("steps", 1.5)
+
+    both = ArmJob(prompt, 7, pose, "primary", 1.0, added=(("secondary", 0.5),))
+    stock = bank.generate(ModelSpec("both", ("primary", "secondary"), (1.0, 0.5)), [Job(prompt, 7, pose)], steps=3,
+                          guidance_scale=4.0, batch_size=1, maps=MAPS, progress=False)  # fmt: skip
+    drawn = bank.sample([both], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS, sampler="ddim", bf16=False,
+                        progress=False)  # fmt: skip
+    assert np.abs(stock[0].astype(int) - drawn[0].astype(int)).max() <= 1
+
+
+def test_inpaint_bound_keeps_the_base_latent_outside_the_person_region(bank: ModelBank):
+    """Latent blending: outside the region the image is the base model's (up to the decoder's reach across the
+    region's border), inside it the adapter draws the pose; a region covering the image is the scale arm."""
+    from posescene.generate import ArmJob, Injection
+
+    prompt, pose = "a person in a forest", POSES[0]
+    jobs = [
+        ArmJob(prompt, 3, pose, None, 0.0),
+        ArmJob(prompt, 3, pose, "primary", 1.0),
+        ArmJob(prompt, 3, pose, "primary", 1.0, Injection("inpaint", 0.0)),
+    ]
+    out = _arms(bank, jobs, _region_fn())
+    far = np.zeros((RES, RES), dtype=bool)
+    far[:, 22:] = True  # two latent cells away from the region's right edge (x < 14)
+    gap_inpaint = np.abs(out[2] - out[0])[far].mean()
+    gap_scale = np.abs(out[1] - out[0])[far].mean()
+    assert gap_inpaint < 0.2 * gap_scale, (gap_inpaint, gap_scale)  # 0.14 here: the tiny decoder reaches far
+    assert np.abs(out[2] - out[0])[4:28, 2:14].mean() > 0  # inside, the pose is drawn
+    whole = _arms(bank, jobs, _region_fn(True))
+    assert np.array_equal(whole[2], whole[1])
