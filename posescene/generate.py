@@ -653,7 +653,9 @@ class ModelBank:
                         level[row] *= region_at(j, tuple(level.shape[-2:]), "area")
             return levels
 
-        def denoise(batch: Sequence[ArmJob], anchors: Mapping[tuple[str, int], list[torch.Tensor]]) -> list[torch.Tensor]:
+        def denoise(
+            batch: Sequence[ArmJob], anchors: Mapping[tuple[str, int], list[torch.Tensor]]
+        ) -> list[torch.Tensor]:
             """The latents after every step (the last is the result) for one batch of rows."""
             n = len(batch)
             cond = self.text([j.prompt for j in batch]).to(self.device, self.dtype)
@@ -683,7 +685,9 @@ class ModelBank:
                         inp,
                         t,
                         encoder_hidden_states=text,
-                        down_intrablock_additional_residuals=None if step_res is None else [r.clone() for r in step_res],
+                        down_intrablock_additional_residuals=None
+                        if step_res is None
+                        else [r.clone() for r in step_res],
                         cross_attention_kwargs=self.cross_attention_kwargs,
                     ).sample
                 eps = eps.to(latents.dtype)
@@ -704,7 +708,9 @@ class ModelBank:
 
         # the base trajectories that inpaint rows follow outside their person region, drawn first
         anchors: dict[tuple[str, int], list[torch.Tensor]] = {}
-        wanted = list(dict.fromkeys((j.prompt, j.seed) for j in jobs if j.injection.kind == "inpaint" and not j.is_base))
+        wanted = list(
+            dict.fromkeys((j.prompt, j.seed) for j in jobs if j.injection.kind == "inpaint" and not j.is_base)
+        )
         bar = tqdm(total=len(jobs) + len(wanted), desc="sample", unit="img", disable=not progress)
         with torch.inference_mode():
             for start in range(0, len(wanted), batch_size):
