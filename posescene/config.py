@@ -189,7 +189,43 @@ class AblationRun(_Section):
     adapter: str  # a trained secondary-adapter directory (e.g. from a fixed-lambda run)
 
 
-FidelityMeasure = Literal["oks", "keypoint_ap", "pck@0.05box", "pck@0.1box", "pck@0.2box", "keypoint_error"]
+FidelityMeasure = Literal["oks_body", "oks", "keypoint_ap", "pck@0.05box", "pck@0.1box", "pck@0.2box", "keypoint_error"]
+
+
+# the seed of each held-out prompt's second base image: the drift a new noise causes ("a new scene") is the unit
+# in which the evaluation states every drift (posescene.evaluation.heldout uses it)
+NEW_NOISE_SEED = 999_983
+
+
+class AlternativesParams(_Section):
+    """What a user can do without training, drawn beside the adapters (posescene.generate.Injection)."""
+
+    mask_margins: list[float]  # the primary's features masked to the pose's region grown by each margin; [] = off
+    steps_fractions: list[float]  # the primary's features during the first fraction of steps only; [] = off
+    both_weights: list[float]  # the secondary added to the primary at scale 1 with each weight; [] = off
+    inpaint_margin: float | None = Field(ge=0, le=1)  # the inpainting bound's region margin; null = off
+    placebo_scale: float | None = Field(gt=0)  # the primary at this off-grid scale, compared like a candidate
+
+    @field_validator("mask_margins")
+    @classmethod
+    def _margins(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= x <= 1 for x in v):
+            raise ValueError("margins are fractions of the image side in [0, 1]")
+        return sorted(set(v))
+
+    @field_validator("steps_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x < 1 for x in v):
+            raise ValueError("fractions must lie strictly between 0 (the base model) and 1 (the scale arm)")
+        return sorted(set(v))
+
+    @field_validator("both_weights")
+    @classmethod
+    def _weights(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("weights must be > 0 (weight 0 is the primary alone)")
+        return sorted(set(v))
 
 
 class EvaluateParams(_Section):
@@ -210,6 +246,8 @@ class EvaluateParams(_Section):
     bf16: bool  # the sampler's U-Net under bf16 autocast (ModelBank.sample)
     ablations: list[AblationRun]  # compared with the primary's frontier like the secondary
     ablation_scales: list[float] = Field(min_length=1)  # their scales (Δdrift needs only 1; the primary's curve)
+    secondary_scales: list[float] = Field(min_length=1)  # the secondary's scales (1 is the candidate)
+    alternatives: AlternativesParams
     mask_margin: float = Field(ge=0, le=1)  # person box grown by this fraction of max(w, h)
     fidelity: FidelityMeasure  # the headline fidelity measure of the frontier and the gate
     min_score: float = Field(ge=0, le=1)  # a detected point counts when its score is at least this
@@ -228,7 +266,14 @@ class EvaluateParams(_Section):
             raise ValueError("must contain 0 (the base model) and 1 (the adapters as trained), all >= 0")
         return sorted(set(v))
 
-    @field_validator("ablation_scales")
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_leave_the_new_noise_free(cls, v: list[int]) -> list[int]:
+        if NEW_NOISE_SEED in v or len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct and not {NEW_NOISE_SEED} (the new-noise reference's seed)")
+        return v
+
+    @field_validator("ablation_scales", "secondary_scales")
     @classmethod
     def _ablation_scales_hold_one(cls, v: list[float]) -> list[float]:
         if 1.0 not in v or any(x <= 0 for x in v):

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from posescene import metrics, tracking
-from posescene.config import Params
+from posescene.config import NEW_NOISE_SEED, Params
 from posescene.errors import ConfigError, InputDataError, ModelLoadError
 from posescene.evaluation import frontier as fr
 from posescene.evaluation import heldout as ho
@@ -38,11 +38,67 @@ from posescene.evaluation import promotion as gate
 from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_builtin_world, load_lpips, make_judges
 from posescene.evaluation.report import write_outputs
 from posescene.evaluation.result import EvaluationResult
-from posescene.generate import ArmJob, ModelBank, condition_maps
+from posescene.generate import ArmJob, Injection, ModelBank, condition_maps
 
 log = logging.getLogger(__name__)
 
-MEASURES = ("oks", "keypoint_error", "pck@0.05box", "pck@0.1box", "pck@0.2box")
+MEASURES = ("oks_body", "oks", "keypoint_error", "pck@0.05box", "pck@0.1box", "pck@0.2box")
+# distance of an image to the base image of its noise, by Chebyshev distance (px at the model resolution) from
+# its own pose's person box: a person's spill-over fades with distance, a change of scene does not
+RINGS = (("box", -1, 0), ("near", 0, 8), ("mid", 8, 16), ("far", 16, 10**6))
+TRAINED = ("secondary", "both")  # families compared with the alternatives like a candidate (+ ablations)
+
+
+def arm_plan(params: Params, dirs: Mapping[str, str]) -> list[tuple[str, float]]:
+    """Every arm as (family, knob): the base model, each adapter over its scales, the training-free alternatives
+    (mask, steps), the trained ``both``, the inpainting bound, the placebo, the champion."""
+    ev, alt = params.evaluate, params.evaluate.alternatives
+    ablations = {run.name for run in ev.ablations}
+    arms: list[tuple[str, float]] = [("base", 0.0)]
+    for key in dirs:
+        if key == "champion":
+            continue
+        grid = ev.ablation_scales if key in ablations else ev.secondary_scales if key == "secondary" else ev.scales
+        arms += [(key, float(s)) for s in grid if s > 0]
+    if "primary" in dirs:
+        arms += [("mask", m) for m in alt.mask_margins] + [("steps", f) for f in alt.steps_fractions]
+        if "secondary" in dirs:
+            arms += [("both", w) for w in alt.both_weights]
+        if alt.inpaint_margin is not None:
+            arms.append(("inpaint", alt.inpaint_margin))
+        if alt.placebo_scale is not None:
+            arms.append(("placebo", alt.placebo_scale))
+    if "champion" in dirs:
+        arms.append(("champion", 1.0))
+    return arms
+
+
+def arm_job(prompt: str, seed: int, pose: Any, family: str, knob: float) -> ArmJob:
+    """The sampler's job for one arm (docs/method.md, "The alternatives")."""
+    if family == "base":
+        return ArmJob(prompt, seed, pose, None, 0.0)
+    if family == "placebo":
+        return ArmJob(prompt, seed, pose, "primary", knob)
+    if family in ("mask", "steps", "inpaint"):
+        return ArmJob(prompt, seed, pose, "primary", 1.0, Injection(family, knob))
+    if family == "both":
+        return ArmJob(prompt, seed, pose, "primary", 1.0, added=(("secondary", knob),))
+    return ArmJob(prompt, seed, pose, family, knob)
+
+
+def comparisons_of(arms: Sequence[tuple[str, float]], ablations: Sequence[str]) -> list[tuple[str, str]]:
+    """(candidate, reference) pairs: every trained arm and the placebo against the primary's scale curve and
+    the training-free alternatives' envelope; the secondary against a valid champion."""
+    families = list(dict.fromkeys(a for a, _ in arms))
+    out = []
+    for fam in families:
+        if fam in TRAINED or fam in ablations or fam in ("placebo", "champion"):
+            out.append((fam, "primary"))
+            if fam != "champion":
+                out.append((fam, fr.ENVELOPE))
+    if "champion" in families:
+        out.append(("secondary", "champion"))
+    return out
 
 
 def load_heldout(params: Params) -> ho.HeldOut:
@@ -175,6 +231,19 @@ def scene_mask(targets: Sequence[np.ndarray], resolution: int, margin: float, no
     return scene
 
 
+def ring_masks(targets: Sequence[np.ndarray], resolution: int, margin: float) -> list[dict[str, np.ndarray]]:
+    """Per pose, the pixels of each ring of :data:`RINGS` around its own person box (grown by ``margin``)."""
+    from scipy.ndimage import distance_transform_cdt
+
+    out = []
+    for target in targets:
+        box = metrics.person_mask([target], (resolution, resolution), margin)
+        dist = distance_transform_cdt(~box, metric="chessboard") if box.any() else np.full(box.shape, 10**6)
+        dist = np.where(box, -1, dist)
+        out.append({f"to_base_{name}": (dist > lo) & (dist <= hi) if name != "box" else box for name, lo, hi in RINGS})
+    return out
+
+
 def _trained_run_id(train_dir: str | Path) -> str | None:
     """The MLflow run id the training stage recorded in ``build/train/run.json`` (or metrics.json), if any."""
     for name in ("run.json", "metrics.json"):
@@ -238,31 +307,34 @@ def evaluate(
     # everything is loaded and checked: only now a run is opened (a mistake above leaves no run behind)
     run_id = tracking.create_stage_run(client, params, uri, "evaluate")
     try:
-        arms: list[tuple[str, float]] = [("base", 0.0)]
-        ablations = {run.name for run in ev.ablations}
-        for key in dirs:
-            if key != "champion":
-                grid = ev.ablation_scales if key in ablations else [s for s in ev.scales if s > 0]
-                arms += [(key, float(s)) for s in grid]
-        if "champion" in dirs:
-            arms.append(("champion", 1.0))
+        arms = arm_plan(params, dirs)
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
         scene = scene_mask(targets, res, ev.mask_margin, notices)
         jobs = [
-            ArmJob(s.prompt.caption, s.noise_seed, pose_, None if a == "base" else a, scale)
+            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob)
             for s in heldout.sets
             for pose_ in heldout.poses
-            for a, scale in arms
+            for a, knob in arms
+        ]
+        # each prompt's base image from another noise: the drift of "a new scene", the unit of every drift
+        other = [
+            ArmJob(p.caption, ho.noise_seed(NEW_NOISE_SEED, p.prompt_id), None, None, 0.0) for p in heldout.prompts
         ]
         maps = partial(condition_maps, resolution=res, radius=params.render.radius, limbs=params.render.limbs,
                        in_channels=params.model.adapter_in_channels, invert=params.model.adapter_invert)  # fmt: skip
+
+        def region(pose_: Any, margin: float) -> np.ndarray:
+            return metrics.person_mask([pose_.keypoints_at(res, heldout.beta)], (res, res), margin)
+
         t0 = time.perf_counter()
-        flat = bank.sample(jobs, steps=ev.steps, guidance_scale=ev.guidance_scale, batch_size=ev.batch_size,
-                           maps=maps, sampler=ev.sampler, bf16=ev.bf16, progress=progress)  # fmt: skip
+        drawn = bank.sample([*jobs, *other], steps=ev.steps, guidance_scale=ev.guidance_scale,
+                            batch_size=ev.batch_size, maps=maps, sampler=ev.sampler, bf16=ev.bf16, region=region,
+                            progress=progress)  # fmt: skip
         generation_s = time.perf_counter() - t0
+        flat, new_noise_images = drawn[: len(jobs)], drawn[len(jobs) :]
         n_sets, n_poses, n_arms = len(heldout.sets), len(heldout.poses), len(arms)
         images = flat.reshape(n_sets, n_poses, n_arms, *flat.shape[1:])
-        log.info("evaluate: %d images in %.1f s", len(flat), generation_s)
+        log.info("evaluate: %d images in %.1f s", len(drawn), generation_s)
 
         persons = _persons_at(pose.predict(flat), (n_sets, n_poses, n_arms))
         scenes = np.asarray(scene_j.predict(flat), dtype=object).reshape(n_sets, n_poses, n_arms) if scene_j else None
@@ -271,23 +343,39 @@ def evaluate(
             captions = [j.prompt for j in jobs]
             clip_scores = clip.score(flat, captions, ev.batch_size).reshape(n_sets, n_poses, n_arms)
         keys = [fr.arm_key(a, s) for a, s in arms]
-        drift, drift_ssim, fidelity, ap_arms = {}, {}, {}, {}
+        own_scene = [~metrics.person_mask([t], (res, res), ev.mask_margin) for t in targets]
+        rings = ring_masks(targets, res, ev.mask_margin)
+        prompt_row = {p.prompt_id: k for k, p in enumerate(heldout.prompts)}
+        new_noise = np.array([
+            metrics.masked_rmse(images[s, 0, 0], new_noise_images[prompt_row[ps.prompt.prompt_id]], scene)
+            for s, ps in enumerate(heldout.sets)
+        ])  # fmt: skip
+        drift, drift_ssim, fidelity, ap_arms, extra = {}, {}, {}, {}, {}
         drift_rows, fidelity_rows = [], []
         for a, key in enumerate(keys):
             d = np.full((n_sets, n_poses, n_poses), np.nan)
-            d_ssim = np.full_like(d, np.nan)
+            d_ssim, d_pair = np.full_like(d, np.nan), np.full_like(d, np.nan)
+            to_base = {n: np.full((n_sets, n_poses), np.nan) for n in ["to_base", *(f"to_base_{r[0]}" for r in RINGS)]}
             for s, pose_set in enumerate(heldout.sets):
                 for pair in metrics.pairwise_drift(list(images[s, :, a]), scene, perceptual):
                     d[s, pair.i, pair.j] = d[s, pair.j, pair.i] = pair.rmse
                     d_ssim[s, pair.i, pair.j] = d_ssim[s, pair.j, pair.i] = pair.one_minus_ssim
-                    row = {"arm": key, "set": pose_set.set_id, "pose_i": pair.i, "pose_j": pair.j,
-                           "rmse": pair.rmse, "one_minus_ssim": pair.one_minus_ssim}  # fmt: skip
+                    own = own_scene[pair.i] & own_scene[pair.j]
+                    pair_rmse = metrics.masked_rmse(images[s, pair.i, a], images[s, pair.j, a], own)
+                    d_pair[s, pair.i, pair.j] = d_pair[s, pair.j, pair.i] = pair_rmse
+                    row = {"arm": key, "set": pose_set.set_id, "pose_i": pair.i, "pose_j": pair.j, "rmse": pair.rmse,
+                           "one_minus_ssim": pair.one_minus_ssim, "rmse_pair_mask": pair_rmse}  # fmt: skip
                     if pair.perceptual is not None:
                         row["lpips"] = pair.perceptual
                     drift_rows.append(row)
+                for p in range(n_poses):
+                    to_base["to_base"][s, p] = metrics.masked_rmse(images[s, p, a], images[s, p, 0], scene)
+                    for ring, mask in rings[p].items():
+                        to_base[ring][s, p] = metrics.masked_rmse(images[s, p, a], images[s, p, 0], mask)
             # the headline drift (evaluate.promotion.metric) drives the frontier; the 1-SSIM column stays 1-SSIM
             drift[key] = fr.headline_drift(ev.promotion.metric, d, d_ssim)
             drift_ssim[key] = d_ssim
+            extra[key] = {"drift_pair_mask": d_pair, **to_base}
             values, oks, score = measure_fidelity(persons[:, :, a], targets, ev.min_score)
             fidelity[key], ap_arms[key] = values, (oks, score)
             for s, pose_set in enumerate(heldout.sets):
@@ -306,9 +394,6 @@ def evaluate(
         real = load_real_images(heldout.pose_image_paths, res)
         real_persons = _persons_at(pose.predict(real), (1, n_poses))
         real_values, real_oks, real_score = measure_fidelity(real_persons, targets, ev.min_score)
-        compare = [(a, "primary") for a in dirs if a != "primary"]
-        if "champion" in dirs:
-            compare.append(("secondary", "champion"))
         frontier = fr.summarise(
             drift=drift,
             drift_ssim=drift_ssim,
@@ -317,10 +402,13 @@ def evaluate(
             real={m: v[0] for m, v in real_values.items()},
             arms=arms,
             measure=ev.fidelity,
-            compare=compare,
+            compare=comparisons_of(arms, [run.name for run in ev.ablations]),
             n_boot=ev.bootstrap_samples,
             seed=params.seed,
             ap={"arms": ap_arms, "chance": (chance_oks, chance_score), "real": (real_oks[0], real_score[0])},
+            prompts=[s.prompt.prompt_id for s in heldout.sets],
+            new_noise=new_noise,
+            extra=extra,
         )
         rules = gate.GateRules(
             ev.promotion.fidelity_floor, ev.promotion.drift_margin, ev.promotion.min_primary_fidelity

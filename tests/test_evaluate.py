@@ -77,6 +77,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "n_poses": 2,
             "seeds": [0, 1],
             "scales": [0.0, 0.5, 1.0],
+            "secondary_scales": [0.5, 1.0],
+            "alternatives": {
+                "mask_margins": [0.1],
+                "steps_fractions": [0.5],
+                "both_weights": [0.5],
+                "inpaint_margin": 0.15,
+                "placebo_scale": 0.75,
+            },
             "steps": 2,
             "guidance_scale": 2.0,
             "batch_size": 8,
@@ -143,13 +151,22 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     version = _register(params)
     result = evaluate(params, progress=False)
     out = Path(params.evaluate.out_dir)
-    arms = ["base", "primary_s50", "primary_s100", "secondary_s50", "secondary_s100", "still_s100"]
+    arms = ["base", "primary_s50", "primary_s100", "secondary_s50", "secondary_s100", "still_s100", "mask_m10",
+            "steps_f50", "both_w50", "inpaint_m15", "placebo_s75"]  # fmt: skip
     assert result.arm_keys == arms and result.images.shape[:3] == (2, 2, len(arms))
+    # one prompt, two seeds: the bootstrap's outer unit is the prompt
+    assert (result.frontier.n_prompts, result.frontier.n_sets) == (1, 2)
+    assert result.frontier.curves["mask"] == ["base", "mask_m10", "primary_s100"]
+    assert result.frontier.curves["steps"] == ["base", "steps_f50", "primary_s100"]
 
     summary = json.loads((out / "metrics.json").read_text())
     # the decision leads the file (what `dvc metrics show` lists first)
     assert list(summary)[:2] == ["verdict", "gate"] and summary["verdict"]["text"] == result.verdict
     assert summary["comparisons"]["still"]["reference"] == "primary"  # every ablation arm's own comparison
+    for candidate in ("still", "both", "placebo", "secondary"):
+        key = f"{candidate}_vs_alternatives"
+        assert key in result.frontier.comparisons and result.frontier.comparisons[key].best_alternative
+    assert summary["new_noise_drift"]["drift"] > 0 and "to_base_far" in summary["arms"]["primary_s100"]
     assert list(summary["arms"]) == arms
     for name, arm in summary["arms"].items():
         for key in ("drift", "fidelity_norm"):
@@ -165,11 +182,12 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     assert summary["run"]["n_images"] == 2 * 2 * len(arms) and summary["run"]["images_per_s"] > 0
 
     drift = pacsv.read_csv(out / "drift.csv").to_pylist()
-    assert len(drift) == len(arms) * 2 and {"arm", "set", "pose_i", "pose_j", "rmse", "one_minus_ssim"} <= set(drift[0])
+    assert len(drift) == len(arms) * 2 and {"arm", "set", "pose_i", "pose_j", "rmse", "rmse_pair_mask"} <= set(drift[0])
     fidelity = pacsv.read_csv(out / "fidelity.csv").to_pylist()
     assert len(fidelity) == 4 * len(arms) and {"oks", "keypoint_error", "pck@0.1box"} <= set(fidelity[0])
     curves = sorted(p.name for p in (out / "plots" / "frontier").iterdir())
-    assert curves == ["primary.csv", "secondary.csv", "still.csv"]
+    assert curves == [f"{c}.csv" for c in sorted(["primary", "secondary", "still", "mask", "steps", "both", "inpaint",
+                                                  "placebo"])]  # fmt: skip
     assert result.frontier.comparisons["still"].delta_drift is not None  # on the primary's curve like the secondary
     frontier = pacsv.read_csv(out / "plots" / "frontier" / "primary.csv").to_pylist()
     assert [r["scale"] for r in frontier] == [0.0, 0.5, 1.0]  # the base model is every curve's scale-0 point
@@ -185,6 +203,8 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     assert report.splitlines()[2] == f"**Verdict: {result.verdict}**"
     assert "plots/frontier.png" in report and "| chance |" in report and "| ceiling (real images) |" in report
     assert "### Power" in report and "grids/set_0.png" in report and "| still | primary |" in report
+    assert "## Against every alternative" in report and "| still | alternatives |" in report
+    assert "Power of the gate" in report and "drift / new noise" in report
     # random tiny judges: the primary is not clearly above chance, so nothing can be concluded or promoted
     assert result.promotion.status == "not_evaluated" and "**Not evaluated**" in report
     assert _alias(params, "champion") is None and _alias(params, "candidate") == version

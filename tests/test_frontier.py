@@ -110,10 +110,40 @@ def test_value_at_interpolates_on_the_first_crossing_and_clamps_outside() -> Non
     x = np.array([[0.0], [0.5], [1.0], [0.8]])  # fidelity over scales (dips at the last scale)
     y = np.array([[0.0], [0.01], [0.02], [0.03]])
     assert fr.value_at(x, y, np.array([0.25]))[0] == pytest.approx(0.005)
-    assert fr.value_at(x, y, np.array([0.9]))[0] == pytest.approx(0.018)  # first crossing, not the dip
+    assert 0.01 < fr.value_at(x, y, np.array([0.9]))[0] < 0.02  # first crossing, not the dip
     # beyond the range: the nearest end (the most faithful point), never an extrapolation
     assert fr.value_at(x, y, np.array([1.5]))[0] == pytest.approx(0.02)
     assert fr.value_at(x, y, np.array([-0.5]))[0] == pytest.approx(0.0)
+
+
+def test_value_at_is_monotone_and_follows_a_curved_frontier() -> None:
+    """A straight line across a curved stretch of the primary's curve misplaces an off-grid point; the monotone
+    interpolation along the knob follows the curve (here fidelity = sqrt(scale), drift = scale) and never
+    overshoots its neighbours."""
+    scales = [0.0, 0.25, 0.5, 1.0]
+    x = np.sqrt(np.array(scales))[:, None]
+    y = np.array(scales)[:, None]
+    truth = 0.75
+    pchip = fr.value_at(x, y, np.array([np.sqrt(truth)]), scales)[0]
+    chord = 0.5 + (np.sqrt(truth) - np.sqrt(0.5)) / (1 - np.sqrt(0.5)) * 0.5
+    assert abs(pchip - truth) < abs(chord - truth) / 2 and 0.5 < pchip < 1.0
+    linear = np.array([[0.0], [0.4], [0.8]]), np.array([[0.0], [0.02], [0.04]])
+    assert fr.value_at(*linear, np.array([0.6]))[0] == pytest.approx(0.03)
+    assert np.isnan(fr.value_at(*linear, np.array([0.9]), clamp=False)[0])
+
+
+def test_prompt_clustered_bootstrap_resamples_prompts_then_their_seeds() -> None:
+    """Sets of one prompt move together: with seeds nested in prompts, a prompt's sets are drawn as a block
+    (a prompt left out leaves all its seeds out), and the CI of a mean over strongly correlated seeds is wider
+    than the one that treats them as independent."""
+    prompts = np.repeat(np.arange(6), 2)
+    w = fr.bootstrap_weights(12, P, 400, seed=1, prompts=prompts)
+    per_prompt = w.sets[1:].reshape(400, 6, 2).sum(axis=2)
+    assert (per_prompt % 2 == 0).all() and w.sets[1:].sum(axis=1).tolist() == [12] * 400
+    values = np.repeat(np.random.default_rng(0).normal(0, 1, 6), 2)[:, None] * np.ones((12, P))
+    clustered = fr.interval(fr.cell_mean(values, w)).se
+    naive = fr.interval(fr.cell_mean(values, fr.bootstrap_weights(12, P, 400, seed=1))).se
+    assert clustered > 1.2 * naive
 
 
 def test_genuinely_better_adapter_passes_every_check() -> None:
@@ -208,3 +238,89 @@ def test_power_shrinks_with_more_sets() -> None:
     small = _world(secondary=(CHANCE + 0.5, 0.01)).comparisons["secondary"]
     assert np.isfinite(small.mde_delta_drift) and np.isfinite(small.mde_rel_fidelity)
     assert fr.minimal_detectable(1.0) == pytest.approx(2.8016, abs=1e-3)
+
+
+def _alternatives_world(candidate: str, seed: int = 0) -> fr.Frontier:
+    """A primary whose drift is convex in its scale (as measured: slopes 0.039, 0.065, 0.091 above 0.5), a mask
+    alternative that keeps the same pose with half the primary's drift, and a candidate:
+
+    - ``masked``: an adapter that *is* the masked primary (the same images, so the same per-cell numbers);
+    - ``placebo``: the primary itself at the off-grid scale 0.9;
+    - ``better``: the mask's pose fidelity at 30% less drift than the mask.
+    """
+    rng = np.random.default_rng(seed)
+    prompt_effect = rng.normal(0, 0.002, S)  # shared by every arm of a set: paired comparisons remove it
+
+    def pairs(value: float) -> np.ndarray:
+        d = np.abs(value + prompt_effect[:, None, None] + rng.normal(0, 0.0005, (S, P, P)))
+        d = (d + d.transpose(0, 2, 1)) / 2
+        d[:, np.arange(P), np.arange(P)] = np.nan
+        return d
+
+    def primary_drift(s: float) -> float:
+        return 0.02 * s + 0.02 * s**2
+
+    arms: list[tuple[str, float]] = [("base", 0.0)]
+    drift, fidelity = {"base": pairs(0.0) * 0}, {"base": _cells(CHANCE, rng, 0.005)}
+    for s in SCALES:
+        arms.append(("primary", s))
+        drift[fr.arm_key("primary", s)] = pairs(primary_drift(s))
+        fidelity[fr.arm_key("primary", s)] = _cells(CHANCE + 0.5 * s, rng, 0.005)
+    mask = {0.0: 0.6, 0.1: 0.8, 0.25: 0.95}  # fidelity reached, as a share of the primary's at scale 1
+    for m, share in mask.items():
+        arms.append(("mask", m))
+        drift[fr.arm_key("mask", m)] = pairs(0.5 * primary_drift(share))
+        fidelity[fr.arm_key("mask", m)] = _cells(CHANCE + 0.5 * share, rng, 0.005)
+    key = {"masked": "secondary_s100", "placebo": "placebo_s90", "better": "secondary_s100"}[candidate]
+    arms.append(("placebo", 0.9) if candidate == "placebo" else ("secondary", 1.0))
+    if candidate == "masked":
+        drift[key], fidelity[key] = drift["mask_m10"].copy(), {m: v.copy() for m, v in fidelity["mask_m10"].items()}
+    elif candidate == "placebo":
+        drift[key], fidelity[key] = pairs(primary_drift(0.9)), _cells(CHANCE + 0.5 * 0.9, rng, 0.005)
+    else:
+        drift[key], fidelity[key] = pairs(0.7 * 0.5 * primary_drift(0.9)), _cells(CHANCE + 0.5 * 0.9, rng, 0.005)
+    family = arms[-1][0]
+    mismatched = {m: np.repeat(v[:, :, None], P, axis=2) for m, v in _cells(CHANCE, rng, 0.005).items()}
+    real = {"oks": np.full(P, CEILING), "keypoint_error": np.full(P, 1 - CEILING)}
+    return fr.summarise(
+        drift=drift, drift_ssim=drift, fidelity=fidelity, mismatched=mismatched, real=real, arms=arms,
+        measure="oks", compare=[(family, "primary"), (family, fr.ENVELOPE)], n_boot=300, seed=seed,
+        prompts=np.arange(S) // 2,
+    )  # fmt: skip
+
+
+def test_placebo_primary_off_the_grid_is_not_distinguishable_from_its_own_curve() -> None:
+    """The false-positive check of the matched-fidelity test: the primary at scale 0.9, between grid points of a
+    convex curve, must not beat its own scale curve (a straight line between 0.75 and 1 would put it below)."""
+    f = _alternatives_world("placebo")
+    d = f.comparisons["placebo"].delta_drift
+    assert d is not None and d.low <= 0 <= d.high, d
+    assert f.comparisons[f"placebo_vs_{fr.ENVELOPE}"].delta_drift.low > 0  # the mask keeps the scene better
+
+
+def test_an_adapter_equal_to_the_masked_primary_is_not_better_than_the_alternatives() -> None:
+    """Against the scale knob alone the masked primary looks Pareto-better; against the alternatives a user has
+    (the envelope includes the mask), it is not, and the gate refuses it."""
+    f = _alternatives_world("masked")
+    assert f.comparisons["secondary"].delta_drift.high < 0  # it beats turning the primary down ...
+    envelope = f.comparisons[f"secondary_vs_{fr.ENVELOPE}"]
+    assert envelope.best_alternative == "mask"
+    assert abs(envelope.delta_drift.value) < 1e-6 and envelope.delta_drift.high >= 0  # ... but not the mask
+    rules = gate.GateRules(fidelity_floor=0.7, drift_margin=0.0, min_primary_fidelity=0.1)
+    decision = gate.decide(f, rules)
+    failed = [c.name for c in decision.checks if not c.passed]
+    assert decision.status == "fail" and failed == ["not dominated by the alternatives"], decision.checks
+    assert "best training-free alternative (mask)" in gate.verdict(f, decision)
+
+
+def test_better_than_every_alternative_passes_and_the_gate_states_its_power() -> None:
+    f = _alternatives_world("better")
+    envelope = f.comparisons[f"secondary_vs_{fr.ENVELOPE}"]
+    assert envelope.delta_drift.high < 0 and envelope.best_alternative == "mask"
+    rules = gate.GateRules(fidelity_floor=0.8, drift_margin=0.0, min_primary_fidelity=0.1)
+    assert gate.decide(f, rules).status == "pass"
+    assert gate.verdict(f, gate.decide(f, rules)).startswith("Pareto-better than the best training-free")
+    power = gate.gate_power(f, rules)
+    assert 0.0 <= power <= 1.0 and power > 0.8
+    # a floor at the candidate's own fidelity is a coin flip, at most
+    assert gate.gate_power(f, gate.GateRules(1.0, 0.0, 0.1)) < 0.5

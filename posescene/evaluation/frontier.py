@@ -26,7 +26,7 @@ same drift). Interpolation is linear between neighbouring scales; the first cros
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,12 +57,38 @@ class Weights:
     poses: np.ndarray  # (B + 1, P)
 
 
-def bootstrap_weights(n_sets: int, n_poses: int, n_boot: int, seed: int) -> Weights:
-    """Multinomial multiplicities for sets and poses, deterministic for ``seed``."""
+def bootstrap_weights(
+    n_sets: int, n_poses: int, n_boot: int, seed: int, prompts: Sequence[int] | None = None
+) -> Weights:
+    """Multinomial multiplicities for sets and poses, deterministic for ``seed``.
+
+    ``prompts``: the prompt of each set. Sets of one prompt (its seeds) are not independent (two seeds of a
+    prompt correlate ~0.8-0.9 in drift), so the sets are resampled in two stages: prompts, then the seeds of each
+    drawn prompt (a set's weight is its prompt's multiplicity times its own within the prompt). Without
+    ``prompts`` every set is its own prompt.
+    """
     rng = np.random.default_rng([seed, 7])
-    sets = rng.multinomial(n_sets, np.full(n_sets, 1.0 / n_sets), size=n_boot).astype(np.float64)
+    groups = np.arange(n_sets) if prompts is None else np.unique(np.asarray(prompts), return_inverse=True)[1]
+    n_groups = int(groups.max()) + 1
+    members = [np.flatnonzero(groups == g) for g in range(n_groups)]
+    outer = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(np.float64)
+    sets = np.zeros((n_boot, n_sets))
+    for g, idx in enumerate(members):
+        if len(idx) == 1:
+            sets[:, idx[0]] = outer[:, g]
+        else:
+            inner = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+            sets[:, idx] = outer[:, g, None] * inner
     poses = rng.multinomial(n_poses, np.full(n_poses, 1.0 / n_poses), size=n_boot).astype(np.float64)
     return Weights(np.vstack([np.ones(n_sets), sets]), np.vstack([np.ones(n_poses), poses]))
+
+
+def set_mean(values: np.ndarray, w: Weights) -> np.ndarray:
+    """(B + 1,) weighted mean of an (S,) array over sets (NaN skipped)."""
+    v = np.where(np.isfinite(values), values, 0.0)
+    ok = np.isfinite(values).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w.sets @ v) / (w.sets @ ok)
 
 
 def pair_mean(values: np.ndarray, w: Weights) -> np.ndarray:
@@ -127,35 +153,79 @@ def normalised(raw: np.ndarray, chance: np.ndarray, ceiling: np.ndarray) -> np.n
         return (raw - chance) / (ceiling - chance)
 
 
-def value_at(curve_x: np.ndarray, curve_y: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per replicate: y of the curve (points in scale order, (K, B + 1)) at x = target (B + 1,).
+def value_at(
+    curve_x: np.ndarray,
+    curve_y: np.ndarray,
+    target: np.ndarray,
+    knobs: Sequence[float] | None = None,
+    *,
+    clamp: bool = True,
+) -> np.ndarray:
+    """Per replicate: y of the curve (points in knob order, (K, B + 1)) at x = target (B + 1,).
 
-    Linear between neighbouring points, first crossing in scale order. A target beyond the curve's range takes
-    the y of its nearest end (its most or least faithful point): the curve never reaches that x, and an arm
-    beyond the most faithful point with less drift than it dominates it (the comparison is conservative as long
-    as drift grows with fidelity along the curve, which is what turning an adapter up does).
+    Monotone cubic interpolation (PCHIP) of x and y *along the knob* (``knobs``, strictly increasing; default
+    0..K-1): each keeps the shape of its points between them (no overshoot, the concave start of a scale curve
+    is not cut by a chord), and the curve is the path (x(k), y(k)). The first crossing in knob order is used
+    (the smallest knob that reaches the target, i.e. the alternative's best drift for it). A target beyond the
+    curve's range takes the y of its nearest end when ``clamp`` (the curve never reaches that x, and an arm beyond
+    the most faithful point with less drift than it dominates it), else NaN.
     """
+    from scipy.interpolate import PchipInterpolator
+
+    k = len(curve_x)
+    t = np.arange(k, dtype=np.float64) if knobs is None else np.asarray(knobs, dtype=np.float64)
     out = np.full(target.shape, np.nan)
-    for b in range(target.size):
-        x, y, t = curve_x[:, b], curve_y[:, b], target[b]
-        ok = np.isfinite(x) & np.isfinite(y)
-        if not np.isfinite(t) or ok.sum() < 2:
-            continue
-        for k in range(len(x) - 1):
-            x0, x1 = x[k], x[k + 1]
-            if not (ok[k] and ok[k + 1]) or (x0 - t) * (x1 - t) > 0:
-                continue
-            frac = 0.0 if x1 == x0 else (t - x0) / (x1 - x0)
-            out[b] = y[k] + frac * (y[k + 1] - y[k])
-            break
-        else:
-            end = (
-                int(np.nanargmax(np.where(ok, x, -np.inf)))
-                if t > np.nanmax(x[ok])
-                else int(np.nanargmin(np.where(ok, x, np.inf)))
-            )
-            out[b] = y[end]
+    ok = np.isfinite(curve_x).all(axis=0) & np.isfinite(curve_y).all(axis=0) & np.isfinite(target)
+    if k < 2 or not ok.any():
+        return out
+    dense = np.concatenate([np.linspace(t[i], t[i + 1], 33)[:-1] for i in range(k - 1)] + [t[-1:]])
+    if k == 2:
+        xs = np.interp(dense, t, np.arange(2))[:, None] * (curve_x[1] - curve_x[0])[None, ok] + curve_x[0][None, ok]
+        ys = np.interp(dense, t, np.arange(2))[:, None] * (curve_y[1] - curve_y[0])[None, ok] + curve_y[0][None, ok]
+    else:
+        xs = PchipInterpolator(t, curve_x[:, ok], axis=0)(dense)
+        ys = PchipInterpolator(t, curve_y[:, ok], axis=0)(dense)
+    tgt = target[ok]
+    side = xs - tgt[None, :]
+    crosses = side[:-1] * side[1:] <= 0
+    has = crosses.any(axis=0)
+    first = np.argmax(crosses, axis=0)
+    cols = np.arange(xs.shape[1])
+    x0, x1 = xs[first, cols], xs[first + 1, cols]
+    y0, y1 = ys[first, cols], ys[first + 1, cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(x1 == x0, 0.0, (tgt - x0) / (x1 - x0))
+    found = y0 + frac * (y1 - y0)
+    if clamp:
+        high = tgt > xs.max(axis=0)
+        end = np.where(high, np.argmax(xs, axis=0), np.argmin(xs, axis=0))
+        found = np.where(has, found, ys[end, cols])
+    else:
+        found = np.where(has, found, np.nan)
+    out[ok] = found
     return out
+
+
+def envelope_at(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    target: np.ndarray,
+    fallback: str,
+    *,
+    lowest: bool = True,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per replicate, the lowest (``lowest``) or highest y of every curve that reaches x = target, and each curve's.
+
+    ``curves``: name -> (x (K, B + 1), y (K, B + 1), knobs). The envelope of drift at matched fidelity is the
+    lowest; of fidelity at matched drift, the highest. Where no curve reaches the target, ``fallback``'s curve
+    clamped to its nearest end (as :func:`value_at`).
+    """
+    each = {name: value_at(x, y, target, knobs, clamp=False) for name, (x, y, knobs) in curves.items()}
+    stack = np.stack(list(each.values()))
+    reached = np.isfinite(stack).any(axis=0)
+    filled = np.where(np.isfinite(stack), stack, np.inf if lowest else -np.inf)
+    best = filled.min(axis=0) if lowest else filled.max(axis=0)
+    x, y, knobs = curves[fallback]
+    return np.where(reached, best, value_at(x, y, target, knobs)), each
 
 
 def minimal_detectable(se: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
@@ -165,27 +235,31 @@ def minimal_detectable(se: float, confidence: float = CONFIDENCE, power: float =
 
 @dataclass(frozen=True)
 class ArmSummary:
-    adapter: str
-    scale: float
+    adapter: str  # the arm's family: base, primary, secondary, mask, steps, both, inpaint, placebo, champion, ...
+    scale: float  # the family's knob (scale; mask margin; steps fraction; both: the secondary's weight)
     drift: Interval  # the headline drift (evaluate.promotion.metric)
     drift_ssim: Interval
     fidelity: Interval  # the headline fidelity measure, raw
     fidelity_norm: Interval  # normalised: 0 = chance, 1 = ceiling
     measures: dict[str, Interval]  # every fidelity measure, raw
+    extra: dict[str, Interval] = field(default_factory=dict)  # drift / new noise, per-pair drift, to-base, rings
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """An adapter at scale 1 against the primary (or another reference adapter) at scale 1 and on its curve."""
+    """A candidate against a reference: the primary's scale curve, the training-free alternatives' lower
+    envelope, or the champion."""
 
     name: str
     reference: str
-    rel_fidelity: Interval  # (F - chance) / (F_ref - chance)
+    rel_fidelity: Interval  # (F - chance) / (F_ref - chance), the reference at scale 1 (the primary for envelopes)
     drift_ratio: Interval  # drift / drift_ref
-    delta_drift: Interval | None  # drift - the reference's curve at the same fidelity (None: no curve)
-    delta_fidelity: Interval | None  # normalised fidelity - the reference curve's at the same drift
+    delta_drift: Interval | None  # drift - the reference curve(s) at the same fidelity (None: no curve)
+    delta_fidelity: Interval | None  # normalised fidelity - the reference curve(s)' at the same drift
     mde_delta_drift: float  # minimal detectable |delta_drift| (80% power), in units of the reference's drift
     mde_rel_fidelity: float  # minimal detectable relative fidelity loss (80% power)
+    best_alternative: str | None = None  # the curve that is lowest at the candidate's fidelity (envelopes)
+    reference_drift: float = float("nan")  # the reference arm's drift at scale 1 (point estimate)
 
 
 @dataclass(frozen=True)
@@ -199,11 +273,24 @@ class Frontier:
     n_sets: int
     n_poses: int
     n_boot: int
+    n_prompts: int = 0
+    new_noise: Interval | None = None  # the base model's drift between two noises of one prompt: "a new scene"
+    curves: dict[str, list[str]] = field(default_factory=dict)  # each family's arms in knob order
+
+
+# the knob's letter in an arm's key; families not listed are adapters swept over their scale ("s")
+KNOB_LETTER = {"mask": "m", "steps": "f", "both": "w", "inpaint": "m", "placebo": "s"}
+# the alternatives a user has without training; their lower envelope is the reference of every trained adapter
+TRAINING_FREE = ("primary", "mask", "steps")
+ENVELOPE = "alternatives"
 
 
 def arm_key(adapter: str, scale: float) -> str:
-    """A metrics key for an arm: ``base``, ``primary_s100``, ``secondary_s25`` (no dots: DVC flattens on them)."""
-    return "base" if scale == 0 else f"{adapter}_s{round(scale * 100)}"
+    """A metrics key for an arm: ``base``, ``primary_s100``, ``mask_m15``, ``steps_f50`` (no dots: DVC flattens
+    on them). An adapter at scale 0 is the base model."""
+    if adapter == "base" or (adapter not in KNOB_LETTER and scale == 0):
+        return "base"
+    return f"{adapter}_{KNOB_LETTER.get(adapter, 's')}{round(scale * 100)}"
 
 
 def headline_drift(metric: str, rmse: np.ndarray, one_minus_ssim: np.ndarray) -> np.ndarray:
@@ -216,8 +303,30 @@ def headline_drift(metric: str, rmse: np.ndarray, one_minus_ssim: np.ndarray) ->
 
 
 def comparison_key(adapter: str, reference: str) -> str:
-    """``secondary`` for a comparison with the primary, ``secondary_vs_champion`` otherwise."""
+    """``secondary`` for a comparison with the primary, ``secondary_vs_alternatives``, ``secondary_vs_champion``."""
     return adapter if reference == "primary" else f"{adapter}_vs_{reference}"
+
+
+def family_curve(family: str, arms: Sequence[tuple[str, float]]) -> tuple[list[str], list[float]]:
+    """A family's arms in knob order with the knob positions PCHIP interpolates along (empty: no curve).
+
+    An adapter's scale curve starts at the base model (scale 0) and needs two scales > 0. ``mask`` and ``steps``
+    are the primary at scale 1 with a knob between the base model (an empty region; no step) and the primary
+    at scale 1 (a region covering the image; every step), so their curves run from one to the other.
+    """
+    keys = {arm_key(a, s) for a, s in arms}
+    own = sorted((s, arm_key(a, s)) for a, s in arms if a == family and arm_key(a, s) != "base")
+    if family in ("mask", "steps"):
+        top = arm_key("primary", 1.0)
+        if not own or "base" not in keys or top not in keys:
+            return [], []
+        chain = ["base", *(k for _, k in own), top]
+        knobs = [0.0, *(s for s, _ in own), 1.0] if family == "steps" else list(range(len(chain)))
+        return chain, [float(k) for k in knobs]
+    if family in KNOB_LETTER or len(own) < 2:
+        return [], []
+    start = ["base"] if "base" in keys else []
+    return start + [k for _, k in own], [0.0] * len(start) + [s for s, _ in own]
 
 
 def summarise(
@@ -233,20 +342,26 @@ def summarise(
     n_boot: int,
     seed: int,
     ap: Mapping[str, Any] | None = None,
+    prompts: Sequence[int] | None = None,
+    new_noise: np.ndarray | None = None,
+    extra: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Frontier:
-    """All numbers of the frontier with paired two-way bootstrap CIs.
+    """All numbers of the frontier with paired, prompt-clustered bootstrap CIs.
 
-    ``arms``: (adapter, scale) in generation order, keyed by :func:`arm_key` in the mappings; the base model
-    is ("base", 0) and belongs to every adapter's curve as its scale-0 point. ``compare``: (adapter, reference)
-    pairs compared at scale 1 (the reference's curve is its arms in scale order, base first), keyed by
-    :func:`comparison_key`.
+    ``arms``: (family, knob) in generation order, keyed by :func:`arm_key` in the mappings; the base model
+    is ("base", 0) and belongs to every curve as its first point. ``compare``: (candidate, reference) pairs,
+    keyed by :func:`comparison_key`; the candidate is its arm at knob 1 (or its family's only arm: the placebo);
+    the reference is ``primary`` (its scale curve), ``alternatives`` (the lower envelope of the
+    :data:`TRAINING_FREE` curves; ratios against the primary at scale 1) or another adapter (``champion``).
     ``fidelity[arm][m]`` is (S, P) for every measure m; ``mismatched[m]`` (S, P, P); ``real[m]`` (P,).
     ``ap``: optional per-image (OKS, detection score) arrays for keypoint AP: ``{"arms": {key: (oks, score)},
-    "chance": (oks, score), "real": (oks, score)}`` with the shapes above.
+    "chance": (oks, score), "real": (oks, score)}`` with the shapes above. ``prompts``: each set's prompt (the
+    bootstrap's outer unit). ``new_noise``: (S,) the base model's drift between the set's noise and another noise
+    of its prompt. ``extra[arm][name]``: further per-image (S, P) or per-pair (S, P, P) drift measures.
     """
     first = drift[arm_key(*arms[0])]
     n_sets, n_poses = first.shape[0], first.shape[1]
-    w = bootstrap_weights(n_sets, n_poses, n_boot, seed)
+    w = bootstrap_weights(n_sets, n_poses, n_boot, seed, prompts)
     measures = list(mismatched)
     chance = {m: pair_mean(mismatched[m], w) for m in measures}
     ceiling = {m: pose_mean(real[m], w) for m in measures}
@@ -255,6 +370,7 @@ def summarise(
         real_oks, real_score = ap["real"]
         one_set = Weights(np.ones((len(w.sets), 1)), w.poses)  # real images depend on the pose only
         ceiling["keypoint_ap"] = ap_replicates(real_oks[None, :], real_score[None, :], one_set)
+    noise = set_mean(new_noise, w) if new_noise is not None else None
 
     reps: dict[str, dict[str, np.ndarray]] = {}
     summaries: dict[str, ArmSummary] = {}
@@ -266,6 +382,12 @@ def summarise(
         r = {"drift": pair_mean(drift[key], w), "ssim": pair_mean(drift_ssim[key], w), "fid": raw[measure]}
         r["norm"] = normalised(raw[measure], chance[measure], ceiling[measure])
         reps[key] = r
+        more: dict[str, Interval] = {}
+        if noise is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                more["drift_vs_new_noise"] = interval(r["drift"] / noise)
+        for name, values in (extra or {}).get(key, {}).items():
+            more[name] = interval(pair_mean(values, w) if values.ndim == 3 else cell_mean(values, w))
         summaries[key] = ArmSummary(
             adapter,
             scale,
@@ -274,31 +396,44 @@ def summarise(
             interval(r["fid"]),
             interval(r["norm"]),
             {m: interval(v) for m, v in raw.items()},
+            more,
         )
 
-    def curve(adapter: str) -> list[str]:
-        """The adapter's arms in scale order, base first; empty unless at least two scales > 0 were measured."""
-        own = sorted((s, arm_key(a, s)) for a, s in arms if a == adapter and s > 0)
-        if len(own) < 2:
-            return []
-        return (["base"] if "base" in reps else []) + [k for _, k in own]
+    curves = {fam: family_curve(fam, arms) for fam in dict.fromkeys(a for a, _ in arms)}
+    curves = {fam: c for fam, c in curves.items() if c[0]}
 
+    def stacked(family: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        keys, knobs = curves[family]
+        return np.stack([reps[k]["norm"] for k in keys]), np.stack([reps[k]["drift"] for k in keys]), knobs
+
+    free = [f for f in TRAINING_FREE if f in curves]
     comparisons: dict[str, Comparison] = {}
     for adapter, reference in compare:
-        a, ref = reps.get(arm_key(adapter, 1.0)), reps.get(arm_key(reference, 1.0))
+        own = [arm_key(a, s) for a, s in arms if a == adapter]
+        cand = arm_key(adapter, 1.0) if arm_key(adapter, 1.0) in reps else (own[0] if len(own) == 1 else None)
+        ref_arm = arm_key("primary" if reference == ENVELOPE else reference, 1.0)
+        a, ref = reps.get(cand) if cand else None, reps.get(ref_arm)
         if a is None or ref is None:
             continue
         c = chance[measure]
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = (a["fid"] - c) / (ref["fid"] - c)
             ratio = a["drift"] / ref["drift"]
-        ref_curve = curve(reference)
         delta_drift = delta_fid = None
-        if len(ref_curve) >= 2:
-            xs = np.stack([reps[k]["norm"] for k in ref_curve])
-            ys = np.stack([reps[k]["drift"] for k in ref_curve])
-            delta_drift = interval(a["drift"] - value_at(xs, ys, a["norm"]))
-            delta_fid = interval(a["norm"] - value_at(ys, xs, a["drift"]))
+        best: str | None = None
+        if reference == ENVELOPE and "primary" in free:
+            by_fid = {f: stacked(f) for f in free}
+            low, each = envelope_at(by_fid, a["norm"], "primary")
+            delta_drift = interval(a["drift"] - low)
+            at_point = {f: v[0] for f, v in each.items() if np.isfinite(v[0])}
+            best = min(at_point, key=lambda f: at_point[f]) if at_point else "primary"
+            by_drift = {f: (y, x, knobs) for f, (x, y, knobs) in by_fid.items()}
+            high, _ = envelope_at(by_drift, a["drift"], "primary", lowest=False)
+            delta_fid = interval(a["norm"] - high)
+        elif reference in curves:
+            xs, ys, knobs = stacked(reference)
+            delta_drift = interval(a["drift"] - value_at(xs, ys, a["norm"], knobs))
+            delta_fid = interval(a["norm"] - value_at(ys, xs, a["drift"], knobs))
         rel_i = interval(rel)
         ref_drift = float(ref["drift"][0])
         mde_drift = (
@@ -315,6 +450,8 @@ def summarise(
             delta_fid,
             mde_drift,
             minimal_detectable(rel_i.se) if np.isfinite(rel_i.se) else float("nan"),
+            best,
+            ref_drift,
         )
     primary = reps.get(arm_key("primary", 1.0))
     primary_norm = interval(primary["norm"]) if primary is not None else Interval(*(float("nan"),) * 4)
@@ -328,4 +465,7 @@ def summarise(
         n_sets,
         n_poses,
         n_boot,
+        len(set(prompts)) if prompts is not None else n_sets,
+        interval(noise) if noise is not None else None,
+        {fam: keys for fam, (keys, _) in curves.items()},
     )

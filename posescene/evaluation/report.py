@@ -14,13 +14,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from posescene.config import Params
-from posescene.evaluation.frontier import Interval, arm_key
-from posescene.evaluation.promotion import CHAMPION_ALIAS
+from posescene.evaluation.frontier import ENVELOPE, Interval
+from posescene.evaluation.promotion import CHAMPION_ALIAS, GateRules, gate_power
 from posescene.evaluation.result import EvaluationResult
 from posescene.generate import Pose, condition_maps
 from posescene.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 
-ADAPTER_COLOURS = {"primary": "#4477aa", "secondary": "#ee6677", "champion": "#228833"}
+ADAPTER_COLOURS = {
+    "primary": "#4477aa", "secondary": "#ee6677", "champion": "#228833", "mask": "#66ccee", "steps": "#aa3377",
+    "both": "#ccbb44", "inpaint": "#222222", "placebo": "#bbbbbb",
+}  # fmt: skip
+KNOB_NAMES = {"mask": "margin", "steps": "fraction of steps", "both": "secondary weight", "inpaint": "margin"}
 
 
 def _num(v: float) -> float | None:
@@ -38,7 +42,13 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
     verdict and the gate, then chance/ceiling, then every arm, then the run."""
     f = result.frontier
     comp = f.comparisons.get("secondary")
+    best = f.comparisons.get(f"secondary_vs_{ENVELOPE}")
     verdict: dict[str, Any] = {"text": result.verdict, "gate": result.promotion.status}
+    if best is not None:
+        verdict["best_alternative"] = best.best_alternative
+        verdict |= _interval(best.delta_drift, "delta_drift_vs_alternatives")
+        verdict |= _interval(best.delta_fidelity, "delta_fidelity_vs_alternatives")
+    verdict["gate_power"] = _num(gate_power(f, _rules(params)))
     if comp is not None:
         verdict |= _interval(comp.delta_drift, "delta_drift_matched")
         verdict |= _interval(comp.delta_fidelity, "delta_fidelity_matched")
@@ -69,6 +79,7 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
             **_interval(a.fidelity, f"{f.measure}"),
             "drift_ssim": _num(a.drift_ssim.value),
             **{m: _num(v.value) for m, v in a.measures.items() if m != f.measure},
+            **{name: _num(v.value) for name, v in a.extra.items()},
         }
     return {
         "verdict": verdict,
@@ -82,7 +93,9 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
         },
         "comparisons": comparisons,
         "arms": arms,
+        "new_noise_drift": _interval(f.new_noise, "drift"),
         "run": {
+            "n_prompts": f.n_prompts,
             "n_sets": f.n_sets,
             "n_poses": f.n_poses,
             "n_arms": len(result.arms),
@@ -107,19 +120,24 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _rules(params: Params) -> GateRules:
+    pr = params.evaluate.promotion
+    return GateRules(pr.fidelity_floor, pr.drift_margin, pr.min_primary_fidelity)
+
+
 def frontier_rows(result: EvaluationResult) -> list[dict[str, Any]]:
-    """One row per (adapter, scale), the base model repeated at scale 0 of every adapter's curve (the plot's
-    data: ``plots/frontier/<adapter>.csv``)."""
+    """One row per arm of every curve (a family's arms in knob order, from the base model; the ``mask`` and
+    ``steps`` curves end at the primary at scale 1), and single arms (inpainting bound, placebo, ``both``) as
+    points: the plot's data, ``plots/frontier/<family>.csv``."""
     f = result.frontier
     rows = []
-    adapters = list(dict.fromkeys(a for a, _ in result.arms if a != "base"))
-    for adapter in adapters:
-        own = [arm_key(a, s) for a, s in sorted(result.arms, key=lambda x: x[1]) if a == adapter]
-        keys = (["base"] if len(own) > 1 else []) + own  # a single scale is a point, not a curve
+    families = list(dict.fromkeys(a for a, _ in result.arms if a != "base"))
+    for family in families:
+        keys = f.curves.get(family) or [k for k, a in f.arms.items() if a.adapter == family]
         for key in keys:
             arm = f.arms[key]
             rows.append({
-                "adapter": adapter, "scale": arm.scale, "fidelity_norm": arm.fidelity_norm.value,
+                "adapter": family, "arm": key, "scale": arm.scale, "fidelity_norm": arm.fidelity_norm.value,
                 "fidelity_norm_low": arm.fidelity_norm.low, "fidelity_norm_high": arm.fidelity_norm.high,
                 "drift": arm.drift.value, "drift_low": arm.drift.low, "drift_high": arm.drift.high,
             })  # fmt: skip
@@ -145,10 +163,14 @@ def write_frontier_plot(result: EvaluationResult, path: Path, metric: str) -> No
         x = np.array([r["fidelity_norm"] for r in pts])
         y = np.array([r["drift"] for r in pts])
         xerr, yerr = _errors(pts, "fidelity_norm"), _errors(pts, "drift")
-        colour = ADAPTER_COLOURS.get(adapter, "#ccbb44")
-        ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="-o", color=colour, label=adapter,
-                    capsize=2, lw=1.5, ms=4, alpha=0.9)  # fmt: skip
+        colour = ADAPTER_COLOURS.get(adapter, "#999933")
+        style = "*" if adapter == "inpaint" else "-o" if len(pts) > 1 else "D"
+        label = {"inpaint": "inpainting bound", "placebo": "placebo (primary off-grid)"}.get(adapter, adapter)
+        ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=style, color=colour, label=label,
+                    capsize=2, lw=1.5, ms=6 if style != "-o" else 4, alpha=0.9)  # fmt: skip
         for r in pts:
+            if r["arm"] == "base" or (adapter in ("mask", "steps") and r["arm"].startswith("primary")):
+                continue
             ax.annotate(f"{r['scale']:g}", (r["fidelity_norm"], r["drift"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points", color=colour)  # fmt: skip
     ax.axvline(0.0, color="#999999", ls=":", lw=1)
@@ -157,7 +179,8 @@ def write_frontier_plot(result: EvaluationResult, path: Path, metric: str) -> No
     ax.text(1.0, ax.get_ylim()[1], " judge on real images", fontsize=7, va="top", color="#666666")
     ax.set_xlabel(f"pose fidelity ({result.frontier.measure}, normalised: 0 = chance, 1 = ceiling)")
     ax.set_ylabel(f"scene drift ({metric}; lower is better)")
-    ax.set_title("drift vs fidelity as adapter_conditioning_scale grows (labels), 95% CIs", fontsize=9)
+    ax.set_title("drift vs fidelity as each arm's knob grows (labels: scale, margin, fraction), 95% CIs",
+                 fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -246,6 +269,9 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
         "not_evaluated": f"**Not evaluated**: no alias moved (`{CHAMPION_ALIAS}`: {p.champion_before or 'none'}).",
         "no_candidate": "**No candidate** in the registry: nothing to promote; no alias changed.",
     }[p.status]
+    power = gate_power(f, _rules(params))
+    best = f.comparisons.get(f"secondary_vs_{ENVELOPE}")
+    placebo = f.comparisons.get(f"placebo_vs_{ENVELOPE}") or f.comparisons.get("placebo")
     lines = [
         "# posescene evaluation: scene drift across poses at matched pose fidelity",
         "",
@@ -255,32 +281,88 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
         "",
         "![drift vs fidelity frontier](plots/frontier.png)",
         "",
+        "## Against every alternative a user already has",
+        "",
+        "The training-free alternatives are the primary adapter with one knob each: its scale "
+        "(`adapter_conditioning_scale`), its features masked to the pose's person region grown by a margin "
+        "(`mask`), its features during the first fraction of the denoising steps only (`steps`). Their lower "
+        "envelope at matched fidelity is the reference (`alternatives`); each curve is interpolated monotonically "
+        "(PCHIP) along its knob. Δdrift < 0: less drift than the best alternative at the same pose fidelity.",
+        "",
+        "| candidate | reference | Δdrift at matched fidelity | Δ normalised fidelity at matched drift | "
+        "relative above-chance fidelity | drift ratio | best alternative there |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in f.comparisons.values():
+        lines.append(
+            f"| {c.name} | {c.reference} | {_fmt(c.delta_drift, 4, True)} | {_fmt(c.delta_fidelity, 3, True)} | "
+            f"{_fmt(c.rel_fidelity)} | {_fmt(c.drift_ratio)} | {c.best_alternative or '–'} |"
+        )
+    lines.append("")
+    if placebo is not None and placebo.delta_drift is not None:
+        d = placebo.delta_drift
+        ok = d.low <= 0 <= d.high
+        lines += [
+            f"**Placebo** (the primary at scale {params.evaluate.alternatives.placebo_scale:g}, off the grid, compared "
+            f"like a candidate): Δdrift {_fmt(d, 4, True)}: "
+            + ("not distinguishable, as it must be (the matched-fidelity test's false-positive check)."
+               if ok else "**distinguishable: the matched-fidelity test is biased on this run; read the verdict "
+               "with care.**"),
+            "",
+        ]  # fmt: skip
+    if f.new_noise is not None:
+        lines += [
+            "## How large (drift in units of a new noise)",
+            "",
+            f"A new noise (the base model, same prompt, another seed) changes the scene by {_fmt(f.new_noise, 4)} "
+            'RMSE outside the person regions: that is "a new scene". Each arm\'s pose-induced drift as a share of it, '
+            "its drift on each pair's own scene (outside the two poses' regions only), and its distance to the base "
+            "image of its noise (the scene the text asked for), overall and by distance from its own person box:",
+            "",
+            "| arm | drift / new noise | drift, per-pair mask | to base | in the box | 0-8 px | 8-16 px | > 16 px |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, arm in f.arms.items():
+            e = arm.extra
+            cells = [e.get(n) for n in ("drift_pair_mask", "to_base", "to_base_box", "to_base_near", "to_base_mid",
+                                       "to_base_far")]  # fmt: skip
+            lines.append(
+                f"| {key} | {_fmt(e.get('drift_vs_new_noise'), 2)} | "
+                + " | ".join("–" if c is None or not math.isfinite(c.value) else f"{c.value:.4f}" for c in cells)
+                + " |"
+            )
+        lines.append("")
+    lines += [
         "## Gate (every check on the pessimistic end of its 95% CI)",
         "",
         *[f"- {line}" for line in p.lines],
         "",
-        f"## Arms ({f.n_sets} sets x {f.n_poses} poses each; 95% CIs: paired two-way bootstrap over sets and poses, "
-        f"{f.n_boot} replicates)",
+        f"Power of the gate: a candidate that keeps all of the primary's above-chance fidelity and drifts 30% less "
+        f"than the alternatives passes every check with probability {power:.0%} in this design (from this run's "
+        "standard errors; `posescene.evaluation.promotion.gate_power`).",
+        "",
+        f"## Arms ({len(result.heldout.prompts)} prompts, {f.n_sets} sets x {f.n_poses} poses each; 95% CIs: paired "
+        f"bootstrap over prompts, seeds nested in prompts, and poses, {f.n_boot} replicates)",
         "",
         f"Fidelity measure `{f.measure}`; normalised = (raw - chance) / (ceiling - chance). Chance "
         f"{_fmt(f.chance[f.measure])} = the judge on the primary's images scored against the *other* poses of their "
         f"set; ceiling {_fmt(f.ceiling[f.measure])} = the judge on the real images the poses come from.",
         "",
-        f"| arm | scale | drift ({ev.promotion.metric}) | drift 1-SSIM | {f.measure} | normalised fidelity | "
-        "keypoint error | PCK@0.1 box |",
+        f"| arm | knob | drift ({ev.promotion.metric}) | drift 1-SSIM | {f.measure} | normalised fidelity | "
+        "OKS (18 points) | PCK@0.1 box |",
         "|---|---:|---|---:|---|---|---:|---:|",
     ]
     for key, a in f.arms.items():
         lines.append(
             f"| {key} | {a.scale:g} | {_fmt(a.drift, 4)} | {a.drift_ssim.value:.4f} | {_fmt(a.fidelity)} | "
-            f"{_fmt(a.fidelity_norm)} | {a.measures['keypoint_error'].value:.3f} | "
+            f"{_fmt(a.fidelity_norm)} | {a.measures['oks'].value:.3f} | "
             f"{a.measures['pck@0.1box'].value:.3f} |"
         )
     lines += [
-        f"| chance | – | – | – | {_fmt(f.chance[f.measure])} | 0 | {f.chance['keypoint_error'].value:.3f} | "
+        f"| chance | – | – | – | {_fmt(f.chance[f.measure])} | 0 | {f.chance['oks'].value:.3f} | "
         f"{f.chance['pck@0.1box'].value:.3f} |",
         f"| ceiling (real images) | – | – | – | {_fmt(f.ceiling[f.measure])} | 1 | "
-        f"{f.ceiling['keypoint_error'].value:.3f} | {f.ceiling['pck@0.1box'].value:.3f} |",
+        f"{f.ceiling['oks'].value:.3f} | {f.ceiling['pck@0.1box'].value:.3f} |",
         "",
     ]
     if "keypoint_ap" in f.chance:
@@ -291,51 +373,32 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             "",
         ]
     if comp is not None:
+        ref = best or comp
         lines += [
-            "## Secondary vs the primary",
-            "",
-            f"- Δdrift at matched fidelity (secondary at scale 1 minus the primary turned down to the same "
-            f"fidelity): {_fmt(comp.delta_drift, 4, True)}",
-            f"- Δ normalised fidelity at matched drift: {_fmt(comp.delta_fidelity, 3, True)}",
-            f"- relative above-chance fidelity (F_S - chance) / (F_P - chance): {_fmt(comp.rel_fidelity)}",
-            f"- drift ratio (secondary / primary, both at scale 1): {_fmt(comp.drift_ratio)}",
-            "",
             "### Power",
             "",
-            f"With {f.n_sets} sets x {f.n_poses} poses, the smallest Δdrift this run detects with 80% power at the "
-            f"5% level is {comp.mde_delta_drift:.0%} of the primary's drift (target: 20%), and the smallest relative "
-            f"fidelity loss {comp.mde_rel_fidelity:.1%} (target: 5%) (1.96 + 0.84 = 2.8 bootstrap SEs). "
+            f"With {len(result.heldout.prompts)} prompts x {f.n_poses} poses, the smallest Δdrift this run detects "
+            f"with 80% power at the 5% level is {ref.mde_delta_drift:.0%} of the primary's drift against "
+            f"`{ref.reference}` (target: 20%), and the smallest relative fidelity loss {ref.mde_rel_fidelity:.1%} "
+            "(target: 5%) (1.96 + 0.84 = 2.8 bootstrap SEs). "
             + (
                 "Both targets are met."
-                if comp.mde_delta_drift <= 0.2 and comp.mde_rel_fidelity <= 0.05
-                else "Where a target is missed, more sets (evaluate.n_prompts x evaluate.seeds) shrink the SE "
-                "as 1/sqrt(sets): see README for the full-power configuration."
+                if ref.mde_delta_drift <= 0.2 and ref.mde_rel_fidelity <= 0.05
+                else "Where a target is missed, more prompts and poses shrink the SE (more seeds of the same "
+                "prompts barely do): see README for the full-power configuration."
             ),
             "",
         ]
-    if len(f.comparisons) > 1:
-        lines += [
-            "## Every adapter at scale 1 against its reference turned down (ablation arms, champion)",
-            "",
-            "| adapter | reference | Δdrift at matched fidelity | Δ normalised fidelity at matched drift | "
-            "relative above-chance fidelity | drift ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, c in f.comparisons.items():
-            lines.append(
-                f"| {name} | {c.reference} | {_fmt(c.delta_drift, 4, True)} | {_fmt(c.delta_fidelity, 3, True)} | "
-                f"{_fmt(c.rel_fidelity)} | {_fmt(c.drift_ratio)} |"
-            )
-        lines.append("")
     lines += [
         "## Design",
         "",
-        f"- {len(result.heldout.prompts)} held-out prompts x {len(ev.seeds)} seeds = {f.n_sets} sets; each set has its "
+        f"- {len(result.heldout.prompts)} held-out prompts x {len(ev.seeds)} seed(s) = {f.n_sets} sets; each set has "
+        "its "
         f"own initial noise, and every pose and arm of a set starts from it. Captions name no action (the action "
         "phrase of the source image is removed), so no pose contradicts the prompt.",
         f"- {f.n_poses} held-out poses, distinct actions where the data has them; adapter_conditioning_scale grid "
-        f"{list(ev.scales)} (scale 0 = the base model); {ev.steps} {ev.sampler} steps, guidance {ev.guidance_scale}, "
-        f"{params.model.resolution} px.",
+        f"{list(ev.scales)} (scale 0 = the base model); alternatives {ev.alternatives.model_dump()}; {ev.steps} "
+        f"{ev.sampler} steps, guidance {ev.guidance_scale}, {params.model.resolution} px.",
         f"- Drift: mean over pose pairs of the distance outside the union of the set's person regions (keypoint boxes "
         f"grown by {ev.mask_margin:.0%} of their larger side; the scene is {result.scene_fraction:.0%} of the image).",
         f"- Held-out scenes checked against the world's training record: {result.checked_scenes} scene(s) with "
