@@ -59,6 +59,7 @@ def detector_spec(params: PosesParams) -> poses.DetectorSpec:
         params.min_detection_confidence,
         params.min_presence_confidence,
         params.max_persons,
+        tuple(params.person_proposals),
     )
 
 

@@ -52,11 +52,21 @@ class PosesParams(_Section):
     min_detection_confidence: float = Field(ge=0.0, le=1.0)
     min_presence_confidence: float = Field(ge=0.0, le=1.0)
     max_persons: int = Field(ge=1)
+    # mediapipe's person proposals (posescene.detectors.MediaPipeDetector): "landmarker" alone is the
+    # whole-image single-person path; "faces" adds the face detector's body crops (multi-person, upper body)
+    person_proposals: list[Literal["landmarker", "faces", "hog"]] = Field(min_length=1)
     batch_size: int = Field(ge=1)
     workers: int = Field(ge=1)
     runner: Literal["local", "dask"]
     dask_workers: int = Field(ge=1)
     out_dir: str
+
+    @field_validator("person_proposals")
+    @classmethod
+    def _distinct_proposals(cls, value: list[str]) -> list[str]:
+        if len(set(value)) < len(value):
+            raise ValueError(f"lists a proposal twice ({value}); each of landmarker, faces, hog at most once")
+        return value
 
 
 class PairsParams(_Section):

@@ -103,8 +103,9 @@ class DetectorSpec:
     min_detection_confidence: float
     min_presence_confidence: float
     max_persons: int
+    person_proposals: tuple[str, ...]  # mediapipe's proposals (poses.person_proposals), a tuple: hashable
 
-    def options(self) -> dict[str, float | int]:
+    def options(self) -> dict[str, float | int | list[str]]:
         """The settings that change what this detector finds (stored with the lattices; a change restarts)."""
         if self.name == "groundtruth":
             return {}
@@ -113,6 +114,7 @@ class DetectorSpec:
                 "max_persons": self.max_persons,
                 "min_detection_confidence": self.min_detection_confidence,
                 "min_presence_confidence": self.min_presence_confidence,
+                "person_proposals": list(self.person_proposals),
             }
         return {"max_persons": self.max_persons}
 
@@ -166,7 +168,11 @@ class PosesSummary:
 
 
 def schema_metadata(
-    detector: str, beta: float, min_score: float, weights: str | None, options: dict[str, float | int] | None = None
+    detector: str,
+    beta: float,
+    min_score: float,
+    weights: str | None,
+    options: dict[str, float | int | list[str]] | None = None,
 ) -> dict[str, str]:
     return {
         META_TOPOLOGY: json.dumps(list(KEYPOINT_NAMES)),
@@ -195,6 +201,7 @@ def get_detector(spec: DetectorSpec) -> Detector:
             min_detection_confidence=spec.min_detection_confidence,
             min_presence_confidence=spec.min_presence_confidence,
             max_persons=spec.max_persons,
+            person_proposals=spec.person_proposals,
         )
     return detector
 
@@ -465,6 +472,7 @@ def run_poses(
     min_detection_confidence: float,
     min_presence_confidence: float,
     max_persons: int,
+    person_proposals: Sequence[str],
     batch_size: int,
     workers: int,
     device: str | None = None,
@@ -475,9 +483,11 @@ def run_poses(
 
     ``manifest``: the ingest output directory or its ``manifest.parquet``. ``min_detection_confidence``,
     ``min_presence_confidence``: mediapipe's thresholds for a person box and its landmarks (lower finds
-    more, less sure, people); ``max_persons``: people kept per image, most prominent first. ``map_fn(process_batch,
-    tasks)`` overrides the runner (default: this process for ``workers == 1``, else a spawn process pool);
-    it must yield one :class:`BatchResult` per task, in any order.
+    more, less sure, people); ``max_persons``: people kept per image, most prominent first;
+    ``person_proposals``: where mediapipe looks for people (:class:`posescene.detectors.MediaPipeDetector`:
+    ``landmarker`` the whole image, ``faces`` body crops grown from faces, ``hog`` HOG people boxes).
+    ``map_fn(process_batch, tasks)`` overrides the runner (default: this process for ``workers == 1``, else a
+    spawn process pool); it must yield one :class:`BatchResult` per task, in any order.
     """
     if batch_size < 1 or workers < 1 or max_persons < 1:
         raise InputDataError(
@@ -502,7 +512,8 @@ def run_poses(
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_dir)
     summary = PosesSummary(out_dir=str(out_dir), detector=detector, beta=beta, images_total=len(records))
-    spec = DetectorSpec(detector, weights, device, min_detection_confidence, min_presence_confidence, max_persons)
+    spec = DetectorSpec(detector, weights, device, min_detection_confidence, min_presence_confidence, max_persons,
+                        tuple(person_proposals))  # fmt: skip
     wanted = schema_metadata(detector, beta, min_score, weights, spec.options())
     existing, reason = _scan_existing(out_dir, wanted)
     if reason:
@@ -575,6 +586,7 @@ def run_poses_with(params: PosesParams, manifest: str | Path, out_dir: str | Pat
         "min_detection_confidence": params.min_detection_confidence,
         "min_presence_confidence": params.min_presence_confidence,
         "max_persons": params.max_persons,
+        "person_proposals": params.person_proposals,
         "batch_size": params.batch_size,
         "workers": params.workers,
     }

@@ -207,7 +207,8 @@ def test_detector_thresholds_are_params(people_ingested, tmp_path):
     (only,) = [r for r in read_lattices(out).to_pylist() if r["image_id"] == ids["two_people.png"]]
     assert only["n_persons"] == 1 and _point(only, "nose")[0] < 512  # the larger astronaut
     options = json.loads(read_lattices(out).schema.metadata[b"posescene.detector_options"])
-    assert options == {"max_persons": 1, "min_detection_confidence": 0.5, "min_presence_confidence": 0.5}
+    assert options == {"max_persons": 1, "min_detection_confidence": 0.5, "min_presence_confidence": 0.5,
+                       "person_proposals": ["landmarker", "faces"]}  # fmt: skip
 
     summary = run_poses(
         people_ingested,
