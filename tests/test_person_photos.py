@@ -1,0 +1,116 @@
+"""Issue 28: people in real photographs (tests/data/photos, hand-labelled head boxes), found offline.
+
+These pin what the default MediaPipe path finds on the committed set against the path before issue 28
+(the whole-image PoseLandmarker at max_persons 4). Speed is not tested here: benchmarks/bench_person_recall.py
+measures both side by side (benchmarks/results/person_recall.json).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from posescene.config import default_params
+from posescene.detectors import MediaPipeDetector, make_detector
+from posescene.errors import ConfigError
+from posescene.poses import lattice_rows
+from posescene.topology import INDEX
+
+PHOTOS = REPO_ROOT / "tests" / "data" / "photos"
+
+
+def _bench() -> Any:
+    path = REPO_ROOT / "benchmarks" / "bench_person_recall.py"
+    spec = importlib.util.spec_from_file_location("bench_person_recall", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    return _bench()
+
+
+@pytest.fixture(scope="module")
+def photo_set(bench) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    return bench.load_set(PHOTOS)
+
+
+def _run(photo_set, bench, **over: Any) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    p = default_params().poses.model_dump() | over
+    detector = make_detector(
+        "mediapipe",
+        None,
+        min_detection_confidence=p["min_detection_confidence"],
+        min_presence_confidence=p["min_presence_confidence"],
+        max_persons=p["max_persons"],
+        person_proposals=p["person_proposals"],
+    )
+    rows: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for name, image, _ in photo_set:
+            (persons,) = detector.detect([image])
+            record = {"image_id": name, "width": image.shape[1], "height": image.shape[0]}
+            rows[name] = lattice_rows(record, persons, "mediapipe", p["beta"], p["min_score"], p["max_persons"])
+    finally:
+        detector.close()
+    labels = {name: label for name, _, label in photo_set}
+    per_image = {name: bench.match_people(r, labels[name]) for name, r in rows.items()}
+    return bench.score(per_image, labels), rows
+
+
+def test_the_photo_set_is_labelled_licensed_and_small():
+    labels = json.loads((PHOTOS / "labels.json").read_text())
+    readme = (PHOTOS / "README.md").read_text()
+    files = sorted(p.name for p in PHOTOS.glob("*.jpg"))
+    assert files == sorted(k for k in labels if not k.startswith("_"))
+    for name in files:  # every photo has its source and licence row
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
+        assert any(lic in row for lic in ("CC BY", "CC0", "public domain")), row
+    assert sum((PHOTOS / f).stat().st_size for f in files) < 500_000
+    kinds = {label["kind"] for label in labels.values() if isinstance(label, dict) and "kind" in label}
+    assert kinds == {"crowd", "group", "upper", "single", "small", "nobody"}
+
+
+def test_default_path_finds_the_people_today_missed(photo_set, bench):
+    default, rows = _run(photo_set, bench)
+    today, _ = _run(photo_set, bench, person_proposals=["landmarker"], max_persons=bench.TODAY_MAX_PERSONS)
+    # measured on this set (benchmarks/results/person_recall.json): default 18/26 multi-person, 15/18 upper
+    # body, 1 false person in 12 images; today 9/26 and 10/18. The targets of issue 28 are 0.8 / 0.8 / 0.1:
+    # the upper-body and false-people targets are met, multi-person recall is not (see the README).
+    assert today["multi_person"]["found"] <= 10 and today["upper_body"]["found"] <= 11
+    assert default["multi_person"]["recall"] >= 0.65
+    assert default["multi_person"]["found"] >= today["multi_person"]["found"] + 7
+    assert default["upper_body"]["recall"] >= 0.8
+    assert default["false_people_per_image"] <= 0.1
+    for name in ("nobody_waiting_room.jpg", "nobody_storefront.jpg"):
+        assert [r["has_person"] for r in rows[name]] == [False]
+    # every one of the six people cut at the thighs, where today's path found two
+    assert sum(r["has_person"] for r in rows["group_six_meeting.jpg"]) >= 6
+
+
+def test_an_upper_body_person_gets_a_lattice_with_null_legs(photo_set, bench):
+    _, rows = _run(photo_set, bench)
+    (astronaut,) = rows["upper_astronaut.jpg"]
+    assert astronaut["has_person"] and astronaut["x"][INDEX["nose"]] is not None
+    assert astronaut["x"][INDEX["r_shoulder"]] is not None and astronaut["x"][INDEX["l_shoulder"]] is not None
+    for leg in ("r_knee", "l_knee", "r_ankle", "l_ankle"):  # out of frame: missing, as the lattice allows
+        assert astronaut["x"][INDEX[leg]] is None and astronaut["x_norm"][INDEX[leg]] is None
+
+
+def test_person_proposals_are_validated(tmp_path: Path):
+    with pytest.raises(ConfigError, match="person_proposals"):
+        default_params({"poses.person_proposals": ["yolo"]})
+    with pytest.raises(ConfigError, match="person_proposals"):
+        default_params({"poses.person_proposals": []})
+    with pytest.raises(ConfigError, match="twice"):
+        default_params({"poses.person_proposals": ["faces", "faces"]})
+    with pytest.raises(ConfigError, match="person_proposals"):
+        MediaPipeDetector(0.5, 0.5, 4, proposals=())
