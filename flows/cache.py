@@ -25,6 +25,8 @@ def cache_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | Non
         params.cache.out_dir,
         params.model.resolution,
         params.cache.batch_size,
+        params.cache.threads,
+        params.cache.device,
     )
     print(
         f"cache: {summary['n_images']} image latents {summary['latent_shape']}, {summary['n_captions']} text states "

@@ -70,7 +70,10 @@ def prefect_slot(name: str, timeout: float, lock_path: str | None = None) -> Ite
 
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=None if timeout < 0 else timeout))
+            # strict: a missing limit raises (and is reported once, below) instead of Prefect's own warning
+            stack.enter_context(
+                concurrency(name, occupy=1, timeout_seconds=None if timeout < 0 else timeout, strict=True)
+            )
             taken = True
         except TimeoutError as exc:
             holder = read_holder(lock_path) if lock_path else None
@@ -80,7 +83,10 @@ def prefect_slot(name: str, timeout: float, lock_path: str | None = None) -> Ite
                 f"Gave up after waiting {timeout:g} s (ops.lock_timeout_s); wait for it to finish or raise the timeout."
             ) from exc
         except Exception as exc:  # noqa: BLE001 - server down or limit missing: the file lock still holds
-            run_logger().warning(f"Prefect concurrency limit {name!r} not used ({exc}); relying on the file lock")
+            run_logger().warning(
+                f"Prefect concurrency limit {name!r} not used ({exc}); relying on the file lock. Create it with "
+                "`posescene serve` or `source scripts/prefect_server.sh` (docs/operations.md, the run lock)."
+            )
             taken = False
         token = _SLOT_HELD.set(True) if taken else None
         try:

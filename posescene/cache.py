@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from posescene.devices import reproducible_math, resolve_device
 from posescene.errors import InputDataError
 from posescene.ingest import read_manifest
 from posescene.io import atomic_path, write_json_atomic
@@ -67,10 +68,32 @@ def build_cache(
     resolution: int,
     *,
     batch_size: int,
-    device: str | None = None,
+    threads: int,
+    device: str,
     progress: bool = True,
 ) -> Path:
-    """Encode every image and caption the pairs use with the frozen VAE and text encoder (atomic write)."""
+    """Encode every image and caption the pairs use with the frozen VAE and text encoder (atomic write).
+
+    ``threads`` and ``device`` are pinned (params.yaml ``cache``): the same inputs give the same bytes on any
+    machine with the same kind of CPU, whatever its core count (:func:`posescene.devices.reproducible_math`).
+    """
+    with reproducible_math(threads):
+        return _build_cache(
+            pairs_path, ingested_dir, out_dir, base, resolution, batch_size=batch_size, device=device, progress=progress
+        )
+
+
+def _build_cache(
+    pairs_path: str | Path,
+    ingested_dir: str | Path,
+    out_dir: str | Path,
+    base: str,
+    resolution: int,
+    *,
+    batch_size: int,
+    device: str,
+    progress: bool,
+) -> Path:
     fix_pairs = "Rerun the pairs stage (posescene pairs / dvc repro pairs)."
     pairs = require_columns(read_pairs(pairs_path), ["image_a", "image_b", "caption"], pairs_path, fix_pairs)
     ingested_dir = Path(ingested_dir)
@@ -87,8 +110,8 @@ def build_cache(
             f"{pairs_path}: {len(unknown)} image id(s) are not in {ingested_dir}/manifest.parquet "
             f"(e.g. {unknown[:3]}); the pairs were made from another ingest. Rerun pairs."
         )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_base(base).freeze().to(device)
+    torch_device = resolve_device(device)
+    model = load_base(base).freeze().to(torch_device)
 
     latents: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(image_ids), batch_size), desc="cache latents", disable=not progress):
@@ -99,7 +122,7 @@ def build_cache(
     text: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(captions), batch_size), desc="cache text", disable=not progress):
         chunk = captions[start : start + batch_size]
-        for caption, h in zip(chunk, encode_prompts(model, chunk, device).float().cpu(), strict=True):
+        for caption, h in zip(chunk, encode_prompts(model, chunk, torch_device).float().cpu(), strict=True):
             text[caption_key(caption)] = h.contiguous()
 
     some_latent, some_text = next(iter(latents.values())), next(iter(text.values()))
@@ -113,6 +136,12 @@ def build_cache(
         "n_images": len(latents),
         "n_captions": len(text),
         "captions": {caption_key(c): c for c in captions},
+        # what the bytes depend on besides the inputs: another CPU kind (AVX2 vs AVX-512) or CUDA rounds otherwise
+        "numerics": {
+            "device": torch_device.type,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
     }
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

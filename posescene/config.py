@@ -154,6 +154,8 @@ class CacheParams(_Section):
 
     out_dir: str
     batch_size: int = Field(ge=1)
+    threads: int = Field(ge=0)  # torch intra-op threads, fixed: the bytes may depend on it; 0: all cores
+    device: str  # cpu (the same bytes on any machine of the same CPU kind) | auto | cuda[:N]
 
 
 class TrainParams(_Section):
@@ -161,6 +163,7 @@ class TrainParams(_Section):
 
     out_dir: str
     checkpoint_dir: str
+    threads: int = Field(ge=0)  # torch intra-op threads, fixed: the bytes may depend on it; 0: all cores
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     gradient_accumulation_steps: int = Field(ge=1)

@@ -43,9 +43,11 @@ class FrozenBase:
             module.eval()
         return self
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FrozenBase:
+    def to(self, device: torch.device | str) -> FrozenBase:
+        """Move to ``device``. No dtype: load in the dtype you need (``load_base(..., dtype)``); diffusers warns
+        on every ``.to(dtype=...)`` (also ``dtype=None``) because a cast skips its keep-in-float32 modules."""
         for module in (self.vae, self.unet, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            module.to(device)
         return self
 
 
@@ -68,8 +70,8 @@ def load_base(name_or_path: str, dtype: torch.dtype = torch.float32) -> FrozenBa
         unet = UNet2DConditionModel.from_pretrained(
             name_or_path, subfolder="unet", use_safetensors=True, torch_dtype=dtype
         )
-        text_encoder = AutoModel.from_pretrained(
-            name_or_path, subfolder="text_encoder", use_safetensors=True, torch_dtype=dtype
+        text_encoder = AutoModel.from_pretrained(  # transformers 5: `dtype` (`torch_dtype` is deprecated)
+            name_or_path, subfolder="text_encoder", use_safetensors=True, dtype=dtype
         )
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, subfolder="tokenizer")
         noise_scheduler = DDPMScheduler.from_pretrained(name_or_path, subfolder="scheduler")
@@ -125,8 +127,10 @@ def check_compatible(base: FrozenBase, adapter: T2IAdapter, in_channels: int, re
 
 
 @torch.no_grad()
-def encode_prompts(base: FrozenBase, prompts: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
-    """tau(y): the text encoder's last hidden states, exactly as diffusers' pipelines compute them."""
+def encode_prompts(base: FrozenBase, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+    """tau(y): the text encoder's last hidden states, exactly as diffusers' pipelines compute them (on ``device``,
+    by default the text encoder's)."""
+    device = device if device is not None else base.text_encoder.device
     tok = base.tokenizer(
         prompts, padding="max_length", max_length=base.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )

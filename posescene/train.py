@@ -28,7 +28,6 @@ of an uninterrupted one. The checkpoint (posescene.checkpoints) also keeps the g
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import hashlib
 import io
@@ -55,6 +54,7 @@ from posescene import objective, pyfunc, tracking
 from posescene.cache import Cache, caption_key, load_cache, require_columns
 from posescene.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from posescene.config import Params, TrainParams
+from posescene.devices import reproducible_math
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
 from posescene.models import FrozenBase, check_compatible, load_adapter, load_base, prepare_adapter_input
@@ -627,17 +627,18 @@ def load_models(params: Params, device: torch.device) -> tuple[FrozenBase, T2IAd
     """Frozen SD + P-Ad on ``device``; S-Ad = a trainable copy of P-Ad (float32: the optimizer's copy)."""
     tp = params.train
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[tp.mixed_precision]
-    base = load_base(params.model.base).freeze()
-    primary = load_adapter(params.model.primary_adapter)
+    # the frozen parts load in their compute dtype (what diffusers asks for: no .to(dtype) casts afterwards)
+    base = load_base(params.model.base, weight_dtype).freeze()
+    primary = load_adapter(params.model.primary_adapter, weight_dtype)
     check_compatible(
         base, primary, params.model.adapter_in_channels, params.model.resolution, where=params.model.primary_adapter
     )
-    secondary = copy.deepcopy(primary).requires_grad_(True).train()
+    secondary = load_adapter(params.model.primary_adapter).requires_grad_(True).train()  # float32
     primary.requires_grad_(False).eval()
     if tp.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()  # recompute U-Net activations in backward: memory for time
-    base.to(device, weight_dtype)  # attention uses torch SDPA (diffusers' default processor)
-    primary.to(device, weight_dtype)
+    base.to(device)  # attention uses torch SDPA (diffusers' default processor)
+    primary.to(device)
     return base, primary, secondary, weight_dtype
 
 
@@ -749,7 +750,14 @@ def train(
 
     ``resume``: continue from the last checkpoint of the same setup (``False``: discard them, start over).
     ``resume_from``: continue from this checkpoint even if train.lr changed (recovering from a divergence).
+    Runs with torch's intra-op threads pinned to ``train.threads`` and deterministic algorithms on
+    (:func:`posescene.devices.reproducible_math`), so the adapter's bytes do not follow the machine's cores.
     """
+    with reproducible_math(params.train.threads):
+        return _train(params, resume, resume_from, progress)
+
+
+def _train(params: Params, resume: bool, resume_from: str | Path | None, progress: bool) -> TrainResult:
     tp = params.train
 
     # -- inputs and accelerator: fail early, before any model is loaded

@@ -25,3 +25,8 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
   fi
   export PREFECT_API_URL="$url"
 fi
+# The run lock's Prefect slot (ops.concurrency_limit, docs/operations.md): created here as `posescene serve`
+# does, so that every stage of the run occupies it instead of skipping it with a warning.
+.venv/bin/python -c 'from flows.deployments import ensure_concurrency_limit; from posescene.config import load_params
+ensure_concurrency_limit(load_params("params.yaml").ops.concurrency_limit)' \
+  || echo "posescene: could not create the Prefect concurrency limit; runs rely on the file lock alone" >&2

@@ -194,5 +194,5 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
                 heldout_fraction=0.25, max_pairs_per_group=p.pairs.max_pairs_per_group, seed=0)  # fmt: skip
     render_maps(root / "lattices", root / "maps", radius=1, limbs=False, progress=False)
     build_cache(root / "pairs.parquet", root / "ingested", root / "cache", str(pipeline), resolution,
-                **stage_options(build_cache, "cache"), progress=False)  # fmt: skip
+                **stage_options(build_cache, "cache", threads=1), progress=False)  # fmt: skip
     return {"root": root, "pipeline": pipeline, "adapter": adapter}

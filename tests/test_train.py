@@ -59,6 +59,7 @@ def tiny_params(world: dict[str, Any], run_dir: Path, **train: Any) -> Params:
         "cache.out_dir": str(root / "cache"),
         "train.out_dir": str(run_dir / "out"),
         "train.checkpoint_dir": str(run_dir / "checkpoints"),
+        "train.threads": 1,  # the shared 2-core box: one thread (the stage pins its own, whatever the caller's)
         "train.steps": STEPS,
         "train.batch_size": 8,
         "train.lr": 2e-3,

@@ -29,6 +29,8 @@ def cache(
             p.model.base,
             p.model.resolution,
             batch_size=p.cache.batch_size,
+            threads=p.cache.threads,
+            device=p.cache.device,
         )
         index = json.loads((out / "index.json").read_text())
     except PosesceneError as exc:
