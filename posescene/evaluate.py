@@ -231,6 +231,27 @@ def scene_mask(targets: Sequence[np.ndarray], resolution: int, margin: float, no
     return scene
 
 
+def text_scene_reference(
+    judge: SceneJudge, scenes: np.ndarray, heldout: ho.HeldOut, resolution: int
+) -> dict[str, np.ndarray]:
+    """Per set, the chance and ceiling of text-scene agreement (the judge reads the kind the caption names).
+
+    Chance: the judge's kind for the set's base image matched against the captions of the *other* prompts' sets
+    (an image of another text). Ceiling: the judge on the real image each prompt's caption was written for.
+    """
+    kinds = np.array([ps.prompt.scene_kind for ps in heldout.sets], dtype=object)
+    prompt_of = np.array([ps.prompt.prompt_id for ps in heldout.sets])
+    base_kind = scenes[:, 0, 0]
+    chance = np.array([
+        np.mean([base_kind[s] == kinds[t] for t in range(len(kinds)) if prompt_of[t] != prompt_of[s]] or [np.nan])
+        for s in range(len(kinds))
+    ])  # fmt: skip
+    real = judge.predict(load_real_images(heldout.prompt_image_paths, resolution)) if heldout.prompt_image_paths else []
+    by_prompt = {p.prompt_id: float(k == p.scene_kind) for p, k in zip(heldout.prompts, real, strict=True)}
+    ceiling = np.array([by_prompt.get(int(p), np.nan) for p in prompt_of])
+    return {"chance": chance, "ceiling": ceiling}
+
+
 def ring_masks(targets: Sequence[np.ndarray], resolution: int, margin: float) -> list[dict[str, np.ndarray]]:
     """Per pose, the pixels of each ring of :data:`RINGS` around its own person box (grown by ``margin``)."""
     from scipy.ndimage import distance_transform_cdt
@@ -376,6 +397,9 @@ def evaluate(
             drift[key] = fr.headline_drift(ev.promotion.metric, d, d_ssim)
             drift_ssim[key] = d_ssim
             extra[key] = {"drift_pair_mask": d_pair, **to_base}
+            if scenes is not None:
+                kinds = np.array([ps.prompt.scene_kind for ps in heldout.sets], dtype=object)
+                extra[key]["scene_agreement"] = (scenes[:, :, a] == kinds[:, None]).astype(np.float64)
             values, oks, score = measure_fidelity(persons[:, :, a], targets, ev.min_score)
             fidelity[key], ap_arms[key] = values, (oks, score)
             for s, pose_set in enumerate(heldout.sets):
@@ -394,6 +418,9 @@ def evaluate(
         real = load_real_images(heldout.pose_image_paths, res)
         real_persons = _persons_at(pose.predict(real), (1, n_poses))
         real_values, real_oks, real_score = measure_fidelity(real_persons, targets, ev.min_score)
+        scene_reference = None
+        if scene_j is not None:
+            scene_reference = text_scene_reference(scene_j, scenes, heldout, res)
         frontier = fr.summarise(
             drift=drift,
             drift_ssim=drift_ssim,
@@ -409,6 +436,7 @@ def evaluate(
             prompts=[s.prompt.prompt_id for s in heldout.sets],
             new_noise=new_noise,
             extra=extra,
+            scene=scene_reference,
         )
         rules = gate.GateRules(
             ev.promotion.fidelity_floor, ev.promotion.drift_margin, ev.promotion.min_primary_fidelity

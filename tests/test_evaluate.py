@@ -156,7 +156,7 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     assert result.arm_keys == arms and result.images.shape[:3] == (2, 2, len(arms))
     # one prompt, two seeds: the bootstrap's outer unit is the prompt
     assert (result.frontier.n_prompts, result.frontier.n_sets) == (1, 2)
-    assert result.frontier.curves["mask"] == ["base", "mask_m10", "primary_s100"]
+    assert result.frontier.curves["mask"] == ["mask_m10", "primary_s100"]
     assert result.frontier.curves["steps"] == ["base", "steps_f50", "primary_s100"]
 
     summary = json.loads((out / "metrics.json").read_text())

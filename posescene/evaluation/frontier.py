@@ -276,6 +276,7 @@ class Frontier:
     n_prompts: int = 0
     new_noise: Interval | None = None  # the base model's drift between two noises of one prompt: "a new scene"
     curves: dict[str, list[str]] = field(default_factory=dict)  # each family's arms in knob order
+    scene: dict[str, Interval] = field(default_factory=dict)  # text-scene agreement's chance and ceiling
 
 
 # the knob's letter in an arm's key; families not listed are adapters swept over their scale ("s")
@@ -310,19 +311,24 @@ def comparison_key(adapter: str, reference: str) -> str:
 def family_curve(family: str, arms: Sequence[tuple[str, float]]) -> tuple[list[str], list[float]]:
     """A family's arms in knob order with the knob positions PCHIP interpolates along (empty: no curve).
 
-    An adapter's scale curve starts at the base model (scale 0) and needs two scales > 0. ``mask`` and ``steps``
-    are the primary at scale 1 with a knob between the base model (an empty region; no step) and the primary
-    at scale 1 (a region covering the image; every step), so their curves run from one to the other.
+    An adapter's scale curve starts at the base model (scale 0) and needs two scales > 0. ``steps`` is the
+    primary at scale 1 with a fraction of the steps between 0 (the base model) and 1 (the primary at scale 1), so
+    its curve runs from one to the other. ``mask`` runs from its smallest margin to the primary at scale 1 (a
+    region covering the image); it does not start at the base model, because no margin reaches between an empty
+    region and the person's own box: a chord there would claim points no mask draws.
     """
     keys = {arm_key(a, s) for a, s in arms}
     own = sorted((s, arm_key(a, s)) for a, s in arms if a == family and arm_key(a, s) != "base")
-    if family in ("mask", "steps"):
-        top = arm_key("primary", 1.0)
+    top = arm_key("primary", 1.0)
+    if family == "steps":
         if not own or "base" not in keys or top not in keys:
             return [], []
-        chain = ["base", *(k for _, k in own), top]
-        knobs = [0.0, *(s for s, _ in own), 1.0] if family == "steps" else list(range(len(chain)))
-        return chain, [float(k) for k in knobs]
+        return ["base", *(k for _, k in own), top], [0.0, *(s for s, _ in own), 1.0]
+    if family == "mask":
+        if not own or top not in keys:
+            return [], []
+        chain = [*(k for _, k in own), top]
+        return chain, [float(k) for k in range(len(chain))]
     if family in KNOB_LETTER or len(own) < 2:
         return [], []
     start = ["base"] if "base" in keys else []
@@ -345,6 +351,7 @@ def summarise(
     prompts: Sequence[int] | None = None,
     new_noise: np.ndarray | None = None,
     extra: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    scene: Mapping[str, np.ndarray] | None = None,
 ) -> Frontier:
     """All numbers of the frontier with paired, prompt-clustered bootstrap CIs.
 
@@ -357,7 +364,8 @@ def summarise(
     ``ap``: optional per-image (OKS, detection score) arrays for keypoint AP: ``{"arms": {key: (oks, score)},
     "chance": (oks, score), "real": (oks, score)}`` with the shapes above. ``prompts``: each set's prompt (the
     bootstrap's outer unit). ``new_noise``: (S,) the base model's drift between the set's noise and another noise
-    of its prompt. ``extra[arm][name]``: further per-image (S, P) or per-pair (S, P, P) drift measures.
+    of its prompt. ``extra[arm][name]``: further per-image (S, P) or per-pair (S, P, P) measures (drift, the
+    scene judge's agreement with the caption). ``scene``: per-set (S,) ``chance`` and ``ceiling`` of that agreement.
     """
     first = drift[arm_key(*arms[0])]
     n_sets, n_poses = first.shape[0], first.shape[1]
@@ -468,4 +476,5 @@ def summarise(
         len(set(prompts)) if prompts is not None else n_sets,
         interval(noise) if noise is not None else None,
         {fam: keys for fam, (keys, _) in curves.items()},
+        {name: interval(set_mean(v, w)) for name, v in (scene or {}).items()},
     )

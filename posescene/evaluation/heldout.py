@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class HeldOut:
     pose_image_paths: list[Path]  # the real image each pose was detected on (for the ceiling)
     beta: float
     scenes: list[tuple[int | None, int | None]]  # (synth_seed, scene_index) of every image used
+    prompt_image_paths: list[Path] = field(default_factory=list)  # each prompt's real image (scene judge ceiling)
 
     @property
     def prompts(self) -> list[Prompt]:
@@ -166,7 +167,8 @@ def select_heldout(
     paths = [image_root / str(info.get(r["image_id"], {}).get("path", "")) for r in pose_rows]
     used = [p.image_id for p in prompts] + [r["image_id"] for r in pose_rows]
     scenes = [(info.get(i, {}).get("synth_seed"), info.get(i, {}).get("scene_index")) for i in used]
-    return HeldOut(sets, poses_from_lattice_rows(pose_rows), paths, beta, scenes)
+    prompt_paths = [image_root / str(info.get(p.image_id, {}).get("path", "")) for p in prompts]
+    return HeldOut(sets, poses_from_lattice_rows(pose_rows), paths, beta, scenes, prompt_paths)
 
 
 def load_training_ranges(world_dir: str | Path) -> dict[str, Any] | None:

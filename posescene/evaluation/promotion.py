@@ -209,7 +209,7 @@ def verdict(frontier: Frontier, decision: Decision, candidate: str = "secondary"
     if envelope is None or envelope.delta_drift is None or not _finite(envelope.delta_drift.value):
         return scale
     best = _versus(envelope.delta_drift, f"the best training-free alternative ({envelope.best_alternative})")
-    return f"{best} {scale[0].lower()}{scale[1:]}"
+    return f"{best} Against the scale knob alone: {scale[0].lower()}{scale[1:]}"
 
 
 # --------------------------------------------------------------------------------------------------

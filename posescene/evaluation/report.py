@@ -94,6 +94,7 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
         "comparisons": comparisons,
         "arms": arms,
         "new_noise_drift": _interval(f.new_noise, "drift"),
+        "text_scene_agreement": {name: _num(i.value) for name, i in f.scene.items()},
         "run": {
             "n_prompts": f.n_prompts,
             "n_sets": f.n_sets,
@@ -319,8 +320,9 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             "its drift on each pair's own scene (outside the two poses' regions only), and its distance to the base "
             "image of its noise (the scene the text asked for), overall and by distance from its own person box:",
             "",
-            "| arm | drift / new noise | drift, per-pair mask | to base | in the box | 0-8 px | 8-16 px | > 16 px |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| arm | drift / new noise | drift, per-pair mask | to base | in the box | 0-8 px | 8-16 px | > 16 px | "
+            "text-scene agreement |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for key, arm in f.arms.items():
             e = arm.extra
@@ -329,9 +331,18 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             lines.append(
                 f"| {key} | {_fmt(e.get('drift_vs_new_noise'), 2)} | "
                 + " | ".join("–" if c is None or not math.isfinite(c.value) else f"{c.value:.4f}" for c in cells)
-                + " |"
+                + f" | {_fmt(e.get('scene_agreement'), 2)} |"
             )
         lines.append("")
+        if f.scene:
+            lines += [
+                f"Text-scene agreement (the scene judge reads the kind the caption names): chance "
+                f"{_fmt(f.scene.get('chance'), 2)} (the judge's kind for a base image against other prompts' "
+                "captions), "
+                f"ceiling {_fmt(f.scene.get('ceiling'), 2)} (the judge on each prompt's real image). In a world whose "
+                "poses say nothing about the scene it stays at the ceiling for every arm.",
+                "",
+            ]
     lines += [
         "## Gate (every check on the pessimistic end of its 95% CI)",
         "",
