@@ -324,3 +324,42 @@ def test_better_than_every_alternative_passes_and_the_gate_states_its_power() ->
     assert 0.0 <= power <= 1.0 and power > 0.8
     # a floor at the candidate's own fidelity is a coin flip, at most
     assert gate.gate_power(f, gate.GateRules(1.0, 0.0, 0.1)) < 0.5
+
+
+def test_restat_redecides_a_finished_run_from_its_csvs(tmp_path) -> None:
+    """A finished evaluation's CSVs re-decided with the current statistics: an adapter that *is* the primary at
+    scale 0.75 (the same per-cell numbers) is not distinguishable from the primary's own curve; arm keys with
+    underscores in the adapter's name parse; a missing file is named."""
+    import csv
+    import json
+
+    from posescene.errors import InputDataError
+    from posescene.evaluation.restat import parse_arm_key, restat
+
+    assert parse_arm_key("fixed-distill-18_8_s100") == ("fixed-distill-18_8", 1.0)
+    assert parse_arm_key("base") == ("base", 0.0)
+    rng = np.random.default_rng(0)
+    n_sets, n_poses = 8, 4
+    values = {"base": (0.0, CHANCE)} | {f"primary_s{round(s * 100)}": (0.02 * s + 0.01 * s * s, CHANCE + 0.5 * s)
+                                          for s in SCALES}  # fmt: skip
+    values["copy_s100"] = values["primary_s75"]
+    noise = rng.normal(0, 0.001, (n_sets, n_poses))
+    with open(tmp_path / "fidelity.csv", "w", newline="") as f, open(tmp_path / "drift.csv", "w", newline="") as g:
+        fw, gw = csv.writer(f), csv.writer(g)
+        fw.writerow(["arm", "set", "pose", "oks"])
+        gw.writerow(["arm", "set", "pose_i", "pose_j", "rmse"])
+        for arm, (d, fid) in values.items():
+            for s in range(n_sets):
+                for p in range(n_poses):
+                    fw.writerow([arm, s, p, fid + noise[s, p]])
+                    for q in range(p + 1, n_poses):
+                        gw.writerow([arm, s, p, q, d * (1 + noise[s, p] + noise[s, q]) if d else 0.0])
+    (tmp_path / "metrics.json").write_text(json.dumps({"fidelity": {"measure": "oks", "chance": CHANCE,
+                                                                     "ceiling": CEILING}}))  # fmt: skip
+    out = restat(tmp_path, seeds_per_prompt=2, n_boot=200)
+    copy = out["comparisons"]["copy"]
+    assert copy["verdict"] == "not distinguishable" and abs(copy["delta_drift_matched"][0]) < 1e-4
+    assert out["n_prompts"] == 4 and (tmp_path / "restat.json").is_file()
+    (tmp_path / "drift.csv").unlink()
+    with pytest.raises(InputDataError, match="drift.csv"):
+        restat(tmp_path, seeds_per_prompt=2)

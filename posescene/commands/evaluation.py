@@ -1,4 +1,4 @@
-"""CLI sub-commands for the evaluation area: ``posescene generate`` and ``posescene evaluate``."""
+"""CLI sub-commands for the evaluation area: ``posescene generate``, ``posescene evaluate``, ``posescene restat``."""
 
 from __future__ import annotations
 
@@ -102,3 +102,22 @@ def evaluate(
         fail(exc)
     typer.echo(summary_markdown(result.metrics))
     typer.echo(f"report: {result.out_dir / 'report.md'}; metrics: {result.out_dir / 'metrics.json'}")
+
+
+@app.command()
+def restat(
+    run_dir: Path = typer.Argument(..., help="A finished evaluation's folder (drift.csv, fidelity.csv, metrics.json)."),
+    seeds_per_prompt: int = typer.Option(..., min=1, help="Seeds per prompt in that run (its evaluate.seeds)."),
+    bootstrap_samples: int = typer.Option(1000, min=10, help="Bootstrap replicates."),
+) -> None:
+    """Re-decide a finished evaluation with the current statistics (prompt-clustered bootstrap, PCHIP), from its
+    CSVs, without drawing an image; writes <run_dir>/restat.json."""
+    from posescene.evaluation.restat import restat as run_restat
+
+    try:
+        out = run_restat(run_dir, seeds_per_prompt=seeds_per_prompt, n_boot=bootstrap_samples)
+    except PosesceneError as exc:
+        fail(exc)
+    for name, c in out["comparisons"].items():
+        typer.echo(f"{name}: Δdrift {c['delta_drift_matched']} ({c['verdict']}), rel. fidelity {c['rel_fidelity']}")
+    typer.echo(f"written: {run_dir / 'restat.json'}")
