@@ -310,7 +310,7 @@ def test_an_adapter_equal_to_the_masked_primary_is_not_better_than_the_alternati
     decision = gate.decide(f, rules)
     failed = [c.name for c in decision.checks if not c.passed]
     assert decision.status == "fail" and failed == ["not dominated by the alternatives"], decision.checks
-    assert "best training-free alternative (mask)" in gate.verdict(f, decision)
+    assert "best training-free alternative (the primary masked to the person)" in gate.verdict(f, decision)
 
 
 def test_better_than_every_alternative_passes_and_the_gate_states_its_power() -> None:

@@ -32,6 +32,12 @@ from scipy.stats import norm
 
 from posescene.evaluation.frontier import CONFIDENCE, ENVELOPE, Comparison, Frontier, Interval
 
+# how the report names the training-free curve that is lowest at the candidate's fidelity
+ALTERNATIVE_LABELS = {
+    "primary": "the primary's scale knob",
+    "mask": "the primary masked to the person",
+    "steps": "the primary in the first steps only",
+}
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
 TAG_PREFIX = "eval."
@@ -101,7 +107,8 @@ def frontier_check(c: Comparison) -> Check:
     envelope = c.reference == ENVELOPE
     name = "not dominated by the alternatives" if envelope else "not dominated"
     what = (
-        f"the best training-free alternative ({c.best_alternative}) at the same fidelity"
+        f"the best training-free alternative ({ALTERNATIVE_LABELS.get(c.best_alternative or '', c.best_alternative)})"
+        " at the same fidelity"
         if envelope
         else "the primary turned down to the same fidelity"
     )
@@ -208,7 +215,8 @@ def verdict(frontier: Frontier, decision: Decision, candidate: str = "secondary"
     envelope = frontier.comparisons.get(f"{candidate}_vs_{ENVELOPE}")
     if envelope is None or envelope.delta_drift is None or not _finite(envelope.delta_drift.value):
         return scale
-    best = _versus(envelope.delta_drift, f"the best training-free alternative ({envelope.best_alternative})")
+    label = ALTERNATIVE_LABELS.get(envelope.best_alternative or "", envelope.best_alternative)
+    best = _versus(envelope.delta_drift, f"the best training-free alternative ({label})")
     return f"{best} Against the scale knob alone: {scale[0].lower()}{scale[1:]}"
 
 
