@@ -296,6 +296,8 @@ def test_placebo_primary_off_the_grid_is_not_distinguishable_from_its_own_curve(
     d = f.comparisons["placebo"].delta_drift
     assert d is not None and d.low <= 0 <= d.high, d
     assert f.comparisons[f"placebo_vs_{fr.ENVELOPE}"].delta_drift.low > 0  # the mask keeps the scene better
+    lenient = gate.GateRules(fidelity_floor=0.5, drift_margin=0.0, min_primary_fidelity=0.1)
+    assert gate.decide(f, lenient, candidate="placebo").status == "fail"  # the placebo is never promoted
 
 
 def test_an_adapter_equal_to_the_masked_primary_is_not_better_than_the_alternatives() -> None:
