@@ -39,6 +39,8 @@ def evaluate_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | 
     """Stage 9: sweep every adapter's conditioning scale, compare at matched fidelity, gate the candidate."""
     params = load_params(params_path, overrides)
     summary = evaluate_task(params)
+    if not summary:  # a rank other than 0 (accelerate launch): its share is in evaluate.store, rank 0 reports
+        return summary
     print(f"verdict: {summary['verdict']['text']}")
     print(f"gate: {summary['verdict']['gate']}")
     create_markdown_artifact(

@@ -257,6 +257,7 @@ class EvaluateParams(_Section):
     batch_size: int = Field(ge=1)  # images per U-Net batch (rows of every arm are batched together)
     device: str  # auto (cuda if available) | cpu | cuda | cuda:1 ...
     bf16: bool  # the sampler's U-Net under bf16 autocast (ModelBank.sample)
+    store: str | None  # finished batches' images by content key (resume, sharding: posescene.shards); null: off
     ablations: list[AblationRun]  # compared with the primary's frontier like the secondary
     ablation_scales: list[float] = Field(min_length=1)  # their scales (Δdrift needs only 1; the primary's curve)
     secondary_scales: list[float] = Field(min_length=1)  # the secondary's scales (1 is the candidate)

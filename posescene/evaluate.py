@@ -39,6 +39,7 @@ from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_bu
 from posescene.evaluation.report import write_outputs
 from posescene.evaluation.result import EvaluationResult
 from posescene.generate import ArmJob, Injection, ModelBank, condition_maps
+from posescene.shards import BatchStore, Shard
 
 log = logging.getLogger(__name__)
 
@@ -285,15 +286,22 @@ def evaluate(
     pose_judge: PoseJudge | None | str = "params",
     scene_judge: SceneJudge | None | str = "params",
     progress: bool = True,
-) -> EvaluationResult:
+) -> EvaluationResult | None:
     """Run the whole stage: generate every arm, measure, gate, write ``evaluate.out_dir``, log to MLflow.
 
     ``pose_judge`` / ``scene_judge``: ``"params"`` builds them from params (the normal case); tests may pass
     their own objects. Everything that can fail for a bad configuration or a missing input is checked before
     the first image is generated.
+
+    Launched as several processes (``accelerate launch`` / ``torchrun``: :class:`posescene.shards.Shard`), every
+    rank draws its share of the batches into ``evaluate.store``; rank 0 then measures, decides, writes and returns
+    the result, the other ranks return None. The images are the bytes one process draws.
     """
     start = time.perf_counter()
     ev = params.evaluate
+    shard = Shard.from_env()
+    if shard.world > 1 and ev.store is None:
+        raise ConfigError("evaluate.store is null: the processes of a sharded evaluation share their images there")
     notices: list[str] = []
     dirs = adapter_dirs(params)
     heldout = load_heldout(params)
@@ -305,28 +313,32 @@ def evaluate(
         notices.append(f"{params.world.shipped_dir}/{ho.TRAINING_DATA_FILE} is missing: leakage not checked")
     res = params.model.resolution
 
-    client, uri = tracking.open_registry(params)
-    name = params.mlflow.registered_model
-    candidate, champion = gate.registry_candidate(client, name)
-    champion_dir = champion_adapter_dir(name, champion, candidate, uri) if ev.compare_champion else None
+    with shard.main_first():  # the champion (an arm) is looked up and downloaded by every rank, rank 0 first
+        client, uri = tracking.open_registry(params)
+        name = params.mlflow.registered_model
+        candidate, champion = gate.registry_candidate(client, name)
+        champion_dir = champion_adapter_dir(name, champion, candidate, uri) if ev.compare_champion else None
     if champion_dir is not None:
         dirs["champion"] = str(champion_dir)
     bank = ModelBank(
-        params.model.base, dirs, resolution=res, in_channels=params.model.adapter_in_channels, device=ev.device
-    )
+        params.model.base, dirs, resolution=res, in_channels=params.model.adapter_in_channels,
+        device=shard.device(ev.device),
+    )  # fmt: skip
     pose: PoseJudge | None = None if pose_judge == "params" else pose_judge  # type: ignore[assignment]
     scene_j: SceneJudge | None = None if scene_judge == "params" else scene_judge  # type: ignore[assignment]
-    if pose_judge == "params" or scene_judge == "params":
-        made_pose, made_scene = make_judges(params, bank.device, notices)
-        pose = made_pose if pose_judge == "params" else pose
-        scene_j = made_scene if scene_judge == "params" else scene_j
-    if pose is None:
+    clip, perceptual = None, None
+    if shard.is_main:  # only rank 0 measures
+        if pose_judge == "params" or scene_judge == "params":
+            made_pose, made_scene = make_judges(params, bank.device, notices)
+            pose = made_pose if pose_judge == "params" else pose
+            scene_j = made_scene if scene_judge == "params" else scene_j
+        clip = ClipScorer(ev.clip_model, bank.device) if ev.clip_model else None
+        perceptual = load_lpips(ev.lpips_weights, bank.device) if ev.lpips_weights else None
+    if pose is None and (shard.is_main or ev.pose_judge == "none"):
         raise ConfigError("evaluate.pose_judge is none: the frontier needs a pose judge (fidelity)")
-    clip = ClipScorer(ev.clip_model, bank.device) if ev.clip_model else None
-    perceptual = load_lpips(ev.lpips_weights, bank.device) if ev.lpips_weights else None
 
     # everything is loaded and checked: only now a run is opened (a mistake above leaves no run behind)
-    run_id = tracking.create_stage_run(client, params, uri, "evaluate")
+    run_id = tracking.create_stage_run(client, params, uri, "evaluate") if shard.is_main else ""
     try:
         arms = arm_plan(params, dirs)
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
@@ -350,8 +362,13 @@ def evaluate(
         t0 = time.perf_counter()
         drawn = bank.sample([*jobs, *other], steps=ev.steps, guidance_scale=ev.guidance_scale,
                             batch_size=ev.batch_size, maps=maps, sampler=ev.sampler, bf16=ev.bf16, region=region,
-                            progress=progress)  # fmt: skip
+                            progress=progress, store=BatchStore(ev.store) if ev.store else None,
+                            shard=shard)  # fmt: skip
         generation_s = time.perf_counter() - t0
+        if drawn is None:  # another rank than 0: its batches are in the store, rank 0 measures
+            log.info("evaluate %s: this rank's batches are drawn (%.1f s)", shard.label, generation_s)
+            return None
+        assert pose is not None
         flat, new_noise_images = drawn[: len(jobs)], drawn[len(jobs) :]
         n_sets, n_poses, n_arms = len(heldout.sets), len(heldout.poses), len(arms)
         images = flat.reshape(n_sets, n_poses, n_arms, *flat.shape[1:])
@@ -458,7 +475,8 @@ def evaluate(
         metrics_dict = result.metrics = write_outputs(result, params)
         finish_run(client, run_id, result, metrics_dict, params)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        if run_id:
+            client.set_terminated(run_id, status="FAILED")
         raise
     return result
 

@@ -54,6 +54,7 @@ from posescene.models import (
     load_base,
     prepare_adapter_input,
 )
+from posescene.shards import BatchStore, Progress, Shard, digest, weights_fingerprint
 from posescene.topology import N_KEYPOINTS
 
 STANDARD_MODELS = ("base", "primary", "secondary", "both")
@@ -398,6 +399,8 @@ class ModelBank:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.resolution = int(resolution)
+        self.sources: dict[str, str] = {"base": str(base), **{k: str(v) for k, v in adapters.items()}}
+        self._fingerprints: dict[str, str] = {}
         self.base: FrozenBase = load_base(base, dtype).freeze()
         for module in (self.base.vae, self.base.unet, self.base.text_encoder):
             module.to(self.device)  # dtype was set at load: .to(dtype=None) would warn for every module
@@ -473,6 +476,7 @@ class ModelBank:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"identity weights {path}: could not be loaded into {self.base.name}: {exc}") from exc
         self.cross_attention_kwargs = {"scale": float(scale)}
+        self.sources["identity"] = str(path)
 
     # inputs ---------------------------------------------------------------------------------------
 
@@ -572,7 +576,9 @@ class ModelBank:
         bf16: bool,
         region: Callable[[Pose, float], np.ndarray] | None = None,
         progress: bool = True,
-    ) -> np.ndarray:
+        store: BatchStore | None = None,
+        shard: Shard | None = None,
+    ) -> np.ndarray | None:
         """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* arms in one U-Net call.
 
         The same computation as ``StableDiffusionAdapterPipeline`` (classifier-free guidance with the adapter's
@@ -590,6 +596,12 @@ class ModelBank:
         ``bf16``: the U-Net runs under bf16 autocast (the scheduler, the adapters and the VAE decode stay fp32):
         for GPUs. On this project's reference CPU (avx512_bf16) it was bit-reproducible but *slower* at 64 px
         (0.82x; ``benchmarks/results/sampling.json``), so ``evaluate.bf16`` is off there.
+
+        ``store``: finished batches are written there under their key (:meth:`batch_keys`) and batches found there
+        are read instead of drawn (a killed run resumes). ``shard``: this process draws only the batches it owns
+        (i % world == rank) into the store; after a barrier rank 0 returns every image and the other ranks None.
+        The batches are the same in every case (the whole job list in chunks of ``batch_size``), so the images are
+        the same bytes with or without a store, resumed or not, in one process or several (:mod:`posescene.shards`).
         """
         jobs, where = distinct_rows(jobs)
         for j in jobs:
@@ -602,8 +614,10 @@ class ModelBank:
             for adapter, _ in j.terms:
                 if adapter not in self.adapters:
                     raise ModelLoadError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
+        shard = shard or Shard()
+        if shard.world > 1 and store is None:
+            raise ConfigError("sampling with several processes needs a store the ranks share (evaluate.store)")
         unet, vae = self.base.unet, self.base.vae
-        negative = self.text([""])
         cfg = guidance_scale > 1.0
         features: dict[tuple[str, int], list[torch.Tensor]] = {}
         regions: dict[tuple[int, float, tuple[int, ...], str], torch.Tensor] = {}
@@ -706,22 +720,127 @@ class ModelBank:
             image = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
             return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
-        # the base trajectories that inpaint rows follow outside their person region, drawn first
-        anchors: dict[tuple[str, int], list[torch.Tensor]] = {}
+        # The batches, fixed from the whole job list as one process draws them (batched kernels round by batch
+        # composition): the inpaint rows' base trajectories in chunks of the distinct (prompt, seed), then the rows.
         wanted = list(
             dict.fromkeys((j.prompt, j.seed) for j in jobs if j.injection.kind == "inpaint" and not j.is_base)
         )
-        bar = tqdm(total=len(jobs) + len(wanted), desc="sample", unit="img", disable=not progress)
-        with torch.inference_mode():
-            for start in range(0, len(wanted), batch_size):
-                chunk = [ArmJob(p, s, None, None, 0.0) for p, s in wanted[start : start + batch_size]]
-                trajectory = denoise(chunk, anchors)
-                for row, j in enumerate(chunk):
+        chunks = [wanted[start : start + batch_size] for start in range(0, len(wanted), batch_size)]
+        chunk_of = {ps: c for c, chunk in enumerate(chunks) for ps in chunk}
+        batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+        # The text states as one process encodes them (the encoder batches each run of new prompts): the negative,
+        # then every chunk's and batch's new prompts in order, whichever batches this process draws or reads.
+        negative = self.text([""])
+        for chunk in chunks:
+            self.text([p for p, _ in chunk])
+        for batch in batches:
+            self.text([j.prompt for j in batch])
+        keys = (
+            self.batch_keys(batches, steps=steps, guidance_scale=guidance_scale, sampler=sampler, bf16=bf16,
+                            maps=maps, region=region)
+            if store is not None else []
+        )  # fmt: skip
+        anchors: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+        def draw(batch: Sequence[ArmJob]) -> np.ndarray:
+            """One batch's images; first the base trajectories of the chunks its inpaint rows follow."""
+            needed = {chunk_of[(j.prompt, j.seed)] for j in batch if (j.prompt, j.seed) in chunk_of}
+            for c in sorted(needed):
+                if chunks[c][0] in anchors:
+                    continue
+                base_rows = [ArmJob(p, s, None, None, 0.0) for p, s in chunks[c]]
+                trajectory = denoise(base_rows, anchors)
+                for row, j in enumerate(base_rows):
                     anchors[(j.prompt, j.seed)] = [lat[row].clone() for lat in trajectory]
-                bar.update(len(chunk))
-            for start in range(0, len(jobs), batch_size):
-                batch = jobs[start : start + batch_size]
-                out[start : start + len(batch)] = decode(denoise(batch, anchors)[-1])
-                bar.update(len(batch))
+            return decode(denoise(batch, anchors)[-1])
+
+        shape = (self.resolution, self.resolution, 3)
+        drawn: dict[int, np.ndarray] = {}
+        mine = [i for i in range(len(batches)) if shard.owns(i)]
+        todo = [i for i in mine if store is None or not store.has(keys[i])]
+        size = {i: len(batch) for i, batch in enumerate(batches)}
+        bar = Progress(sum(size[i] for i in todo), stored=sum(size[i] for i in mine) - sum(size[i] for i in todo),
+                       label=shard.label, bar=progress)  # fmt: skip
+        with torch.inference_mode():
+            for i in todo:
+                images = draw(batches[i])
+                if store is not None:
+                    store.write(keys[i], images)
+                if shard.world == 1:
+                    drawn[i] = images
+                bar.update(size[i])
         bar.close()
+        if shard.world > 1:
+            shard.wait()  # every rank's batches are in the store
+            if not shard.is_main:
+                return None
+        out = np.empty((len(jobs), *shape), dtype=np.uint8)
+        start = 0
+        for i, batch in enumerate(batches):
+            images = drawn.get(i)
+            if images is None and store is not None:
+                images = store.read(keys[i], (len(batch), *shape))
+            if images is None:  # an unreadable store entry: drawn here, as its owner would have
+                with torch.inference_mode():
+                    images = draw(batch)
+                if store is not None:
+                    store.write(keys[i], images)
+            out[start : start + len(batch)] = images
+            start += len(batch)
         return out[where]
+
+    def fingerprint(self, name: str) -> str:
+        """The weights fingerprint of ``base``, an adapter key or ``identity`` (computed once)."""
+        if name not in self._fingerprints:
+            self._fingerprints[name] = weights_fingerprint(self.sources[name])
+        return self._fingerprints[name]
+
+    def batch_keys(
+        self,
+        batches: Sequence[Sequence[ArmJob]],
+        *,
+        steps: int,
+        guidance_scale: float,
+        sampler: str,
+        bf16: bool,
+        maps: Callable[[Sequence[Pose]], torch.Tensor],
+        region: Callable[[Pose, float], np.ndarray] | None,
+    ) -> list[str]:
+        """Per batch, a key of everything that decides its images (:mod:`posescene.shards`): its rows in order
+        (prompt, seed; for adapter rows the pose's lattice, its conditioning map, each adapter's weights and scale,
+        the injection and, for region injections, the region) and the sampler's settings. A base row's pose is
+        left out: the base model does not read it."""
+        import diffusers
+
+        settings = digest(
+            "posescene.sample/1", steps, float(guidance_scale), sampler, bool(bf16), self.resolution, str(self.dtype),
+            # the images depend on the kernels: the GPU's kind, or the CPU's torch thread count (oneDNN)
+            torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else torch.get_num_threads(),
+            self.fingerprint("base"), self.fingerprint("identity") if "identity" in self.sources else None,
+            self.cross_attention_kwargs, json.dumps(self.scheduler.config, sort_keys=True, default=str),
+            torch.__version__, diffusers.__version__, Path(__file__).read_bytes(),
+        )  # fmt: skip
+        pose_digests: dict[int, str] = {}
+        region_digests: dict[tuple[int, float], str] = {}
+
+        def pose_digest(pose: Pose) -> str:
+            if id(pose) not in pose_digests:
+                cond = maps([pose]).float().cpu().numpy()
+                pose_digests[id(pose)] = digest(pose.x_norm, pose.y_norm, pose.side, cond)
+            return pose_digests[id(pose)]
+
+        def region_digest(pose: Pose, margin: float) -> str:
+            if (id(pose), margin) not in region_digests:
+                assert region is not None
+                region_digests[(id(pose), margin)] = digest(np.asarray(region(pose, margin), dtype=bool))
+            return region_digests[(id(pose), margin)]
+
+        def row(j: ArmJob) -> tuple[object, ...]:
+            if j.is_base:
+                return ("base", j.prompt, int(j.seed))
+            assert j.pose is not None
+            terms = tuple((self.fingerprint(a), s) for a, s in j.terms)
+            where = region_digest(j.pose, j.injection.knob) if j.injection.uses_region else None
+            return (j.prompt, int(j.seed), pose_digest(j.pose), terms, j.injection.kind, j.injection.knob, where)
+
+        return [digest(settings, *(row(j) for j in batch)) for batch in batches]

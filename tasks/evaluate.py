@@ -20,4 +20,4 @@ def evaluate_task(params: Params) -> dict[str, Any]:
     from posescene.evaluate import evaluate
 
     result = evaluate(params, progress=False)
-    return result.metrics
+    return {} if result is None else result.metrics  # {}: a rank other than 0 of a sharded evaluation

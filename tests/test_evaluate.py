@@ -90,6 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "batch_size": 8,
             "device": "cpu",
             "bootstrap_samples": 50,
+            "store": str(root / "store"),  # finished batches (posescene.shards), shared by this module's tests
         },
         "ops": {"lock_path": str(root / "posescene.lock")},
     }
@@ -319,3 +320,56 @@ def test_generate_cli_with_lattice_poses_and_both_adapters(world: dict[str, Path
     a, b = (images[f"secondary/p0_s3_pose{j}.png"].tobytes() for j in (0, 1))
     assert a == b
     assert (tmp_path / "out" / "grid_p0_s3.png").exists()
+
+
+# metrics.json fields bound to the run, not to the images: wall time, throughput and the MLflow run's id
+RUN_BOUND = ("seconds", "images_per_s", "mlflow_run_id")
+
+
+def test_two_processes_give_the_images_and_metrics_of_one(world: dict[str, Path], tmp_path: Path) -> None:
+    """A sharded evaluation (2 CPU ranks under torchrun, as `accelerate launch` on GPUs) draws the batches one
+    process draws, byte for byte: the same store entries, the same CSVs, the same metrics.json apart from the
+    run-bound fields (RUN_BOUND). Each process runs torch at 1 thread (the bytes on a CPU depend on it)."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from posescene.evaluate import evaluate
+
+    one = _params(world, "one_process", world["primary"], **{"evaluate.store": str(tmp_path / "one")})
+    _register(one)
+    result = evaluate(one, progress=False)
+    assert result is not None
+
+    two = tmp_path / "two"
+    overrides = {"evaluate.out_dir": str(two / "reports"), "train.out_dir": str(two / "train"),
+                 "mlflow.registered_model": "adapter-two_processes", "evaluate.store": str(two / "store")}  # fmt: skip
+    shutil.copytree(world["primary"], two / "train" / "secondary_adapter")
+    _register(load_params(world["params"], overrides))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}  # fmt: skip
+    env.pop("MLFLOW_TRACKING_URI", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["-m", "posescene.cli", "evaluate", "--params", str(world["params"]), "--no-progress"]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    proc = subprocess.run([*launch, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    assert "rank 1/2" in proc.stderr and "rank 0/2" in proc.stderr  # both ranks drew (progress lines)
+
+    def entries(root: Path) -> dict[str, Any]:
+        return {p.name: np.load(p)["images"] for p in sorted(root.rglob("*.npz"))}
+
+    ones, twos = entries(tmp_path / "one"), entries(two / "store")
+    assert sorted(ones) == sorted(twos) and len(ones) >= 4
+    assert all(np.array_equal(ones[k], twos[k]) for k in ones)
+    out1, out2 = Path(one.evaluate.out_dir), Path(overrides["evaluate.out_dir"])
+    for name in ("drift.csv", "fidelity.csv"):
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
+    m1, m2 = (json.loads((out / "metrics.json").read_text()) for out in (out1, out2))
+    for m in (m1, m2):
+        for key in RUN_BOUND:
+            m["run"].pop(key)
+    assert m1 == m2

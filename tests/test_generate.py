@@ -363,3 +363,109 @@ def test_inpaint_bound_keeps_the_base_latent_outside_the_person_region(bank: Mod
     assert np.abs(out[2] - out[0])[4:28, 2:14].mean() > 0  # inside, the pose is drawn
     whole = _arms(bank, jobs, _region_fn(True))
     assert np.array_equal(whole[2], whole[1])
+
+
+def _store_jobs() -> list:
+    """Two sets x three poses x five arms (base, primary at two scales, secondary, the inpainting bound)."""
+    from posescene.generate import ArmJob, Injection
+
+    jobs = []
+    for prompt, seed in (("a person on a beach", 7), ("a person in a forest", 3)):
+        for pose in POSES:
+            jobs += [ArmJob(prompt, seed, pose, None, 0.0), ArmJob(prompt, seed, pose, "primary", 0.5),
+                     ArmJob(prompt, seed, pose, "primary", 1.0), ArmJob(prompt, seed, pose, "secondary", 1.0),
+                     ArmJob(prompt, seed, pose, "primary", 1.0, Injection("inpaint", 0.0))]  # fmt: skip
+    return jobs
+
+
+STORE_KW = dict(steps=2, guidance_scale=4.0, batch_size=4, maps=MAPS, sampler="dpmsolver", bf16=False,
+                region=_region_fn(), progress=False)  # fmt: skip
+
+
+def _unet_rows(bank: ModelBank, fn) -> tuple[object, int]:
+    """(fn(), rows the U-Net ran) where each row is one (un)conditioned latent of one step."""
+    rows: list[int] = []
+    hook = bank.base.unet.register_forward_pre_hook(lambda _module, args: rows.append(args[0].shape[0]))
+    try:
+        return fn(), sum(rows)
+    finally:
+        hook.remove()
+
+
+def test_a_store_gives_the_same_bytes_and_a_killed_run_resumes_without_redrawing(bank: ModelBank, tmp_path: Path):
+    """The sampler's unit of work is a batch (posescene.shards): kept by content key in a store, a batch is the
+    same bytes with or without the store, a run killed after k batches resumes with the rest only and ends with
+    the bytes of an uninterrupted run, and a complete store draws nothing."""
+    from posescene.generate import distinct_rows
+    from posescene.shards import BatchStore
+
+    jobs = _store_jobs()
+    reference = bank.sample(jobs, **STORE_KW)
+    distinct, _ = distinct_rows(jobs)
+    n_batches = -(-len(distinct) // 4)  # 2 sets x (1 base + 3 poses x 4 adapter rows) = 26 rows: 7 batches
+    assert (len(distinct), n_batches) == (26, 7)
+
+    class Killed(Exception):
+        pass
+
+    class DiesAfter(BatchStore):
+        """A store whose process is killed after ``k`` batches are written."""
+
+        def __init__(self, root: Path, k: int) -> None:
+            super().__init__(root)
+            self.k = k
+
+        def write(self, key: str, images: np.ndarray) -> None:
+            if self.k == 0:
+                raise Killed
+            super().write(key, images)
+            self.k -= 1
+
+    with pytest.raises(Killed):
+        bank.sample(jobs, store=DiesAfter(tmp_path / "store", 3), **STORE_KW)
+    assert len(list((tmp_path / "store").rglob("*.npz"))) == 3
+    assert not list((tmp_path / "store").rglob("*.tmp"))  # atomic: no half-written entry
+    resumed, rows = _unet_rows(bank, lambda: bank.sample(jobs, store=BatchStore(tmp_path / "store"), **STORE_KW))
+    assert np.array_equal(resumed, reference)
+    # only the 4 missing batches (14 rows: batches 3-5 of 4, batch 6 of 2) and the base trajectories their
+    # inpaint rows follow (one chunk of both sets: 2 rows), each row x 2 steps x (uncond + cond)
+    assert rows == (4 + 4 + 4 + 2 + 2) * 2 * 2
+    assert len(list((tmp_path / "store").rglob("*.npz"))) == n_batches
+    again, rows = _unet_rows(bank, lambda: bank.sample(jobs, store=BatchStore(tmp_path / "store"), **STORE_KW))
+    assert rows == 0 and np.array_equal(again, reference)
+    fresh = bank.sample(jobs, store=BatchStore(tmp_path / "fresh"), **STORE_KW)
+    assert np.array_equal(fresh, reference)
+
+
+def test_a_changed_setting_invalidates_only_the_batches_it_changes(bank: ModelBank, tmp_path: Path):
+    from posescene.generate import ArmJob, distinct_rows
+    from posescene.shards import BatchStore
+
+    jobs = _store_jobs()
+    batches = [(distinct_rows(jobs)[0])[i : i + 4] for i in range(0, 26, 4)]
+    keys = dict(steps=2, guidance_scale=4.0, sampler="dpmsolver", bf16=False, maps=MAPS, region=_region_fn())
+    before = bank.batch_keys(batches, **keys)
+    assert len(set(before)) == len(before) and before == bank.batch_keys(batches, **keys)
+    # one row's scale: only its batch
+    changed = [list(b) for b in batches]
+    j = changed[2][1]
+    changed[2][1] = ArmJob(j.prompt, j.seed, j.pose, j.adapter, 0.75)
+    after = bank.batch_keys(changed, **keys)
+    assert [a != b for a, b in zip(before, after, strict=True)] == [k == 2 for k in range(7)]
+    # a base row does not read its pose: another pose object gives the same key
+    moved = [list(b) for b in batches]
+    base = moved[0][0]
+    assert base.is_base
+    moved[0][0] = ArmJob(base.prompt, base.seed, POSES[2], None, 0.0)
+    assert bank.batch_keys(moved, **keys) == before
+    # a sampler setting: every batch
+    assert not set(bank.batch_keys(batches, **{**keys, "guidance_scale": 3.0})) & set(before)
+    # drawn: a run after the one-row change draws exactly that batch
+    store = BatchStore(tmp_path / "store")
+    bank.sample(jobs, store=store, **STORE_KW)
+    edited = list(jobs)
+    k = next(i for i, x in enumerate(jobs) if x is j)
+    edited[k] = changed[2][1]
+    out, rows = _unet_rows(bank, lambda: bank.sample(edited, store=store, **STORE_KW))
+    assert rows == (4 + 2) * 2 * 2  # its 4 rows, and the base trajectories of its inpaint row's chunk (2 rows)
+    assert np.array_equal(out, bank.sample(edited, **STORE_KW))

@@ -100,6 +100,8 @@ def evaluate(
         result = run_evaluate(load_params(params, parse_set_option(set_)), progress=progress)
     except PosesceneError as exc:
         fail(exc)
+    if result is None:  # a rank other than 0 of a sharded evaluation: rank 0 measures and reports
+        return
     typer.echo(summary_markdown(result.metrics))
     typer.echo(f"report: {result.out_dir / 'report.md'}; metrics: {result.out_dir / 'metrics.json'}")
 
