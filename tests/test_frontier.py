@@ -358,10 +358,10 @@ def test_restat_redecides_a_finished_run_from_its_csvs(tmp_path) -> None:
                         gw.writerow([arm, s, p, q, d * (1 + noise[s, p] + noise[s, q]) if d else 0.0])
     (tmp_path / "metrics.json").write_text(json.dumps({"fidelity": {"measure": "oks", "chance": CHANCE,
                                                                      "ceiling": CEILING}}))  # fmt: skip
-    out = restat(tmp_path, seeds_per_prompt=2, n_boot=200)
+    out = restat(tmp_path, seeds_per_prompt=2, n_boot=200, seed=0)
     copy = out["comparisons"]["copy"]
     assert copy["verdict"] == "not distinguishable" and abs(copy["delta_drift_matched"][0]) < 1e-4
     assert out["n_prompts"] == 4 and (tmp_path / "restat.json").is_file()
     (tmp_path / "drift.csv").unlink()
     with pytest.raises(InputDataError, match="drift.csv"):
-        restat(tmp_path, seeds_per_prompt=2)
+        restat(tmp_path, seeds_per_prompt=2, n_boot=20, seed=0)

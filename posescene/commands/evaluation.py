@@ -110,14 +110,17 @@ def evaluate(
 def restat(
     run_dir: Path = typer.Argument(..., help="A finished evaluation's folder (drift.csv, fidelity.csv, metrics.json)."),
     seeds_per_prompt: int = typer.Option(..., min=1, help="Seeds per prompt in that run (its evaluate.seeds)."),
-    bootstrap_samples: int = typer.Option(1000, min=10, help="Bootstrap replicates."),
+    params: Path = typer.Option(Path("params.yaml"), help="params.yaml (bootstrap replicates and seed)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set seed=1."),
 ) -> None:
     """Re-decide a finished evaluation with the current statistics (prompt-clustered bootstrap, PCHIP), from its
     CSVs, without drawing an image; writes <run_dir>/restat.json."""
+    from posescene.config import load_params, parse_set_option
     from posescene.evaluation.restat import restat as run_restat
 
     try:
-        out = run_restat(run_dir, seeds_per_prompt=seeds_per_prompt, n_boot=bootstrap_samples)
+        p = load_params(params, parse_set_option(set_))
+        out = run_restat(run_dir, seeds_per_prompt=seeds_per_prompt, n_boot=p.evaluate.bootstrap_samples, seed=p.seed)
     except PosesceneError as exc:
         fail(exc)
     for name, c in out["comparisons"].items():

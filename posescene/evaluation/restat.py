@@ -43,7 +43,7 @@ def _read(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def restat(run_dir: Path, *, seeds_per_prompt: int, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def restat(run_dir: Path, *, seeds_per_prompt: int, n_boot: int, seed: int) -> dict[str, Any]:
     """Every adapter at scale 1 against the primary's scale curve, with the current statistics; writes
     ``restat.json`` beside the run's files and returns it."""
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else None
