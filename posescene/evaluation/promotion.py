@@ -217,7 +217,7 @@ def verdict(frontier: Frontier, decision: Decision, candidate: str = "secondary"
         return scale
     label = ALTERNATIVE_LABELS.get(envelope.best_alternative or "", envelope.best_alternative)
     best = _versus(envelope.delta_drift, f"the best training-free alternative ({label})")
-    return f"{best} Against the scale knob alone: {scale[0].lower()}{scale[1:]}"
+    return f"{best} Against the scale knob alone: {scale}"
 
 
 # --------------------------------------------------------------------------------------------------
