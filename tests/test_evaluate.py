@@ -326,6 +326,17 @@ def test_generate_cli_with_lattice_poses_and_both_adapters(world: dict[str, Path
 RUN_BOUND = ("seconds", "images_per_s", "mlflow_run_id")
 
 
+def assert_same_outputs(out1: Path, out2: Path) -> None:
+    """Two evaluations' CSVs are byte-identical and their metrics equal, apart from the run-bound fields."""
+    for name in ("drift.csv", "fidelity.csv"):
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
+    m1, m2 = (json.loads((out / "metrics.json").read_text()) for out in (out1, out2))
+    for m in (m1, m2):
+        for key in RUN_BOUND:
+            m["run"].pop(key)
+    assert m1 == m2
+
+
 def test_two_processes_give_the_images_and_metrics_of_one(world: dict[str, Path], tmp_path: Path) -> None:
     """A sharded evaluation (2 CPU ranks under torchrun, as `accelerate launch` on GPUs) draws the batches one
     process draws, byte for byte: the same store entries, the same CSVs, the same metrics.json apart from the
@@ -366,13 +377,7 @@ def test_two_processes_give_the_images_and_metrics_of_one(world: dict[str, Path]
     assert sorted(ones) == sorted(twos) and len(ones) >= 4
     assert all(np.array_equal(ones[k], twos[k]) for k in ones)
     out1, out2 = Path(one.evaluate.out_dir), Path(overrides["evaluate.out_dir"])
-    for name in ("drift.csv", "fidelity.csv"):
-        assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
-    m1, m2 = (json.loads((out / "metrics.json").read_text()) for out in (out1, out2))
-    for m in (m1, m2):
-        for key in RUN_BOUND:
-            m["run"].pop(key)
-    assert m1 == m2
+    assert_same_outputs(out1, out2)
 
 
 def test_a_killed_evaluation_resumes_without_losing_a_batch(world: dict[str, Path], tmp_path: Path) -> None:
@@ -420,10 +425,4 @@ def test_a_killed_evaluation_resumes_without_losing_a_batch(world: dict[str, Pat
     assert resumed.returncode == 0, resumed.stderr[-8000:]
     assert all(p.stat().st_mtime_ns == t for p, t in survivors.items())  # not redrawn
     out1, out2 = Path(whole_o["evaluate.out_dir"]), Path(killed_o["evaluate.out_dir"])
-    for name in ("drift.csv", "fidelity.csv"):
-        assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
-    m1, m2 = (json.loads((out / "metrics.json").read_text()) for out in (out1, out2))
-    for m in (m1, m2):
-        for key in RUN_BOUND:
-            m["run"].pop(key)
-    assert m1 == m2
+    assert_same_outputs(out1, out2)
