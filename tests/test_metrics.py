@@ -154,10 +154,23 @@ def test_fidelity_scores_and_best_person():
     kp, sc = metrics.best_person(persons, target, min_score=0.3)
     assert kp is persons[1][0]
     scores = metrics.fidelity_scores(kp, sc, target, 0.3)
-    assert set(scores) == {"oks", "keypoint_error", "pck@0.05box", "pck@0.1box", "pck@0.2box"}
+    assert set(scores) == {"oks_body", "oks", "keypoint_error", "pck@0.05box", "pck@0.1box", "pck@0.2box"}
     assert scores["pck@0.2box"] == pytest.approx(1.0) and scores["oks"] > 0.5
     assert metrics.best_person([], target, 0.3) == (None, None)
     assert metrics.fidelity_scores(None, None, target, 0.3)["pck@0.1box"] == 0.0
+
+
+def test_body_oks_leaves_the_face_points_out():
+    """A prediction exact on the body but lost on the 5 face points (nose, eyes, ears): the body OKS is perfect, the
+    18-point OKS is not; a prediction lost on the body is scored low by both."""
+    target = POSES[0]
+    face_lost = target.copy()
+    face_lost[[0, 14, 15, 16, 17]] += 6.0
+    assert metrics.oks(face_lost, None, target, points=metrics.BODY_POINTS) == pytest.approx(1.0)
+    assert metrics.oks(face_lost, None, target) < 0.9  # 3 present face points of 16 score ~0
+    body_lost = target.copy()
+    body_lost[metrics.BODY_POINTS] += 6.0
+    assert metrics.oks(body_lost, None, target, points=metrics.BODY_POINTS) < 0.5
 
 
 def test_nanmean():
