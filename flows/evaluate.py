@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,18 @@ from tasks.evaluate import evaluate_task
 def evaluate_markdown(summary: dict[str, Any], params: Params) -> str:
     """The flow's artifact: the verdict, the gate, the arms, and where MLflow has the run."""
     run = summary.get("run", {})
+    run_file = Path(params.evaluate.out_dir) / "run.json"
+    this_run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     lines = [
         "# evaluate: scene drift across poses at matched pose fidelity",
         "",
         f"{run.get('n_sets')} sets x {run.get('n_poses')} poses x {run.get('n_arms')} arms = {run.get('n_images')} "
-        f"images at {run.get('images_per_s')} images/s.",
+        f"images at {this_run.get('images_per_s')} images/s.",
         "",
         summary_markdown(summary),
         "## Tracking",
         "",
-        *mlflow_links(params, {"mlflow_run_id": run.get("mlflow_run_id")}),
+        *mlflow_links(params, {"mlflow_run_id": this_run.get("mlflow_run_id")}),
         f"- Report: `{Path(params.evaluate.out_dir) / 'report.md'}`",
     ]
     return "\n".join(lines) + "\n"

@@ -519,7 +519,10 @@ def finish_run(
     from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
-    flat = {k: float(v) for k, v in tracking.flatten(metrics_dict).items() if _is_number(v) and math.isfinite(float(v))}
+    from posescene.evaluation.report import run_json
+
+    logged = {**metrics_dict, "run": {**metrics_dict.get("run", {}), **run_json(result)}}
+    flat = {k: float(v) for k, v in tracking.flatten(logged).items() if _is_number(v) and math.isfinite(float(v))}
     params_flat = {
         k: v for k, v in tracking.flatten(params.model_dump(mode="json")).items()
         if k.split(".", 1)[0] in ("evaluate", "model", "render")
@@ -531,7 +534,7 @@ def finish_run(
     )
     client.set_tag(run_id, "posescene.promotion", result.promotion.status)
     client.set_tag(run_id, "posescene.verdict", result.verdict[:4000])
-    for name in ("metrics.json", "report.md", "drift.csv", "fidelity.csv"):
+    for name in ("metrics.json", "run.json", "report.md", "drift.csv", "fidelity.csv"):
         client.log_artifact(run_id, str(result.out_dir / name))
     for sub in ("plots", "grids"):
         client.log_artifacts(run_id, str(result.out_dir / sub), artifact_path=sub)

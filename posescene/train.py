@@ -730,8 +730,11 @@ def publish(
     write_loss_csv(out_dir / "loss.csv", history)
     version = link = None
     run_id = run.info.run_id if run is not None else None
+    timings = run_timings(history, state)
     if run is not None:
-        mlflow.log_metrics({k if k.startswith("final_") else f"final_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics(
+            {k if k.startswith("final_") else f"final_{k}": v for k, v in {**metrics, **timings}.items()}
+        )
         mlflow.log_artifacts(str(adapter_dir), "secondary_adapter")
         mlflow.log_artifact(str(out_dir / "metrics.json"))
         mlflow.log_artifact(str(out_dir / "loss.csv"))
@@ -739,7 +742,9 @@ def publish(
         link = tracking.run_link(run)
     # which MLflow run/registry version this adapter is: the evaluation's promotion gate checks that the
     # `candidate` it would promote is the adapter it measured
-    write_json_atomic(out_dir / "run.json", {"mlflow_run_id": run_id, "model_version": version, "link": link})
+    write_json_atomic(
+        out_dir / "run.json", {"mlflow_run_id": run_id, "model_version": version, "link": link, **timings}
+    )
     return metrics, adapter_dir, version, link
 
 
@@ -837,7 +842,7 @@ def _train(params: Params, resume: bool, resume_from: str | Path | None, progres
 
 
 def final_metrics(history: list[dict[str, float]], window: int, state: dict[str, Any], batch: int) -> dict[str, float]:
-    """metrics.json: the losses averaged over the last ``window`` steps (single steps are noisy), timings and
+    """metrics.json: the losses averaged over the last ``window`` steps (single steps are noisy) and
     the last measured gradient diagnostics."""
     last = history[-window:]
 
@@ -853,6 +858,12 @@ def final_metrics(history: list[dict[str, float]], window: int, state: dict[str,
         **{k: float(v) for k, v in (measured[-1] if measured else {}).items() if k.startswith("gnorm_")},
         "steps": len(history),
         "batch_size": batch,
+    }
+
+
+def run_timings(history: list[dict[str, float]], state: dict[str, Any]) -> dict[str, float]:
+    """run.json's timings: kept out of metrics.json, a DVC output that must have the same bytes on every rerun."""
+    return {
         "wall_time_s": round(float(state["wall_seconds"]), 3),  # steps + diagnostics + validation + checkpoints
         "s_per_step": round(float(state["step_seconds"]) / max(len(history), 1), 4),  # training steps only
     }

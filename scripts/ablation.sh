@@ -188,7 +188,7 @@ for reading in readings:
         f"| `{reading}` | {fmt(init['lambda_eff'])} | {fmt(metrics['lambda_eff'])} | {fmt(init.get('gnorm_ratio'))} "
         f"| {fmt(last.get('gnorm_ratio'))} (step {last['step']}) | {fmt(init[f'pose_sens_{reading}'])} "
         f"| {fmt(metrics[f'final_pose_sens_{reading}'])} | {fmt(metrics['l_diff'])} | {fmt(metrics['l_bal'])} "
-        f"| {metrics['s_per_step']:.3f} |"
+        f"| {json.loads((diag / reading / 'run.json').read_text())['s_per_step']:.3f} |"
     )
 extra = json.loads((diag / "probe.json").read_text())
 timing = extra["step_time"]

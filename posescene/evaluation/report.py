@@ -101,11 +101,22 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
             "n_poses": f.n_poses,
             "n_arms": len(result.arms),
             "n_images": int(np.prod(result.images.shape[:3])),
-            "images_per_s": _num(result.images_per_s),
             "scene_fraction": _num(result.scene_fraction),
-            "seconds": round(result.seconds, 1),
-            "mlflow_run_id": result.mlflow_run_id,
         },
+    }
+
+
+def run_json(result: EvaluationResult) -> dict[str, Any]:
+    """``run.json``: what only this run has (times, speed, the MLflow run and registry version). It is kept out of
+    metrics.json and report.md, DVC outputs that must have the same bytes whenever the same code reruns."""
+    return {
+        "seconds": round(result.seconds, 1),
+        "generation_seconds": round(result.generation_seconds, 1),
+        "images_per_s": _num(result.images_per_s),
+        "mlflow_run_id": result.mlflow_run_id,
+        "tracking_uri": result.tracking_uri,
+        "candidate_version": result.promotion.candidate_version,
+        "champion_before": result.promotion.champion_before,
     }
 
 
@@ -263,11 +274,11 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
     comp = f.comparisons.get("secondary")
     p = result.promotion
     status = {
-        "promoted": f"**Promoted**: version {p.candidate_version} of `{params.mlflow.registered_model}` is now "
-        f"`{CHAMPION_ALIAS}` (was {p.champion_before or 'none'}).",
-        "rejected": f"**Not promoted**: version {p.candidate_version} stays `candidate`; `{CHAMPION_ALIAS}` "
-        f"unchanged ({p.champion_before or 'none'}).",
-        "not_evaluated": f"**Not evaluated**: no alias moved (`{CHAMPION_ALIAS}`: {p.champion_before or 'none'}).",
+        "promoted": f"**Promoted**: the `candidate` of `{params.mlflow.registered_model}` is now `{CHAMPION_ALIAS}` "
+        "(versions: run.json).",
+        "rejected": f"**Not promoted**: the version aliased `candidate` stays `candidate`; `{CHAMPION_ALIAS}` "
+        "unchanged.",
+        "not_evaluated": "**Not evaluated**: no alias moved.",
         "no_candidate": "**No candidate** in the registry: nothing to promote; no alias changed.",
     }[p.status]
     power = gate_power(f, _rules(params))
@@ -415,12 +426,10 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
         f"- Held-out scenes checked against the world's training record: {result.checked_scenes} scene(s) with "
         "PoseScenes provenance, none trained on.",
         f"- {len(result.arms)} arms x {int(np.prod(result.images.shape[:2]))} images = "
-        f"{int(np.prod(result.images.shape[:3]))} images at {result.images_per_s:.2f} images/s.",
+        f"{int(np.prod(result.images.shape[:3]))} images (time, speed, MLflow run and registry version: `run.json`).",
     ]
     if result.notices:
         lines += ["", "## Notices", ""] + [f"- {n}" for n in result.notices]
-    if result.mlflow_run_id:
-        lines += ["", f"MLflow run `{result.mlflow_run_id}` at `{result.tracking_uri}`."]
     lines += ["", "## Pose x arm grids (first sets)", ""]
     for path in grids:
         lines += [f"![{path.stem}]({path.relative_to(result.out_dir).as_posix()})", ""]
@@ -442,6 +451,7 @@ def write_outputs(result: EvaluationResult, params: Params) -> dict[str, Any]:
     write_text_atomic(out / "report.md", report_markdown(result, params, grids))
     metrics = metrics_json(result, params)
     write_json_atomic(out / "metrics.json", metrics, sort_keys=False)
+    write_json_atomic(out / "run.json", run_json(result), sort_keys=False)
     return metrics
 
 
@@ -458,4 +468,4 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["make_grid", "metrics_json", "summary_markdown", "write_outputs"]
+__all__ = ["make_grid", "metrics_json", "run_json", "summary_markdown", "write_outputs"]
