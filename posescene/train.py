@@ -705,11 +705,18 @@ def write_loss_csv(path: str | Path, history: list[dict[str, float]]) -> None:
 
 
 def save_validation(ctx: StepContext, prompt: str, maps: torch.Tensor, step: int, run_id: str | None) -> None:
-    """The validation grid (held-out prompt x poses, primary vs secondary) to disk and MLflow."""
+    """The validation grid (held-out prompt x poses, primary vs secondary) to disk and MLflow.
+
+    The final step's grid goes to ``train.out_dir/validation`` (a DVC output); the grids along the way go beside
+    the checkpoints (``train.checkpoint_dir/validation``) and to MLflow. A resumed run cannot redraw the grids of
+    the steps before its checkpoint, so the DVC output holds only what every run, resumed or not, makes alike.
+    """
     adapters = {"primary": ctx.primary, "secondary": ctx.s_ad}
     with ctx.accelerator.autocast():
         grid = validation_grid(ctx.base, adapters, prompt, maps, ctx.params, ctx.accelerator.device)
-    grid_path = Path(ctx.params.train.out_dir) / "validation" / f"step_{step}.png"
+    tp = ctx.params.train
+    folder = Path(tp.out_dir if step == tp.steps else tp.checkpoint_dir) / "validation"
+    grid_path = folder / f"step_{step}.png"
     save_image_atomic(grid_path, grid)
     if run_id is not None:
         mlflow.log_artifact(str(grid_path), "validation")

@@ -246,6 +246,10 @@ def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict
         assert {k for k in mine if not k.startswith(("gnorm", "pose_sens"))} <= both  # losses on every row
     a = (trained["result"].adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (resumed.adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes() == a
+    # the DVC output's grid is the final step's, the same bytes resumed or not (grids along the way go beside the
+    # checkpoints: a resumed run cannot redraw those of the steps before its checkpoint)
+    grid = f"validation/step_{STEPS}.png"
+    assert (resumed.out_dir / grid).read_bytes() == (trained["result"].out_dir / grid).read_bytes()
 
     # resuming a finished run whose outputs are gone (DVC removes them first) writes its last grid again
     shutil.rmtree(resumed.out_dir / "validation")
