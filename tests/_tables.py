@@ -169,6 +169,21 @@ def write_lattice_dir(table: pa.Table, out_dir: Path, batch: int = 10) -> Path:
     return out_dir
 
 
+def world_params(world: dict[str, Any], resolution: int, cache_dir: Path | None = None) -> dict[str, Any]:
+    """params.yaml overrides that point the model and every data stage at a :func:`tiny_trained_world`."""
+    root = world["root"]
+    return {
+        "model.base": str(world["pipeline"]),
+        "model.primary_adapter": str(world["adapter"]),
+        "model.resolution": resolution,
+        "ingest.out_dir": str(root / "ingested"),
+        "poses.out_dir": str(root / "lattices"),
+        "pairs.out": str(root / "pairs.parquet"),
+        "render.out_dir": str(root / "maps"),
+        "cache.out_dir": str(cache_dir or root / "cache"),
+    }
+
+
 def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
     """Tiny models and a tiny PoseScenes set taken through every data stage and the cache: what ``train`` reads.
 

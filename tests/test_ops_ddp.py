@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from _tables import tiny_trained_world
+from _tables import tiny_trained_world, world_params
 
 pytestmark = pytest.mark.e2e
 
@@ -40,17 +40,9 @@ def test_two_process_cpu_training_saves_a_valid_adapter(world: dict[str, Any], t
     from diffusers import T2IAdapter
     from mlflow import MlflowClient
 
-    root = world["root"]
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = {
-        "model.base": str(world["pipeline"]),
-        "model.primary_adapter": str(world["adapter"]),
-        "model.resolution": RES,
-        "ingest.out_dir": str(root / "ingested"),
-        "poses.out_dir": str(root / "lattices"),
-        "pairs.out": str(root / "pairs.parquet"),
-        "render.out_dir": str(root / "maps"),
-        "cache.out_dir": str(root / "cache"),
+        **world_params(world, RES),
         "train.out_dir": str(tmp_path / "out"),
         "train.checkpoint_dir": str(tmp_path / "checkpoints"),
         "train.steps": STEPS,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 from _params import stage_options
-from _tables import tiny_trained_world
+from _tables import tiny_trained_world, world_params
 
 from posescene.config import load_params
 from tests.conftest import REPO_ROOT
@@ -51,14 +51,7 @@ def run_cache_and_train(world: dict[str, Any], out: Path, caller_threads: int) -
         params = load_params(
             REPO_ROOT / "params.yaml",
             {
-                "model.base": str(world["pipeline"]),
-                "model.primary_adapter": str(world["adapter"]),
-                "model.resolution": RES,
-                "ingest.out_dir": str(root / "ingested"),
-                "poses.out_dir": str(root / "lattices"),
-                "pairs.out": str(root / "pairs.parquet"),
-                "render.out_dir": str(root / "maps"),
-                "cache.out_dir": str(out / "cache"),
+                **world_params(world, RES, out / "cache"),
                 "train.out_dir": str(out / "train"),
                 "train.checkpoint_dir": str(out / "checkpoints"),
                 "train.threads": 1,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from _tables import tiny_trained_world
+from _tables import tiny_trained_world, world_params
 
 from posescene.config import Params, load_params
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
@@ -49,14 +49,7 @@ def tiny_params(world: dict[str, Any], run_dir: Path, **train: Any) -> Params:
     """params.yaml with every path in the tmp world (outputs under ``run_dir``) and tiny training settings."""
     root = world["root"]
     overrides = {
-        "model.base": str(world["pipeline"]),
-        "model.primary_adapter": str(world["adapter"]),
-        "model.resolution": RES,
-        "ingest.out_dir": str(root / "ingested"),
-        "poses.out_dir": str(root / "lattices"),
-        "pairs.out": str(root / "pairs.parquet"),
-        "render.out_dir": str(root / "maps"),
-        "cache.out_dir": str(root / "cache"),
+        **world_params(world, RES),
         "train.out_dir": str(run_dir / "out"),
         "train.checkpoint_dir": str(run_dir / "checkpoints"),
         "train.threads": 1,  # the shared 2-core box: one thread (the stage pins its own, whatever the caller's)
