@@ -78,77 +78,61 @@ def build_cache(
     machine with the same kind of CPU, whatever its core count (:func:`posescene.devices.reproducible_math`).
     """
     with reproducible_math(threads):
-        return _build_cache(
-            pairs_path, ingested_dir, out_dir, base, resolution, batch_size=batch_size, device=device, progress=progress
-        )
+        fix_pairs = "Rerun the pairs stage (posescene pairs / dvc repro pairs)."
+        pairs = require_columns(read_pairs(pairs_path), ["image_a", "image_b", "caption"], pairs_path, fix_pairs)
+        ingested_dir = Path(ingested_dir)
+        manifest_path = ingested_dir / "manifest.parquet"
+        manifest = require_columns(read_manifest(manifest_path), ["image_id", "path"], manifest_path, "Rerun ingest.")
+        image_ids = sorted(set(pairs["image_a"]) | set(pairs["image_b"]))
+        captions = sorted(set(pairs["caption"]))
+        if not image_ids:
+            raise InputDataError(f"{pairs_path}: the pairs table is empty; nothing to cache. {fix_pairs}")
+        where = dict(zip(manifest["image_id"], manifest["path"], strict=True))
+        unknown = [i for i in image_ids if i not in where]
+        if unknown:
+            raise InputDataError(
+                f"{pairs_path}: {len(unknown)} image id(s) are not in {ingested_dir}/manifest.parquet "
+                f"(e.g. {unknown[:3]}); the pairs were made from another ingest. Rerun pairs."
+            )
+        torch_device = resolve_device(device)
+        model = load_base(base).freeze().to(torch_device)
 
+        latents: dict[str, torch.Tensor] = {}
+        for start in tqdm(range(0, len(image_ids), batch_size), desc="cache latents", disable=not progress):
+            ids = image_ids[start : start + batch_size]
+            images = torch.stack([load_image(ingested_dir / where[i], resolution) for i in ids])
+            for image_id, z in zip(ids, encode_images(model, images).float().cpu(), strict=True):
+                latents[image_id] = z.contiguous()
+        text: dict[str, torch.Tensor] = {}
+        for start in tqdm(range(0, len(captions), batch_size), desc="cache text", disable=not progress):
+            chunk = captions[start : start + batch_size]
+            for caption, h in zip(chunk, encode_prompts(model, chunk, torch_device).float().cpu(), strict=True):
+                text[caption_key(caption)] = h.contiguous()
 
-def _build_cache(
-    pairs_path: str | Path,
-    ingested_dir: str | Path,
-    out_dir: str | Path,
-    base: str,
-    resolution: int,
-    *,
-    batch_size: int,
-    device: str,
-    progress: bool,
-) -> Path:
-    fix_pairs = "Rerun the pairs stage (posescene pairs / dvc repro pairs)."
-    pairs = require_columns(read_pairs(pairs_path), ["image_a", "image_b", "caption"], pairs_path, fix_pairs)
-    ingested_dir = Path(ingested_dir)
-    manifest_path = ingested_dir / "manifest.parquet"
-    manifest = require_columns(read_manifest(manifest_path), ["image_id", "path"], manifest_path, "Rerun ingest.")
-    image_ids = sorted(set(pairs["image_a"]) | set(pairs["image_b"]))
-    captions = sorted(set(pairs["caption"]))
-    if not image_ids:
-        raise InputDataError(f"{pairs_path}: the pairs table is empty; nothing to cache. {fix_pairs}")
-    where = dict(zip(manifest["image_id"], manifest["path"], strict=True))
-    unknown = [i for i in image_ids if i not in where]
-    if unknown:
-        raise InputDataError(
-            f"{pairs_path}: {len(unknown)} image id(s) are not in {ingested_dir}/manifest.parquet "
-            f"(e.g. {unknown[:3]}); the pairs were made from another ingest. Rerun pairs."
-        )
-    torch_device = resolve_device(device)
-    model = load_base(base).freeze().to(torch_device)
-
-    latents: dict[str, torch.Tensor] = {}
-    for start in tqdm(range(0, len(image_ids), batch_size), desc="cache latents", disable=not progress):
-        ids = image_ids[start : start + batch_size]
-        images = torch.stack([load_image(ingested_dir / where[i], resolution) for i in ids])
-        for image_id, z in zip(ids, encode_images(model, images).float().cpu(), strict=True):
-            latents[image_id] = z.contiguous()
-    text: dict[str, torch.Tensor] = {}
-    for start in tqdm(range(0, len(captions), batch_size), desc="cache text", disable=not progress):
-        chunk = captions[start : start + batch_size]
-        for caption, h in zip(chunk, encode_prompts(model, chunk, torch_device).float().cpu(), strict=True):
-            text[caption_key(caption)] = h.contiguous()
-
-    some_latent, some_text = next(iter(latents.values())), next(iter(text.values()))
-    index = {
-        "version": INDEX_VERSION,
-        "base": str(base),
-        "resolution": resolution,
-        "scaling_factor": model.latent_scaling,
-        "latent_shape": list(some_latent.shape),
-        "text_shape": list(some_text.shape),
-        "n_images": len(latents),
-        "n_captions": len(text),
-        "captions": {caption_key(c): c for c in captions},
-        # what the bytes depend on besides the inputs: another CPU kind (AVX2 vs AVX-512) or CUDA rounds otherwise
-        "numerics": {
-            "device": torch_device.type,
-            "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        },
-    }
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_file(latents, str(tmp / "latents.safetensors"))
-        save_file(text, str(tmp / "text.safetensors"))
-        write_json_atomic(tmp / "index.json", index)
-    return Path(out_dir)
+        some_latent, some_text = next(iter(latents.values())), next(iter(text.values()))
+        index = {
+            "version": INDEX_VERSION,
+            "base": str(base),
+            "resolution": resolution,
+            "scaling_factor": model.latent_scaling,
+            "latent_shape": list(some_latent.shape),
+            "text_shape": list(some_text.shape),
+            "n_images": len(latents),
+            "n_captions": len(text),
+            "captions": {caption_key(c): c for c in captions},
+            # what the bytes depend on besides the inputs: another CPU kind (AVX2 vs AVX-512) or CUDA rounds otherwise
+            "numerics": {
+                "device": torch_device.type,
+                "threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            },
+        }
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            save_file(latents, str(tmp / "latents.safetensors"))
+            save_file(text, str(tmp / "text.safetensors"))
+            write_json_atomic(tmp / "index.json", index)
+        return Path(out_dir)
 
 
 @dataclass

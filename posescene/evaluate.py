@@ -36,7 +36,7 @@ from posescene.evaluation import frontier as fr
 from posescene.evaluation import heldout as ho
 from posescene.evaluation import promotion as gate
 from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_builtin_world, load_lpips, make_judges
-from posescene.evaluation.report import write_outputs
+from posescene.evaluation.report import run_json, write_outputs
 from posescene.evaluation.result import EvaluationResult
 from posescene.generate import ArmJob, Injection, ModelBank, condition_maps
 from posescene.shards import BatchStore, Shard
@@ -519,8 +519,6 @@ def finish_run(
     from mlflow.entities import Metric, Param
 
     now = int(time.time() * 1000)
-    from posescene.evaluation.report import run_json
-
     logged = {**metrics_dict, "run": {**metrics_dict.get("run", {}), **run_json(result)}}
     flat = {k: float(v) for k, v in tracking.flatten(logged).items() if _is_number(v) and math.isfinite(float(v))}
     params_flat = {

@@ -42,6 +42,17 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 
+def hash_weight_file(h: Any, path: Path, name: str) -> None:
+    """Feed ``h`` one weights file by ``name``, size and its first and last MiB: cheap for GB checkpoints, and
+    retrained weights differ there (shared with ``posescene.train``'s resume fingerprint)."""
+    size = path.stat().st_size
+    h.update(f"{name}:{size}".encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(size - (1 << 20), 0))
+        h.update(f.read(1 << 20))
+
+
 def weights_fingerprint(source: str | Path) -> str:
     """What identifies the weights at ``source``: every weights file of a local directory by path, size and its
     first and last MiB (cheap for GB checkpoints; retrained weights differ there, as ``posescene.train``'s resume
@@ -55,12 +66,7 @@ def weights_fingerprint(source: str | Path) -> str:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             rel = str(path.relative_to(root))
             if path.suffix in WEIGHT_SUFFIXES:
-                size = path.stat().st_size
-                h.update(f"{rel}:{size}".encode())
-                with path.open("rb") as f:
-                    h.update(f.read(1 << 20))
-                    f.seek(max(size - (1 << 20), 0))
-                    h.update(f.read(1 << 20))
+                hash_weight_file(h, path, rel)
             elif path.suffix == ".json":
                 h.update(rel.encode() + path.read_bytes())
     elif root.is_file():

@@ -58,6 +58,7 @@ from posescene.devices import reproducible_math
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
 from posescene.models import FrozenBase, check_compatible, load_adapter, load_base, prepare_adapter_input
+from posescene.shards import WEIGHT_SUFFIXES, hash_weight_file
 
 __all__ = ["checkpoints", "train", "train_step"]  # checkpoints: re-exported for callers of the old location
 
@@ -264,9 +265,6 @@ def predict_teacher(
     return unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=primary(cond_b)).sample
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
-
-
 def _hash_weights(h: Any, source: str) -> None:
     """Feed ``h`` what identifies the frozen weights at ``source``: every weights file of a local directory by
     path, size and its first and last MiB (cheap for GB checkpoints, and retrained weights differ there); a hub
@@ -275,12 +273,7 @@ def _hash_weights(h: Any, source: str) -> None:
     files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES) if root.is_dir() else []
     h.update(source.encode())
     for path in files:
-        size = path.stat().st_size
-        h.update(f"{path.relative_to(root)}:{size}".encode())
-        with path.open("rb") as f:
-            h.update(f.read(1 << 20))
-            f.seek(max(size - (1 << 20), 0))
-            h.update(f.read(1 << 20))
+        hash_weight_file(h, path, str(path.relative_to(root)))
 
 
 def run_fingerprint(params: Params) -> str:

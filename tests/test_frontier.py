@@ -362,6 +362,12 @@ def test_restat_redecides_a_finished_run_from_its_csvs(tmp_path) -> None:
     copy = out["comparisons"]["copy"]
     assert copy["verdict"] == "not distinguishable" and abs(copy["delta_drift_matched"][0]) < 1e-4
     assert out["n_prompts"] == 4 and (tmp_path / "restat.json").is_file()
+    (tmp_path / "drift.csv").write_text("arm,set\n")  # not an evaluation's CSV
+    with pytest.raises(InputDataError, match=r"drift.csv: no column\(s\) \['pose_i'"):
+        restat(tmp_path, seeds_per_prompt=2, n_boot=20, seed=0)
     (tmp_path / "drift.csv").unlink()
     with pytest.raises(InputDataError, match="drift.csv"):
+        restat(tmp_path, seeds_per_prompt=2, n_boot=20, seed=0)
+    (tmp_path / "metrics.json").write_text("{")
+    with pytest.raises(InputDataError, match="metrics.json"):
         restat(tmp_path, seeds_per_prompt=2, n_boot=20, seed=0)

@@ -36,22 +36,34 @@ def parse_arm_key(key: str) -> tuple[str, float]:
     return family, int(knob) / 100
 
 
-def _read(path: Path) -> list[dict[str, str]]:
+def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.is_file():
         raise InputDataError(f"{path}: missing; restat needs an evaluation's drift.csv, fidelity.csv, metrics.json")
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputDataError(f"{path}: no column(s) {missing}; is this an evaluation's own CSV (evaluate.out_dir)?")
+        rows = list(reader)
+    if not rows:
+        raise InputDataError(f"{path}: no rows; the evaluation that wrote it did not finish. Rerun it.")
+    return rows
 
 
 def restat(run_dir: Path, *, seeds_per_prompt: int, n_boot: int, seed: int) -> dict[str, Any]:
     """Every adapter at scale 1 against the primary's scale curve, with the current statistics; writes
     ``restat.json`` beside the run's files and returns it."""
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else None
-    if metrics is None:
-        raise InputDataError(f"{run_dir}/metrics.json: missing (the run's chance level and ceiling are read there)")
-    measure = metrics["fidelity"]["measure"]
-    chance, ceiling = float(metrics["fidelity"]["chance"]), float(metrics["fidelity"]["ceiling"])
-    fid_rows, drift_rows = _read(run_dir / "fidelity.csv"), _read(run_dir / "drift.csv")
+    try:
+        fidelity_info = json.loads((run_dir / "metrics.json").read_text())["fidelity"]
+        measure = fidelity_info["measure"]
+        chance, ceiling = float(fidelity_info["chance"]), float(fidelity_info["ceiling"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputDataError(
+            f"{run_dir}/metrics.json: missing or without fidelity.measure/chance/ceiling ({exc!r}); restat reads the "
+            "run's chance level and ceiling there"
+        ) from None
+    fid_rows = _read(run_dir / "fidelity.csv", ("arm", "set", "pose", measure))
+    drift_rows = _read(run_dir / "drift.csv", ("arm", "set", "pose_i", "pose_j", "rmse"))
     keys = list(dict.fromkeys(r["arm"] for r in fid_rows))
     sets = sorted({int(r["set"]) for r in fid_rows})
     poses = sorted({int(r["pose"]) for r in fid_rows})
