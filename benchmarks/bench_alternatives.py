@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import held_out_sets  # noqa: E402
 
-from posescene import metrics  # noqa: E402
+from posescene.evaluation import metrics  # noqa: E402
 from posescene.generate import ArmJob, Injection, ModelBank, condition_maps  # noqa: E402
 from posescene.io import write_json_atomic  # noqa: E402
 

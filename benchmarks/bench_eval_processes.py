@@ -42,9 +42,9 @@ def worker(out: Path, store: Path, prompts: int) -> None:
     import numpy as np
     import torch
 
-    from posescene import metrics
     from posescene.config import default_params
-    from posescene.evaluate import arm_job, arm_plan, load_heldout
+    from posescene.evaluation import metrics
+    from posescene.evaluation.evaluate import arm_job, arm_plan, load_heldout
     from posescene.generate import ModelBank, condition_maps, distinct_rows
     from posescene.shards import BatchStore, Shard
 

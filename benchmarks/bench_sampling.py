@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posescene import metrics
+from posescene.evaluation import metrics
 from posescene.generate import ArmJob, Job, ModelBank, ModelSpec, condition_maps, pose_from_pixels
 from posescene.io import write_json_atomic
 

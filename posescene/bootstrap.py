@@ -36,15 +36,15 @@ from posescene.config import BootstrapParams, Params
 from posescene.devices import resolve_device
 from posescene.errors import ConfigError, ModelLoadError, TrainingDivergedError
 from posescene.evaluation.heldout import TRAINING_DATA_FILE, load_training_ranges
-from posescene.io import atomic_path, write_json_atomic, write_text_atomic
-from posescene.judges import (
+from posescene.evaluation.judges import (
     KeypointEstimator,
     SceneClassifier,
     heatmap_targets,
-    pck,
     predict_keypoints,
     predict_scene,
 )
+from posescene.evaluation.metrics import batch_pck as pck
+from posescene.io import atomic_path, write_json_atomic, write_text_atomic
 from posescene.lattice import normalise
 from posescene.render import render_lattice
 from posescene.synth import SCENE_KINDS, render_scene, scene_specs

@@ -5,6 +5,9 @@ variable, else ``sqlite:///<project>/mlflow.db`` with artifacts under ``<project
 store (unlike the plain ``./mlruns`` file store) also holds the model registry, so registering the
 secondary adapter and giving it an alias works on a laptop with nothing running.
 
+This module is the project's one door to MLflow: the stages call these functions (or the client they return),
+never ``mlflow`` itself (the pyfunc model, an MLflow class by nature, aside).
+
 Each training run gets: every validated param (flattened, dotted keys), the git commit, the DVC md5 of
 the data it read (from ``dvc.lock``), per-step metrics, system metrics (when psutil is installed and
 ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is not ``false``), artifacts, and a registered model version.
@@ -175,6 +178,27 @@ def log_rows(run_id: str, rows: Sequence[Mapping[str, float]], step_key: str = "
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Metrics of the active run (the fluent run of :func:`start_run`)."""
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """One file into the active run's artifacts (under ``artifact_path``)."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(directory: str | Path, artifact_path: str | None = None) -> None:
+    """A directory's files into the active run's artifacts (under ``artifact_path``)."""
+    import mlflow
+
+    mlflow.log_artifacts(str(directory), artifact_path)
+
+
 def run_link(run: Any) -> str:
     """A link to the run in the MLflow UI (for an http server) or where to find it (embedded store)."""
     import mlflow
@@ -223,3 +247,34 @@ def create_stage_run(mlflow_client: Any, params: Params, uri: str, stage: str) -
         experiment_id(mlflow_client, params.mlflow.experiment, uri), run_name=stage, tags={"posescene.stage": stage}
     )
     return str(run.info.run_id)
+
+
+def log_batch(
+    mlflow_client: Any, run_id: str, metrics: Mapping[str, float], params: Mapping[str, str], step: int = 0
+) -> None:
+    """Metrics (at ``step``, timestamped now) and params of a run in one request."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in params.items()],
+    )
+
+
+def version_by_alias(mlflow_client: Any, name: str, alias: str) -> Any | None:
+    """The registered model version of ``name`` aliased ``alias``, None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def download_model_version(name: str, version: str | int, uri: str) -> Path:
+    """The artifacts of registered version ``version`` of ``name``, downloaded to a local cache directory."""
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", tracking_uri=uri))

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -712,7 +711,7 @@ def save_validation(ctx: StepContext, prompt: str, maps: torch.Tensor, step: int
     grid_path = folder / f"step_{step}.png"
     save_image_atomic(grid_path, grid)
     if run_id is not None:
-        mlflow.log_artifact(str(grid_path), "validation")
+        tracking.log_artifact(grid_path, "validation")
 
 
 def publish(
@@ -732,12 +731,12 @@ def publish(
     run_id = run.info.run_id if run is not None else None
     timings = run_timings(history, state)
     if run is not None:
-        mlflow.log_metrics(
+        tracking.log_metrics(
             {k if k.startswith("final_") else f"final_{k}": v for k, v in {**metrics, **timings}.items()}
         )
-        mlflow.log_artifacts(str(adapter_dir), "secondary_adapter")
-        mlflow.log_artifact(str(out_dir / "metrics.json"))
-        mlflow.log_artifact(str(out_dir / "loss.csv"))
+        tracking.log_artifacts(adapter_dir, "secondary_adapter")
+        tracking.log_artifact(out_dir / "metrics.json")
+        tracking.log_artifact(out_dir / "loss.csv")
         version = str(pyfunc.log_and_register(adapter_dir, params))
         link = tracking.run_link(run)
     # which MLflow run/registry version this adapter is: the evaluation's promotion gate checks that the

@@ -17,7 +17,7 @@ def evaluate_task(params: Params) -> dict[str, Any]:
     champion may have changed since). No retries: it is deterministic, a failure is a missing model or
     bad params, and the generation is the expensive part.
     """
-    from posescene.evaluate import evaluate
+    from posescene.evaluation.evaluate import evaluate
 
     result = evaluate(params, progress=False)
     return {} if result is None else result.metrics  # {}: a rank other than 0 of a sharded evaluation

@@ -41,8 +41,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny data, models and judges (shared read-only; each test writes its own reports/train dirs)."""
     from diffusers import T2IAdapter
 
+    from posescene.evaluation.judges import KeypointEstimator, SceneClassifier
     from posescene.ingest import ingest
-    from posescene.judges import KeypointEstimator, SceneClassifier
     from posescene.pairs import write_pairs
     from posescene.poses import run_poses
     from posescene.synth import generate
@@ -145,7 +145,7 @@ def _alias(params: Params, alias: str) -> str | None:
 
 
 def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, Path]) -> None:
-    from posescene.evaluate import evaluate
+    from posescene.evaluation.evaluate import evaluate
 
     ablation = [{"name": "still", "adapter": str(world["still"])}]  # an ablation arm: scale 1 only
     params = _params(world, "outputs", world["primary"], **{"evaluate.ablations": ablation})
@@ -233,7 +233,7 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
 
 def test_an_all_zero_adapter_is_not_promoted(world: dict[str, Path]) -> None:
     """The trivial solution: an adapter that adds nothing (the base model) has zero drift. It must not pass."""
-    from posescene.evaluate import evaluate
+    from posescene.evaluation.evaluate import evaluate
 
     params = _params(world, "still", world["still"])
     _register(params)
@@ -244,7 +244,7 @@ def test_an_all_zero_adapter_is_not_promoted(world: dict[str, Path]) -> None:
 
 
 def test_evaluation_refuses_scenes_the_world_was_trained_on(world: dict[str, Path], tmp_path: Path) -> None:
-    from posescene.evaluate import evaluate
+    from posescene.evaluation.evaluate import evaluate
 
     record = {"generator": "posescene.synth", "seed": 0, "parts": {"unet": [[0, 4]]}}
     judges = tmp_path / "judges"
@@ -259,7 +259,7 @@ def test_bad_params_fail_early(world: dict[str, Path], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from posescene.cli import app
-    from posescene.evaluate import evaluate
+    from posescene.evaluation.evaluate import evaluate
 
     for key, value, where in (
         ("evaluate.n_poses", 1, "n_poses"),
@@ -343,7 +343,7 @@ def test_two_processes_give_the_images_and_metrics_of_one(world: dict[str, Path]
 
     import numpy as np
 
-    from posescene.evaluate import evaluate
+    from posescene.evaluation.evaluate import evaluate
 
     one = _params(world, "one_process", world["primary"], **{"evaluate.store": str(tmp_path / "one")})
     _register(one)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posescene import metrics
+from posescene.evaluation import metrics
 
 
 def _pose(cx: float, cy: float, h: float = 20.0) -> np.ndarray:

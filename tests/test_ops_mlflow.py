@@ -108,8 +108,8 @@ def _registry_workflow(
 
     from posescene import tracking
     from posescene.config import load_params
-    from posescene.evaluate import champion_adapter_dir
     from posescene.evaluation import promotion as gate
+    from posescene.evaluation.evaluate import champion_adapter_dir
     from posescene.evaluation.promotion import CANDIDATE_ALIAS, CHAMPION_ALIAS
     from posescene.pyfunc import log_and_register
     from posescene.world import build_tiny_models

@@ -53,7 +53,7 @@ def test_tiny_bootstrap_end_to_end(tmp_path: Path) -> None:
     from posescene.bootstrap import bootstrap, measure_world
     from posescene.config import load_params
     from posescene.errors import ConfigError
-    from posescene.judges import KeypointEstimator, SceneClassifier
+    from posescene.evaluation.judges import KeypointEstimator, SceneClassifier
 
     out = tmp_path / "world"
     tiny = TINY | {"bootstrap.checkpoint_dir": str(tmp_path / "ckpt")}
@@ -99,7 +99,7 @@ def test_tiny_bootstrap_end_to_end(tmp_path: Path) -> None:
 
 
 def test_judges_round_trip(tmp_path: Path) -> None:
-    from posescene.judges import KeypointEstimator, SceneClassifier, predict_keypoints, predict_scene
+    from posescene.evaluation.judges import KeypointEstimator, SceneClassifier, predict_keypoints, predict_scene
 
     torch.manual_seed(0)
     images = torch.rand(3, 3, 64, 64)
@@ -118,13 +118,13 @@ def test_judges_round_trip(tmp_path: Path) -> None:
     assert (xy >= 0).all() and (xy <= 48).all()  # pixels of the input size
 
 
-def test_pck_reference() -> None:
-    from posescene.judges import pck
+def test_batch_pck_reference() -> None:
+    from posescene.evaluation.metrics import batch_pck
 
     target = np.array([[[10.0, 10.0], [20.0, 30.0], [np.nan, np.nan]]])
-    assert pck(target, target, 0.1) == 1.0
-    assert pck(target + 5.0, target, 0.1, "image", 64) == 0.0  # 7.07 px > 6.4 px
-    assert pck(target + 5.0, target, 0.5, "bbox") == 1.0  # box side 20 px -> 10 px
+    assert batch_pck(target, target, 0.1) == 1.0
+    assert batch_pck(target + 5.0, target, 0.1, "image", 64) == 0.0  # 7.07 px > 6.4 px
+    assert batch_pck(target + 5.0, target, 0.5, "bbox") == 1.0  # box side 20 px -> 10 px
 
 
 @needs_shipped
@@ -154,7 +154,7 @@ def test_shipped_world_in_stock_diffusers(tmp_path: Path) -> None:
 def test_shipped_scene_classifier_on_real_synth(synth_dir: Path) -> None:
     from PIL import Image
 
-    from posescene.judges import SceneClassifier, predict_scene
+    from posescene.evaluation.judges import SceneClassifier, predict_scene
 
     rows = [json.loads(line) for line in (synth_dir / "metadata.jsonl").read_text().splitlines()]
     images = [Image.open(synth_dir / r["file_name"]) for r in rows]
@@ -300,7 +300,7 @@ def test_fidelity_interval_resamples_scenes() -> None:
     """The normalised fidelity's interval: a generator that draws the asked pose sits at 1, one that ignores
     the pose at 0 (the interval covers it), and one right on half the scenes between, inside its interval."""
     from posescene.bootstrap import fidelity_norm_ci, normalised, other_pose
-    from posescene.judges import pck
+    from posescene.evaluation.metrics import batch_pck
 
     rng = np.random.default_rng(0)
     poses, n_scenes = 4, 30
@@ -313,5 +313,5 @@ def test_fidelity_interval_resamples_scenes() -> None:
     assert lo < 0 < hi and hi - lo < 0.2
     half = np.where((scenes % 2 == 0)[:, None, None], own, rng.uniform(8, 56, own.shape))  # right on half
     lo, hi = fidelity_norm_ci(half, *rest)
-    point = normalised(pck(half, own, 0.1, "bbox"), pck(half, other, 0.1, "bbox"), 1.0)
+    point = normalised(batch_pck(half, own, 0.1, "bbox"), batch_pck(half, other, 0.1, "bbox"), 1.0)
     assert lo < point < hi and 0.2 < lo and hi < 0.8

@@ -93,7 +93,7 @@ def evaluate(
 ) -> None:
     """Drift vs fidelity frontier of every adapter, the matched-fidelity verdict, reports/, and the promotion gate."""
     from posescene.config import load_params, parse_set_option
-    from posescene.evaluate import evaluate as run_evaluate
+    from posescene.evaluation.evaluate import evaluate as run_evaluate
     from posescene.evaluation.report import summary_markdown
 
     try:

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from posescene.evaluation.metrics import keypoint_ap, normalised
+
 CONFIDENCE = 0.95
 POWER = 0.8
 
@@ -126,8 +128,6 @@ def ap_replicates(oks: np.ndarray, scores: np.ndarray, w: Weights) -> np.ndarray
     AP ranks detections across images, so it is recomputed on every replicate's multiplicities rather than
     averaged per cell. In the (S, P, P) chance array the diagonal (an image against its own pose) is NaN.
     """
-    from posescene.metrics import keypoint_ap
-
     if oks.ndim == 2:
         mult = np.einsum("bs,bp->bsp", w.sets, w.poses).reshape(len(w.sets), -1)
     else:
@@ -145,12 +145,6 @@ def interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> Interval
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(finite, [tail, 100.0 - tail])
     return Interval(point, float(low), float(high), float(finite.std(ddof=1)))
-
-
-def normalised(raw: np.ndarray, chance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
-    """(raw - chance) / (ceiling - chance) per replicate: 0 = chance, 1 = the judge on real images."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (raw - chance) / (ceiling - chance)
 
 
 def value_at(

@@ -241,15 +241,9 @@ class Promotion:
 
 def registry_candidate(client: Any, name: str) -> tuple[Any | None, Any | None]:
     """The versions aliased ``candidate`` and ``champion`` (None where the alias does not exist)."""
-    from mlflow.exceptions import MlflowException
+    from posescene.tracking import version_by_alias
 
-    found = []
-    for alias in (CANDIDATE_ALIAS, CHAMPION_ALIAS):
-        try:
-            found.append(client.get_model_version_by_alias(name, alias))
-        except MlflowException:
-            found.append(None)
-    return found[0], found[1]
+    return version_by_alias(client, name, CANDIDATE_ALIAS), version_by_alias(client, name, CHAMPION_ALIAS)
 
 
 def apply(

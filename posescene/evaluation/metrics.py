@@ -17,9 +17,13 @@ Pose fidelity (every measure compares the judge's keypoints with the *conditioni
     - ``keypoint_ap``: COCO keypoint AP from OKS (detections ranked by score, 101-point interpolated
       precision, averaged over OKS thresholds 0.50:0.05:0.95), the measure pose-guided generation papers
       report (e.g. HumanSD).
-    - ``pck@<a>box``: fraction of present points within ``a x max(w, h)`` of the conditioning pose's box.
+    - ``pck@<a>box``: fraction of present points within ``a x max(w, h)`` of the conditioning pose's box
+      (:func:`pck`, per image; :func:`batch_pck` pools the points of a batch, the world's judge measure).
     - ``keypoint_error``: mean distance of present points divided by ``max(w, h)`` of that box.
     A judge's miss (point absent or below ``min_score``) counts as a miss (OKS 0 for the point, error 1).
+
+Normalised fidelity (:func:`normalised`): (raw - chance) / (ceiling - chance), 0 = chance, 1 = the judge on real
+images. :func:`measure_fidelity` / :func:`measure_chance` score a whole evaluation's judged images.
 
 Images are ``(H, W, 3)`` arrays, uint8 in [0, 255] or float in [0, 1]; distances are computed on
 float images in [0, 1], so an RMSE of 0.1 means a tenth of the full pixel range.
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from skimage.metrics import structural_similarity
+
+from posescene.errors import InputDataError
 
 # --------------------------------------------------------------------------------------------------
 # images and masks
@@ -201,6 +207,31 @@ def pck(
     return float(hits.sum() / present.sum())
 
 
+def batch_pck(
+    pred: np.ndarray, target: np.ndarray, threshold: float, reference: str = "image", image_side: float = 64.0
+) -> float:
+    """PCK pooled over a batch of poses: the fraction of all visible target points, (N, K, 2), predicted within
+    ``threshold`` x a reference length (no scores: every predicted point counts; the world's judge measures).
+
+    ``reference="image"``: the image side; ``"bbox"``: the larger side of the target person's keypoint box
+    (stricter for small people). Missing target points (NaN) are ignored.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    visible = ~np.isnan(target).any(-1)
+    if reference == "bbox":
+        lo = np.nanmin(np.where(visible[..., None], target, np.nan), axis=1)
+        hi = np.nanmax(np.where(visible[..., None], target, np.nan), axis=1)
+        ref = np.maximum((hi - lo).max(-1), 1.0)[:, None]
+    elif reference == "image":
+        ref = np.full(visible.shape, image_side)[:, :1]
+    else:
+        raise InputDataError(f"PCK reference must be 'image' or 'bbox', got {reference!r}")
+    dist = np.linalg.norm(np.nan_to_num(pred - target), axis=-1)
+    hits = (dist <= threshold * ref) & visible
+    return float(hits.sum() / max(visible.sum(), 1))
+
+
 def nanmean(values: Sequence[float]) -> float:
     """Mean ignoring NaN (NaN when nothing is left), without numpy's empty-slice warning."""
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
@@ -222,6 +253,8 @@ OKS_SIGMAS = np.array(
 BODY_POINTS = np.arange(1, 14)
 OKS_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 PCK_ALPHAS = (0.05, 0.1, 0.2)
+# every per-image measure of :func:`fidelity_scores`, in the evaluation's column order
+MEASURES = ("oks_body", "oks", "keypoint_error", *(f"pck@{alpha:g}box" for alpha in PCK_ALPHAS))
 
 
 def _found(
@@ -352,3 +385,48 @@ def detection_score(scores: np.ndarray | None, keypoints: np.ndarray | None) -> 
     if scores is None:
         return 1.0
     return float(np.nanmean(np.asarray(scores, dtype=np.float64)))
+
+
+def normalised(raw: np.ndarray, chance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """(raw - chance) / (ceiling - chance) per replicate: 0 = chance, 1 = the judge on real images."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (raw - chance) / (ceiling - chance)
+
+
+# --------------------------------------------------------------------------------------------------
+# an evaluation's images: persons the pose judge found, (S, P) object arrays of [(keypoints, scores), ...]
+
+
+def measure_fidelity(
+    persons: np.ndarray, targets: Sequence[np.ndarray], min_score: float
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Per image (S, P): every measure against its own pose, plus (OKS, detection score) for AP."""
+    n_sets, n_poses = persons.shape
+    values = {m: np.full((n_sets, n_poses), np.nan) for m in MEASURES}
+    oks, score = np.full((n_sets, n_poses), np.nan), np.zeros((n_sets, n_poses))
+    for s in range(n_sets):
+        for p in range(n_poses):
+            kp, sc = best_person(persons[s, p], targets[p], min_score)
+            for m, v in fidelity_scores(kp, sc, targets[p], min_score).items():
+                values[m][s, p] = v
+            oks[s, p], score[s, p] = values["oks"][s, p], detection_score(sc, kp)
+    return values, oks, score
+
+
+def measure_chance(
+    persons: np.ndarray, targets: Sequence[np.ndarray], min_score: float
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(S, P, P): each image scored against every *other* pose of its set (the diagonal is NaN)."""
+    n_sets, n_poses = persons.shape
+    values = {m: np.full((n_sets, n_poses, n_poses), np.nan) for m in MEASURES}
+    oks, score = np.full((n_sets, n_poses, n_poses), np.nan), np.zeros((n_sets, n_poses, n_poses))
+    for s in range(n_sets):
+        for p in range(n_poses):
+            for q in range(n_poses):
+                if p == q:
+                    continue
+                kp, sc = best_person(persons[s, p], targets[q], min_score)
+                for m, v in fidelity_scores(kp, sc, targets[q], min_score).items():
+                    values[m][s, p, q] = v
+                oks[s, p, q], score[s, p, q] = values["oks"][s, p, q], detection_score(sc, kp)
+    return values, oks, score

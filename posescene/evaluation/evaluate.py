@@ -5,7 +5,7 @@ modules that decide and report (docs/method.md, "The evaluation"):
 
 - :mod:`posescene.evaluation.heldout` — sets (prompt x noise) and poses, checked disjoint from training;
 - :mod:`posescene.evaluation.judges` — the pose and scene judges;
-- :mod:`posescene.metrics` — drift over scene pixels, OKS, keypoint AP, PCK, keypoint error;
+- :mod:`posescene.evaluation.metrics` — drift over scene pixels, OKS, keypoint AP, PCK, keypoint error;
 - :mod:`posescene.evaluation.frontier` — the drift-vs-fidelity curves, matched-fidelity deltas, bootstrap CIs;
 - :mod:`posescene.evaluation.promotion` — the gate on CI bounds, then the registry;
 - :mod:`posescene.evaluation.report` — metrics.json, plots, grids, report.md;
@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from posescene import metrics, tracking
+from posescene import tracking
 from posescene.config import NEW_NOISE_SEED, Params
 from posescene.errors import ConfigError, InputDataError, ModelLoadError
 from posescene.evaluation import frontier as fr
 from posescene.evaluation import heldout as ho
+from posescene.evaluation import metrics
 from posescene.evaluation import promotion as gate
 from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_builtin_world, load_lpips, make_judges
 from posescene.evaluation.report import run_json, write_outputs
@@ -43,7 +44,6 @@ from posescene.shards import BatchStore, Shard
 
 log = logging.getLogger(__name__)
 
-MEASURES = ("oks_body", "oks", "keypoint_error", "pck@0.05box", "pck@0.1box", "pck@0.2box")
 # distance of an image to the base image of its noise, by Chebyshev distance (px at the model resolution) from
 # its own pose's person box: a person's spill-over fades with distance, a change of scene does not
 RINGS = (("box", -1, 0), ("near", 0, 8), ("mid", 8, 16), ("far", 16, 10**6))
@@ -148,11 +148,7 @@ def champion_adapter_dir(name: str, champion: Any, candidate: Any, uri: str) -> 
     """The champion's adapter from the registry (downloaded to a local cache), when it is not the candidate."""
     if champion is None or (candidate is not None and str(champion.version) == str(candidate.version)):
         return None
-    import mlflow.artifacts
-
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{champion.version}", tracking_uri=uri)
-    )
+    local = tracking.download_model_version(name, champion.version, uri)
     configs = sorted(
         p.parent for p in local.rglob("config.json") if (p.parent / "diffusion_pytorch_model.safetensors").exists()
     )
@@ -167,41 +163,6 @@ def _persons_at(persons: list[Any], shape: tuple[int, ...]) -> np.ndarray:
     arr = np.empty(len(persons), dtype=object)
     arr[:] = persons
     return arr.reshape(shape)
-
-
-def measure_fidelity(
-    persons: np.ndarray, targets: Sequence[np.ndarray], min_score: float
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Per image (S, P): every measure against its own pose, plus (OKS, detection score) for AP."""
-    n_sets, n_poses = persons.shape
-    values = {m: np.full((n_sets, n_poses), np.nan) for m in MEASURES}
-    oks, score = np.full((n_sets, n_poses), np.nan), np.zeros((n_sets, n_poses))
-    for s in range(n_sets):
-        for p in range(n_poses):
-            kp, sc = metrics.best_person(persons[s, p], targets[p], min_score)
-            for m, v in metrics.fidelity_scores(kp, sc, targets[p], min_score).items():
-                values[m][s, p] = v
-            oks[s, p], score[s, p] = values["oks"][s, p], metrics.detection_score(sc, kp)
-    return values, oks, score
-
-
-def measure_chance(
-    persons: np.ndarray, targets: Sequence[np.ndarray], min_score: float
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(S, P, P): each image scored against every *other* pose of its set (the diagonal is NaN)."""
-    n_sets, n_poses = persons.shape
-    values = {m: np.full((n_sets, n_poses, n_poses), np.nan) for m in MEASURES}
-    oks, score = np.full((n_sets, n_poses, n_poses), np.nan), np.zeros((n_sets, n_poses, n_poses))
-    for s in range(n_sets):
-        for p in range(n_poses):
-            for q in range(n_poses):
-                if p == q:
-                    continue
-                kp, sc = metrics.best_person(persons[s, p], targets[q], min_score)
-                for m, v in metrics.fidelity_scores(kp, sc, targets[q], min_score).items():
-                    values[m][s, p, q] = v
-                oks[s, p, q], score[s, p, q] = values["oks"][s, p, q], metrics.detection_score(sc, kp)
-    return values, oks, score
 
 
 def load_real_images(paths: Sequence[Path], resolution: int) -> np.ndarray:
@@ -417,12 +378,12 @@ def evaluate(
             if scenes is not None:
                 kinds = np.array([ps.prompt.scene_kind for ps in heldout.sets], dtype=object)
                 extra[key]["scene_agreement"] = (scenes[:, :, a] == kinds[:, None]).astype(np.float64)
-            values, oks, score = measure_fidelity(persons[:, :, a], targets, ev.min_score)
+            values, oks, score = metrics.measure_fidelity(persons[:, :, a], targets, ev.min_score)
             fidelity[key], ap_arms[key] = values, (oks, score)
             for s, pose_set in enumerate(heldout.sets):
                 for p in range(n_poses):
                     row = {"arm": key, "set": pose_set.set_id, "pose": p, "action": heldout.poses[p].meta.get("action"),
-                           **{m: float(values[m][s, p]) for m in MEASURES}}  # fmt: skip
+                           **{m: float(values[m][s, p]) for m in metrics.MEASURES}}  # fmt: skip
                     if scenes is not None:
                         row["scene_expected"] = pose_set.prompt.scene_kind
                         row["scene_predicted"] = scenes[s, p, a]
@@ -431,10 +392,10 @@ def evaluate(
                     fidelity_rows.append(row)
 
         reference = keys.index(fr.arm_key("primary", 1.0)) if "primary" in dirs else len(keys) - 1
-        chance, chance_oks, chance_score = measure_chance(persons[:, :, reference], targets, ev.min_score)
+        chance, chance_oks, chance_score = metrics.measure_chance(persons[:, :, reference], targets, ev.min_score)
         real = load_real_images(heldout.pose_image_paths, res)
         real_persons = _persons_at(pose.predict(real), (1, n_poses))
-        real_values, real_oks, real_score = measure_fidelity(real_persons, targets, ev.min_score)
+        real_values, real_oks, real_score = metrics.measure_fidelity(real_persons, targets, ev.min_score)
         scene_reference = None
         if scene_j is not None:
             scene_reference = text_scene_reference(scene_j, scenes, heldout, res)
@@ -516,19 +477,17 @@ def finish_run(
     client: Any, run_id: str, result: EvaluationResult, metrics_dict: dict[str, Any], params: Params
 ) -> None:
     """Log the metrics (flat keys), the params of the stage and the report files to the evaluation's MLflow run."""
-    from mlflow.entities import Metric, Param
-
-    now = int(time.time() * 1000)
     logged = {**metrics_dict, "run": {**metrics_dict.get("run", {}), **run_json(result)}}
     flat = {k: float(v) for k, v in tracking.flatten(logged).items() if _is_number(v) and math.isfinite(float(v))}
     params_flat = {
         k: v for k, v in tracking.flatten(params.model_dump(mode="json")).items()
         if k.split(".", 1)[0] in ("evaluate", "model", "render")
     }  # fmt: skip
-    client.log_batch(
+    tracking.log_batch(
+        client,
         run_id,
-        metrics=[Metric(k.replace("@", "_at_"), v, now, 0) for k, v in flat.items()],
-        params=[Param(k.replace("@", "_at_"), str(v)[:6000]) for k, v in params_flat.items()],
+        metrics={k.replace("@", "_at_"): v for k, v in flat.items()},
+        params={k.replace("@", "_at_"): str(v)[:6000] for k, v in params_flat.items()},
     )
     client.set_tag(run_id, "posescene.promotion", result.promotion.status)
     client.set_tag(run_id, "posescene.verdict", result.verdict[:4000])
