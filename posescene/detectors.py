@@ -4,10 +4,10 @@
 
 - ``mediapipe``: MediaPipe's PoseLandmarker (``mediapipe.tasks``) on the pose detector and *full*
   landmark model that the mediapipe wheel bundles (offline; see :func:`mediapipe_pose_bundle`), top-down
-  from person proposals (the whole image, and the wheel's full-range face detector grown into body
-  crops; :class:`MediaPipeDetector`), up to ``max_persons`` people per image, 33 landmarks mapped by
-  :data:`posescene.topology.MEDIAPIPE_TO_OPENPOSE`, the neck being the shoulder midpoint with the smaller
-  of the two scores; score = landmark visibility.
+  from person proposals (the whole image, and the wheel's full-range face detector, each face grown into
+  a region for the landmark stage alone; :class:`MediaPipeDetector`), up to ``max_persons`` people per
+  image, 33 landmarks mapped by :data:`posescene.topology.MEDIAPIPE_TO_OPENPOSE`, the neck being the
+  shoulder midpoint with the smaller of the two scores; score = landmark visibility.
 - ``openpose``: the OpenPose body estimator of ``controlnet_aux`` (``body_pose_model.pth`` from a
   local directory, or a hub id such as ``lllyasviel/Annotators`` already in the HF cache / with
   network); its ``candidate``/``subset`` output already is the 18-point order, with per-point scores.
@@ -212,28 +212,35 @@ def drop_duplicates(persons: Sequence[PersonKeypoints], overlap: float = 0.5) ->
 # each face not yet explained growing into a body crop. ``hog``: OpenCV's HOG people detector (measured
 # in benchmarks/bench_person_recall.py, not a default: it misses people cut at the waist).
 PERSON_PROPOSALS = ("landmarker", "faces", "hog")
-# A face box of side s grows into a body crop _CROP_WIDTH * s wide and _CROP_HEIGHT * s tall whose top lies
-# _CROP_ABOVE * s above the face's: an adult is about 7-8 face heights tall and 3-4 wide, so the crop holds
-# the whole body of a standing person (and stops at the image border for one cut at the waist) with the
-# face centred. A wider crop lets the pose model's own detector pick a neighbour instead (measured: 8 s
-# wide crops on group photos returned the neighbours, bench_person_recall.py).
-_CROP_WIDTH = 4.0
-_CROP_HEIGHT = 8.0
-_CROP_ABOVE = 1.0
-_CROP_POSES = 3  # people the pose model may return per crop: a neighbour in the crop must not hide the one wanted
+# The pose model's landmark stage alone runs on each proposal's region of interest (ROI), an upright square
+# like the ones MediaPipe's own tracking gives it (pose_landmark_by_roi: centred near the hips, the body
+# inside). From a face box of side s: centred _ROI_BELOW * s under the face's centre, _ROI_SIDE * s wide. A
+# face box (brows to chin) is ~0.8 of a head; a child is ~6 heads tall, an adult ~7.5, so the square holds a
+# child's whole body and an adult's head to knees, with the face in its top fifth. Measured on the photo set
+# (benchmarks/bench_person_recall.py, README): larger squares (4.6 x 14, MediaPipe's full-body ROI for an
+# adult) let the model lock onto the neighbour in front in a crowd; 2.5 x 7 to 4 x 12 found 17-19 of the
+# 26 multi-person people. The ROI may reach past the frame (zero padding, as in MediaPipe): a person cut at
+# the waist keeps the upper body's points. Unlike a crop given to the whole PoseLandmarker, no second
+# person detector runs (it cost ~11 ms per crop and picked a neighbour for 4 of the crowd's children).
+_ROI_BELOW = 3.0
+_ROI_SIDE = 9.0
 # The face detector sees the image at 192x192, where a face 1/20 of a 640 px photo's width shrinks to ~10 px and
 # is missed. It also runs on the four corner tiles, each _FACE_TILE of the image's width and height (one
 # pass plus four on tiles found 28 of the set's 32 labelled faces against 23 for one pass; the others are a
 # head seen from behind and a 14 px figure). Photos with a short side under _FACE_TILE_MIN are not tiled.
+# With the ``landmarker`` proposal the whole-image face pass is skipped on tiled photos: the tiles cover the
+# image, and a face too large to lie inside one tile (over 0.2 of the image across the middle) belongs to a
+# person the whole-image PoseLandmarker finds itself (on the set: the same people found, one pass of five saved).
 _FACE_TILE = 0.6
 _FACE_TILE_MIN = 256
 _FACE_SAME = 0.3  # two face boxes overlapping more than this (IoU) are one face (from a tile and the whole)
 _HEAD_SLACK = 0.25  # a nose this far (x the face's side) outside a face box still belongs to that face
-# A person the pose model returns on a crop must have shoulders at least this many face sides apart (real
-# shoulders span 2-3): on the set, the one false person left was a "person" made around a hand in a
-# crowd, whose face box was a false face from a tile.
+# A person the landmark stage returns for a face is kept when both its eyes lie in that face's box (when the
+# model locked onto a neighbour, on the set, both eyes were outside: 7 of 7) and its shoulders are at least
+# _MIN_SHOULDERS face sides apart (real shoulders span 1.3-2.5; a false face on a hand gave 0.6).
 _MIN_SHOULDERS = 1.0
 _HOG_HEAD = 0.25  # HOG boxes hold a standing person: the head is the top quarter
+_HOG_ROI = 1.25  # ... and the ROI, centred on the box, is this many box heights wide (MediaPipe's 1.25)
 
 
 Box = tuple[float, float, float, float]
@@ -267,31 +274,56 @@ def _head_point(person: PersonKeypoints) -> np.ndarray:
     return pts.mean(axis=0) if len(pts) else np.full(2, np.nan, np.float32)
 
 
+def _eyes_in(person: PersonKeypoints, box: Box) -> bool:
+    """Both eyes of a person (raw points) inside ``box``."""
+    return all(_inside(person.xy[KEYPOINT_NAMES.index(eye)], box) for eye in ("r_eye", "l_eye"))
+
+
 def _shoulders(person: PersonKeypoints) -> float:
     """Distance between the shoulders in pixels (raw points; 0 when one is missing)."""
     a, b = person.xy[KEYPOINT_NAMES.index("r_shoulder")], person.xy[KEYPOINT_NAMES.index("l_shoulder")]
     return float(np.hypot(*(a - b))) if np.isfinite(a).all() and np.isfinite(b).all() else 0.0
 
 
-def face_crop(face: Box, width: int, height: int) -> tuple[int, int, int, int]:
-    """The body crop (x0, y0, x1, y1, clipped to the image) that a face box grows into."""
+Roi = tuple[float, float, float]  # centre x, centre y, side (pixels)
+
+
+def face_roi(face: Box) -> Roi:
+    """The pose ROI (centre x, centre y, side in pixels; may reach past the frame) that a face box grows into."""
     side = max(face[2] - face[0], face[3] - face[1])
-    cx = (face[0] + face[2]) / 2
-    x0, y0 = cx - _CROP_WIDTH * side / 2, face[1] - _CROP_ABOVE * side
-    x1, y1 = x0 + _CROP_WIDTH * side, y0 + _CROP_HEIGHT * side
-    return max(0, int(x0)), max(0, int(y0)), min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
+    return (face[0] + face[2]) / 2, (face[1] + face[3]) / 2 + _ROI_BELOW * side, _ROI_SIDE * side
+
+
+# MediaPipe's landmark stage on a given ROI (the subgraph its legacy pose solution tracks with), registered
+# in the mediapipe wheel; MODEL_COMPLEXITY 1 is pose_landmark_full, the model PoseLandmarker runs. It gives
+# landmarks in image coordinates only when the model's pose-presence flag passes 0.5.
+_ROI_GRAPH = """
+input_stream: "image"
+input_stream: "roi"
+output_stream: "landmarks"
+node {
+  calculator: "PoseLandmarkByRoiCpu"
+  input_side_packet: "MODEL_COMPLEXITY:model_complexity"
+  input_side_packet: "ENABLE_SEGMENTATION:enable_segmentation"
+  input_stream: "IMAGE:image"
+  input_stream: "ROI:roi"
+  output_stream: "LANDMARKS:landmarks"
+}
+"""
 
 
 class MediaPipeDetector:
-    """MediaPipe pose, top-down: person proposals, then the pose model on each one's crop (all offline).
+    """MediaPipe pose, top-down: person proposals, then the pose model on each one's region (all offline).
 
     ``proposals`` (:data:`PERSON_PROPOSALS`): ``landmarker`` runs PoseLandmarker on the whole image (up to
     ``max_persons`` people; alone it is the single-person path, whose detector proposes few boxes in a wide
     or crowded frame and none for people cut at the waist). ``faces`` runs the wheel's full-range face
-    detector; every face whose box holds no found person's nose becomes a body crop (:func:`face_crop`), the
-    pose model runs on that crop, and the person whose nose lies in that face is kept, mapped back to the
-    image. So each face gives at most one person, a person found twice is kept once, and a face the pose
-    model cannot confirm gives nobody. ``hog`` does the same from OpenCV's HOG people boxes. Points out of
+    detector; every face whose box holds no found person's nose becomes a region of interest (:func:`face_roi`),
+    MediaPipe's landmark stage alone runs on it (``PoseLandmarkByRoiCpu``, the wheel's full landmark model), and
+    the pose is kept when both its eyes lie in that face and its shoulders span a face side. So each face gives
+    at most one person, a person found twice is kept once, and a face the pose model cannot confirm gives
+    nobody. The ROI stage's pose-presence threshold is MediaPipe's fixed 0.5, not ``min_presence_confidence``.
+    ``hog`` does the same from OpenCV's HOG people boxes. Points out of
     the frame come back with low visibility, so ``poses.min_score`` makes them missing (an upper body).
     """
 
@@ -319,6 +351,7 @@ class MediaPipeDetector:
             ) from None
         self._mp = mp
         self.proposals = tuple(proposals)
+        self._min_detection = min_detection_confidence
 
         def landmarker(num_poses: int) -> object:
             options = vision.PoseLandmarkerOptions(
@@ -331,8 +364,17 @@ class MediaPipeDetector:
             return vision.PoseLandmarker.create_from_options(options)
 
         self._landmarker = landmarker(max_persons) if "landmarker" in proposals else None
-        cropping = "faces" in proposals or "hog" in proposals
-        self._crop_landmarker = landmarker(_CROP_POSES) if cropping else None
+        self._roi_landmarks = None
+        if "faces" in proposals or "hog" in proposals:
+            from google.protobuf import text_format
+            from mediapipe.framework import calculator_pb2
+            from mediapipe.python.solution_base import SolutionBase
+
+            self._roi_landmarks = SolutionBase(
+                graph_config=text_format.Parse(_ROI_GRAPH, calculator_pb2.CalculatorGraphConfig()),
+                side_inputs={"model_complexity": 1, "enable_segmentation": False},
+                outputs=["landmarks"],
+            )
         self._faces = None
         if "faces" in proposals:
             # model_selection=1: the full-range model (faces up to ~5 m, 192x192 input), bundled with the wheel
@@ -348,7 +390,7 @@ class MediaPipeDetector:
         self._map = [MEDIAPIPE_TO_OPENPOSE[name] for name in KEYPOINT_NAMES]
 
     def _person(self, landmarks: Sequence[object], w: int, h: int, x0: float = 0.0, y0: float = 0.0) -> PersonKeypoints:
-        """One PoseLandmarker person in image pixels (``x0, y0``: the crop's corner; w, h: the crop's size)."""
+        """One MediaPipe person in image pixels (``x0, y0``: the crop's corner; w, h: the crop's size)."""
         lm = np.array([(p.x * w + x0, p.y * h + y0, p.visibility) for p in landmarks], np.float64)  # type: ignore[attr-defined]
         xy, score = _empty()
         for i, src in enumerate(self._map):
@@ -367,17 +409,30 @@ class MediaPipeDetector:
         result = landmarker.detect(data)  # type: ignore[attr-defined]
         return [self._person(landmarks, w, h, x0, y0) for landmarks in result.pose_landmarks]
 
+    def _landmarks_in(self, image: np.ndarray, roi: Roi) -> PersonKeypoints | None:
+        """The landmark stage alone on one ROI (upright square, pixels); None when it sees no pose there."""
+        from mediapipe.framework.formats import rect_pb2
+
+        h, w = image.shape[:2]
+        cx, cy, side = roi
+        rect = rect_pb2.NormalizedRect(x_center=cx / w, y_center=cy / h, width=side / w, height=side / h, rotation=0.0)
+        result = self._roi_landmarks.process({"image": image, "roi": rect})  # type: ignore[union-attr]
+        return None if result.landmarks is None else self._person(result.landmarks.landmark, w, h)
+
     def _face_boxes(self, image: np.ndarray) -> list[Box]:
-        """Face boxes in pixels from the whole image and its corner tiles, one box per face (surest first)."""
+        """Face boxes in pixels from the whole image and/or its corner tiles, one box per face (surest first)."""
         h, w = image.shape[:2]
         windows = [(0, 0, w, h)]
         if min(h, w) >= _FACE_TILE_MIN:
             tw, th = int(w * _FACE_TILE), int(h * _FACE_TILE)
-            windows += [(x0, y0, x0 + tw, y0 + th) for x0 in (0, w - tw) for y0 in (0, h - th)]
+            tiles = [(x0, y0, x0 + tw, y0 + th) for x0 in (0, w - tw) for y0 in (0, h - th)]
+            windows = tiles if self._landmarker is not None else windows + tiles
         scored: list[tuple[float, Box]] = []
         for x0, y0, x1, y1 in windows:
             result = self._faces.process(np.ascontiguousarray(image[y0:y1, x0:x1]))  # type: ignore[union-attr]
             for det in result.detections or []:
+                if float(det.score[0]) < self._min_detection:
+                    continue  # the legacy solution does not apply its own threshold at 1.0
                 b = det.location_data.relative_bounding_box
                 tw, th = x1 - x0, y1 - y0
                 box = (x0 + b.xmin * tw, y0 + b.ymin * th, x0 + (b.xmin + b.width) * tw, y0 + (b.ymin + b.height) * th)
@@ -388,13 +443,12 @@ class MediaPipeDetector:
                 kept.append(box)
         return kept
 
-    def head_proposals(self, image: np.ndarray) -> list[tuple[Box, tuple[int, int, int, int]]]:
-        """(head box, body crop) per proposed person, from the face and/or HOG detectors (pixels)."""
-        h, w = image.shape[:2]
-        out: list[tuple[Box, tuple[int, int, int, int]]] = []
+    def head_proposals(self, image: np.ndarray) -> list[tuple[Box, Roi]]:
+        """(head box, pose ROI) per proposed person, from the face and/or HOG detectors (pixels)."""
+        out: list[tuple[Box, Roi]] = []
         if self._faces is not None:
             for face in self._face_boxes(image):
-                out.append((face, face_crop(face, w, h)))
+                out.append((face, face_roi(face)))
         if self._hog is not None:
             import cv2
 
@@ -402,21 +456,19 @@ class MediaPipeDetector:
             rects, _ = self._hog.detectMultiScale(gray, winStride=(8, 8), padding=(8, 8), scale=1.05)
             for x, y, bw, bh in np.asarray(rects).reshape(-1, 4).tolist():
                 head = (x, y, x + bw, y + _HOG_HEAD * bh)
-                cx0, cy0, cx1, cy1 = _grow((x, y, x + bw, y + bh), 0.15)
-                out.append((head, (max(0, int(cx0)), max(0, int(cy0)), min(w, int(cx1)), min(h, int(cy1)))))
+                out.append((head, (x + bw / 2, y + bh / 2, _HOG_ROI * bh)))
         return out
 
     def _detect_one(self, image: np.ndarray) -> list[PersonKeypoints]:
         persons = drop_duplicates(self._landmarks(self._landmarker, image)) if self._landmarker is not None else []
-        for head, (x0, y0, x1, y1) in self.head_proposals(image) if self._crop_landmarker is not None else []:
+        for head, roi in self.head_proposals(image) if self._roi_landmarks is not None else []:
             zone = _grow(head, _HEAD_SLACK)
-            if any(_inside(_head_point(p), zone) for p in persons) or x1 - x0 < 2 or y1 - y0 < 2:
-                continue  # this head already has its person (or the crop is empty)
-            found = self._landmarks(self._crop_landmarker, image[y0:y1, x0:x1], x0, y0)
+            if any(_inside(_head_point(p), zone) for p in persons) or roi[2] < 2:
+                continue  # this head already has its person (or the ROI is empty)
+            person = self._landmarks_in(image, roi)
             side = max(head[2] - head[0], head[3] - head[1])
-            mine = [p for p in found if _inside(_head_point(p), zone) and _shoulders(p) >= _MIN_SHOULDERS * side]
-            if mine:
-                persons.append(max(mine, key=lambda p: float(p.score.sum())))
+            if person is not None and _eyes_in(person, head) and _shoulders(person) >= _MIN_SHOULDERS * side:
+                persons.append(person)
         return persons
 
     def detect(
@@ -425,7 +477,7 @@ class MediaPipeDetector:
         return [self._detect_one(_check_image(image)) for image in images]
 
     def close(self) -> None:
-        for handle in (self._landmarker, self._crop_landmarker, self._faces):
+        for handle in (self._landmarker, self._roi_landmarks, self._faces):
             if handle is not None:
                 handle.close()  # type: ignore[attr-defined]
 

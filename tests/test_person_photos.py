@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from posescene.config import default_params
-from posescene.detectors import MediaPipeDetector, make_detector
+from posescene.detectors import MediaPipeDetector, _eyes_in, face_roi, make_detector
 from posescene.errors import ConfigError
 from posescene.poses import lattice_rows
 from posescene.topology import INDEX
@@ -82,13 +82,13 @@ def test_the_photo_set_is_labelled_licensed_and_small():
 def test_default_path_finds_the_people_today_missed(photo_set, bench):
     default, rows = _run(photo_set, bench)
     today, _ = _run(photo_set, bench, person_proposals=["landmarker"], max_persons=bench.TODAY_MAX_PERSONS)
-    # measured on this set (benchmarks/results/person_recall.json): default 18/26 multi-person, 15/18 upper
+    # measured on this set (benchmarks/results/person_recall.json): default 19/26 multi-person, 16/18 upper
     # body, 1 false person in 12 images; today 9/26 and 10/18. The targets of issue 28 are 0.8 / 0.8 / 0.1:
     # the upper-body and false-people targets are met, multi-person recall is not (see the README).
     assert today["multi_person"]["found"] <= 10 and today["upper_body"]["found"] <= 11
-    assert default["multi_person"]["recall"] >= 0.65
-    assert default["multi_person"]["found"] >= today["multi_person"]["found"] + 7
-    assert default["upper_body"]["recall"] >= 0.8
+    assert default["multi_person"]["recall"] >= 0.7
+    assert default["multi_person"]["found"] >= today["multi_person"]["found"] + 9
+    assert default["upper_body"]["recall"] >= 0.85
     assert default["false_people_per_image"] <= 0.1
     for name in ("nobody_waiting_room.jpg", "nobody_storefront.jpg"):
         assert [r["has_person"] for r in rows[name]] == [False]
@@ -103,6 +103,22 @@ def test_an_upper_body_person_gets_a_lattice_with_null_legs(photo_set, bench):
     assert astronaut["x"][INDEX["r_shoulder"]] is not None and astronaut["x"][INDEX["l_shoulder"]] is not None
     for leg in ("r_knee", "l_knee", "r_ankle", "l_ankle"):  # out of frame: missing, as the lattice allows
         assert astronaut["x"][INDEX[leg]] is None and astronaut["x_norm"][INDEX[leg]] is None
+
+
+def test_the_landmark_stage_on_a_face_roi_finds_that_face_s_person(photo_set):
+    """A face's ROI (under the face, 9 face sides wide, past the frame for an upper body) gives its person."""
+    image = next(img for name, img, _ in photo_set if name == "upper_astronaut.jpg")
+    detector = MediaPipeDetector(0.5, 0.5, 4, proposals=("faces",))
+    try:
+        ((face, roi),) = detector.head_proposals(image)
+        assert roi == face_roi(face) and roi[1] > face[3] and roi[1] + roi[2] / 2 > image.shape[0]
+        person = detector._landmarks_in(image, roi)
+        assert person is not None and _eyes_in(person, face)
+        nose = person.xy[INDEX["nose"]]
+        assert face[0] <= nose[0] <= face[2] and face[1] <= nose[1] <= face[3]
+        assert detector._landmarks_in(np.zeros_like(image), roi) is None  # nobody there: no pose
+    finally:
+        detector.close()
 
 
 def test_person_proposals_are_validated(tmp_path: Path):
