@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import held_out_sets  # noqa: E402
 
 from posescene.evaluation import metrics  # noqa: E402
-from posescene.generate import ArmJob, Injection, ModelBank, condition_maps  # noqa: E402
 from posescene.io import write_json_atomic  # noqa: E402
+from posescene.sampling.maps import condition_maps  # noqa: E402
+from posescene.sampling.sampler import ArmJob, Injection, ModelBank  # noqa: E402
 
 SCALE_ARMS = [("primary", s, Injection()) for s in (0.5, 0.75, 1.0, 1.25)]
 ALTERNATIVE_ARMS = [

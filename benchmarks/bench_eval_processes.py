@@ -45,7 +45,8 @@ def worker(out: Path, store: Path, prompts: int) -> None:
     from posescene.config import default_params
     from posescene.evaluation import metrics
     from posescene.evaluation.evaluate import arm_job, arm_plan, load_heldout
-    from posescene.generate import ModelBank, condition_maps, distinct_rows
+    from posescene.sampling.maps import condition_maps
+    from posescene.sampling.sampler import ModelBank, distinct_rows
     from posescene.shards import BatchStore, Shard
 
     params = default_params({"evaluate.n_prompts": prompts, "evaluate.seeds": [0]})

@@ -19,7 +19,7 @@ posescene.train does with ``mixed_precision: bf16``), batch 8, gradient checkpoi
 - training: samples/s and peak memory of the plain diffusers T2I-Adapter step, its floors (plain + 1 or 2
   no-grad forwards, see benchmarks/bench_train_step.py) and the two-branch step under the ``whole`` and
   ``distill`` readings (the same step functions as bench_train_step.py);
-- evaluation: images/s of posescene.generate.ModelBank.sample-style batched sampling (classifier-free
+- evaluation: images/s of posescene.sampling.sampler.ModelBank.sample-style batched sampling (classifier-free
   guidance on a doubled batch, the adapter's features added to both halves, VAE decode) with the evaluate
   stage's defaults: ``--sampler dpmsolver`` (DPM-Solver++ multistep) and ``--sample-steps 10``
   (``--sampler ddim --sample-steps 20`` for the earlier setting).

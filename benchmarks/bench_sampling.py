@@ -33,8 +33,13 @@ import numpy as np
 import torch
 
 from posescene.evaluation import metrics
-from posescene.generate import ArmJob, Job, ModelBank, ModelSpec, condition_maps, pose_from_pixels
 from posescene.io import write_json_atomic
+from posescene.sampling.maps import condition_maps
+from posescene.sampling.pose import pose_from_pixels
+from posescene.sampling.sampler import ArmJob, Job, ModelBank, ModelSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from stock_pipelines import stock_images  # noqa: E402
 
 ARMS = ((None, 0.0), ("primary", 0.5), ("primary", 1.0))
 
@@ -107,8 +112,7 @@ def main() -> None:
         for adapter, scale in ARMS:
             spec = ModelSpec("base") if adapter is None else ModelSpec(f"p{scale}", (adapter,), (scale,))
             jobs = [Job(c, s, p) for c, s in zip(captions, seeds, strict=True) for p in poses]
-            per_arm.append(bank.generate(spec, jobs, steps=20, guidance_scale=5.0, batch_size=16, maps=maps,
-                                         progress=False))  # fmt: skip
+            per_arm.append(stock_images(bank, spec, jobs, steps=20, guidance_scale=5.0, batch_size=16, maps=maps))
         return np.stack(per_arm, axis=1).reshape(args.sets, args.poses, len(ARMS), 64, 64, 3)
 
     def batched(sampler: str, steps: int, bf16: bool = False, batch_size: int = 64) -> np.ndarray:

@@ -211,7 +211,7 @@ NEW_NOISE_SEED = 999_983
 
 
 class AlternativesParams(_Section):
-    """What a user can do without training, drawn beside the adapters (posescene.generate.Injection)."""
+    """What a user can do without training, drawn beside the adapters (sampling.sampler.Injection)."""
 
     mask_margins: list[float]  # the primary's features masked to the pose's region grown by each margin; [] = off
     steps_fractions: list[float]  # the primary's features during the first fraction of steps only; [] = off
@@ -242,7 +242,7 @@ class AlternativesParams(_Section):
 
 
 class EvaluateParams(_Section):
-    """Drift vs fidelity frontier, matched-fidelity comparison and the promotion gate (posescene.evaluate)."""
+    """Drift vs fidelity frontier, matched-fidelity comparison and the promotion gate (evaluation.evaluate)."""
 
     out_dir: str
     n_prompts: int = Field(ge=1)  # held-out captions (round-robin over scene kinds), action phrases removed

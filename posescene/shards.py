@@ -2,7 +2,7 @@
 
 Batched kernels are not bit-identical across batch compositions, so an evaluation is only reproducible if the
 batches' composition never depends on how many processes draw them or on where a killed run stopped.
-:meth:`posescene.generate.ModelBank.sample` therefore fixes the batch list from the whole job list (as one
+:meth:`posescene.sampling.sampler.ModelBank.sample` therefore fixes the batch list from the whole job list (as one
 process always did) and treats each batch as a unit:
 
 - its **key** (:func:`batch_key`) is a hash of what decides its images: every row (prompt, seed, the pose's
@@ -181,18 +181,20 @@ class Shard:
 
 
 class Progress:
-    """Images drawn / total, images per second and time left for one rank: a tqdm bar when ``bar``, else a line
-    on stderr at most every ``every_s`` seconds and at the end (what a flow run, ``dvc repro`` or a log file of a
-    long run shows; a Prefect flow with ``log_prints`` forwards it to the run's log)."""
+    """Images drawn / total, images per second and time left for one rank: a tqdm bar when ``bar``, else (unless
+    ``silent``) a line on stderr at most every ``every_s`` seconds and at the end (what a flow run, ``dvc repro`` or a
+    log file of a long run shows; a Prefect flow with ``log_prints`` forwards it to the run's log)."""
 
-    def __init__(self, total: int, *, stored: int, label: str, bar: bool, every_s: float = 60.0) -> None:
+    def __init__(
+        self, total: int, *, stored: int, label: str, bar: bool, every_s: float = 60.0, silent: bool = False
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.total, self.stored, self.every_s = total, stored, every_s
         self.name = f"sample {label}".strip()
         self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
         self.bar = tqdm(total=total, desc=self.name, unit="img", disable=not bar)
-        self.quiet = bar
+        self.quiet = bar or silent  # silent: the lines go to the log only (a caller with its own progress)
         if stored or not total:
             self.say(f"{self.name}: {stored} images read from the store, {total} to draw")
 

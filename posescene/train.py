@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import DDIMScheduler, StableDiffusionAdapterPipeline, T2IAdapter, UNet2DConditionModel
+from diffusers import T2IAdapter, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
@@ -57,6 +57,7 @@ from posescene.devices import reproducible_math
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
 from posescene.models import FrozenBase, check_compatible, load_adapter, load_base, prepare_adapter_input
+from posescene.sampling.sampler import ArmJob, ModelBank
 from posescene.shards import WEIGHT_SUFFIXES, hash_weight_file
 
 __all__ = ["checkpoints", "train", "train_step"]  # checkpoints: re-exported for callers of the old location
@@ -306,44 +307,29 @@ def validation_grid(
 ) -> Image.Image:
     """Rows: the pose maps, then one row per adapter; same prompt and initial noise in every cell.
 
-    Built from the loaded components with diffusers' StableDiffusionAdapterPipeline and DDIM, so it shows
-    exactly what a user of the saved adapter would get.
+    Drawn by the one sampler (:meth:`posescene.sampling.sampler.ModelBank.sample`, DDIM over the loaded components,
+    one batch of the poses per adapter), so it shows what a user of the saved adapter gets.
     """
-    res = params.model.resolution
-    scheduler = DDIMScheduler.from_config(base.noise_scheduler.config)
     k = len(maps)
-    latent_side = res // base.vae_scale_factor
-    g = torch.Generator().manual_seed(params.seed)
-    noise = torch.randn((1, base.unet.config.in_channels, latent_side, latent_side), generator=g)
     cond = prepare_adapter_input(maps, params.model.adapter_in_channels, params.model.adapter_invert)
-    rows = [np.repeat((maps[:, 0].numpy() * 255).round().astype(np.uint8)[..., None], 3, axis=-1)]
+    bank = ModelBank.from_components(
+        base, adapters, resolution=params.model.resolution, device=device, dtype=base.unet.dtype
+    )
+    jobs = [ArmJob(prompt, params.seed, i, name, 1.0) for name in adapters for i in range(k)]
+    modes = {name: adapter.training for name, adapter in adapters.items()}
     for adapter in adapters.values():
-        was_training = adapter.training
         adapter.eval()
-        pipe = StableDiffusionAdapterPipeline(
-            vae=base.vae,
-            text_encoder=base.text_encoder,
-            tokenizer=base.tokenizer,
-            unet=base.unet,
-            adapter=adapter,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        images = pipe(
-            prompt=[prompt] * k,
-            image=cond.to(device, adapter.dtype),
-            latents=noise.expand(k, -1, -1, -1).to(device, base.unet.dtype),
-            num_inference_steps=params.train.validation_steps,
-            guidance_scale=params.evaluate.guidance_scale,
-            height=res,
-            width=res,
-            output_type="np",
-        ).images
-        adapter.train(was_training)
-        rows.append(np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8))
+    try:
+        images = bank.sample(
+            jobs, steps=params.train.validation_steps, guidance_scale=params.evaluate.guidance_scale, batch_size=k,
+            maps=lambda keys: cond[list(keys)], sampler="ddim", bf16=False, progress=None,
+        )  # fmt: skip
+    finally:
+        for name, adapter in adapters.items():
+            adapter.train(modes[name])
+    assert images is not None  # one process
+    rows = [np.repeat((maps[:, 0].numpy() * 255).round().astype(np.uint8)[..., None], 3, axis=-1)]
+    rows += [images[r * k : (r + 1) * k] for r in range(len(adapters))]
     grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
     return Image.fromarray(grid)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -13,18 +14,14 @@ from _params import write_params
 from diffusers import T2IAdapter
 
 from posescene.errors import ConfigError, InputDataError, ModelLoadError
-from posescene.generate import (
-    Job,
-    ModelBank,
-    ModelSpec,
-    condition_maps,
-    pose_from_pixels,
-    poses_from_images,
-    poses_from_json,
-    poses_from_lattice_rows,
-    standard_spec,
-)
+from posescene.sampling.maps import condition_maps
+from posescene.sampling.pose import pose_from_pixels, poses_from_images, poses_from_json, poses_from_lattice_rows
+from posescene.sampling.sampler import Job, ModelBank, ModelSpec, standard_spec
 from posescene.world import build_tiny_models, tiny_architecture
+from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the stock pipelines, the peer the sampler is compared with
+from stock_pipelines import stock_images  # noqa: E402
 
 RES = 32
 BETA = 0.05
@@ -209,7 +206,7 @@ def test_generate_cli(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest
 def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
     """``ModelBank.sample`` batches rows of different adapters and scales in one U-Net call; each row must be
     the image the stock diffusers pipeline draws for that adapter and scale (up to batched float rounding)."""
-    from posescene.generate import ArmJob, ModelSpec
+    from posescene.sampling.sampler import ArmJob
 
     prompt = "a person on a beach"
     arms = [(None, 0.0), ("primary", 0.5), ("primary", 1.0), ("secondary", 1.0)]
@@ -219,8 +216,8 @@ def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
     )
     for row, (adapter, scale) in enumerate(arms):
         spec = ModelSpec("base") if adapter is None else ModelSpec(adapter, (adapter,), (scale,))
-        stock = bank.generate(spec, [Job(prompt, 7, POSES[1])], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS,
-                              progress=False)  # fmt: skip
+        stock = stock_images(bank, spec, [Job(prompt, 7, POSES[1])], steps=3, guidance_scale=4.0, batch_size=1,
+                             maps=MAPS)  # fmt: skip
         assert np.abs(stock[0].astype(int) - batched[row].astype(int)).max() <= 1, (adapter, scale)
     # the scale matters (the pose is drawn) and scale 0 of an adapter is the base model exactly
     assert not np.array_equal(batched[1], batched[2])
@@ -236,7 +233,7 @@ def test_batched_arm_sampler_equals_the_stock_pipelines(bank: ModelBank):
 def test_base_rows_are_drawn_once_per_prompt_and_seed(bank: ModelBank):
     """The base model ignores the pose: its rows for several poses of one set are computed once and copied, and
     equal the base row drawn alone; adapter rows (scale > 0) stay one per pose."""
-    from posescene.generate import ArmJob
+    from posescene.sampling.sampler import ArmJob
 
     prompt = "a person on a beach"
     arms = ((None, 0.0), ("primary", 0.0), ("primary", 1.0))
@@ -310,7 +307,7 @@ def test_every_injection_reduces_to_an_existing_arm_at_its_trivial_setting(bank:
     """The alternatives are arms of one sampler; at their trivial knob each must be an arm we already trust:
     a mask covering the image is the scale arm, a steps fraction of 1 is the scale arm and 0 the base model,
     a mask of nothing is the base model; the ``both`` arm is the stock MultiAdapter pipeline."""
-    from posescene.generate import ArmJob, Injection
+    from posescene.sampling.sampler import ArmJob, Injection
 
     prompt, pose = "a person on a beach", POSES[1]
     base, scale = ArmJob(prompt, 7, pose, None, 0.0), ArmJob(prompt, 7, pose, "primary", 1.0)
@@ -336,8 +333,8 @@ def test_every_injection_reduces_to_an_existing_arm_at_its_trivial_setting(bank:
         Injection("steps", 1.5)
 
     both = ArmJob(prompt, 7, pose, "primary", 1.0, added=(("secondary", 0.5),))
-    stock = bank.generate(ModelSpec("both", ("primary", "secondary"), (1.0, 0.5)), [Job(prompt, 7, pose)], steps=3,
-                          guidance_scale=4.0, batch_size=1, maps=MAPS, progress=False)  # fmt: skip
+    stock = stock_images(bank, ModelSpec("both", ("primary", "secondary"), (1.0, 0.5)), [Job(prompt, 7, pose)],
+                         steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS)  # fmt: skip
     drawn = bank.sample([both], steps=3, guidance_scale=4.0, batch_size=1, maps=MAPS, sampler="ddim", bf16=False,
                         progress=False)  # fmt: skip
     assert np.abs(stock[0].astype(int) - drawn[0].astype(int)).max() <= 1
@@ -346,7 +343,7 @@ def test_every_injection_reduces_to_an_existing_arm_at_its_trivial_setting(bank:
 def test_inpaint_bound_keeps_the_base_latent_outside_the_person_region(bank: ModelBank):
     """Latent blending: outside the region the image is the base model's (up to the decoder's reach across the
     region's border), inside it the adapter draws the pose; a region covering the image is the scale arm."""
-    from posescene.generate import ArmJob, Injection
+    from posescene.sampling.sampler import ArmJob, Injection
 
     prompt, pose = "a person in a forest", POSES[0]
     jobs = [
@@ -367,7 +364,7 @@ def test_inpaint_bound_keeps_the_base_latent_outside_the_person_region(bank: Mod
 
 def _store_jobs() -> list:
     """Two sets x three poses x five arms (base, primary at two scales, secondary, the inpainting bound)."""
-    from posescene.generate import ArmJob, Injection
+    from posescene.sampling.sampler import ArmJob, Injection
 
     jobs = []
     for prompt, seed in (("a person on a beach", 7), ("a person in a forest", 3)):
@@ -396,7 +393,7 @@ def test_a_store_gives_the_same_bytes_and_a_killed_run_resumes_without_redrawing
     """The sampler's unit of work is a batch (posescene.shards): kept by content key in a store, a batch is the
     same bytes with or without the store, a run killed after k batches resumes with the rest only and ends with
     the bytes of an uninterrupted run, and a complete store draws nothing."""
-    from posescene.generate import distinct_rows
+    from posescene.sampling.sampler import distinct_rows
     from posescene.shards import BatchStore
 
     jobs = _store_jobs()
@@ -438,7 +435,7 @@ def test_a_store_gives_the_same_bytes_and_a_killed_run_resumes_without_redrawing
 
 
 def test_a_changed_setting_invalidates_only_the_batches_it_changes(bank: ModelBank, tmp_path: Path):
-    from posescene.generate import ArmJob, distinct_rows
+    from posescene.sampling.sampler import ArmJob, distinct_rows
     from posescene.shards import BatchStore
 
     jobs = _store_jobs()

@@ -39,7 +39,8 @@ from posescene.evaluation import promotion as gate
 from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_builtin_world, load_lpips, make_judges
 from posescene.evaluation.report import run_json, write_outputs
 from posescene.evaluation.result import EvaluationResult
-from posescene.generate import ArmJob, Injection, ModelBank, condition_maps
+from posescene.sampling.maps import condition_maps
+from posescene.sampling.sampler import ArmJob, Injection, ModelBank
 from posescene.shards import BatchStore, Shard
 
 log = logging.getLogger(__name__)

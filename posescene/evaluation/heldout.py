@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from posescene.errors import InputDataError
-from posescene.generate import Pose, poses_from_lattice_rows
+from posescene.sampling.pose import Pose, poses_from_lattice_rows
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from posescene.config import Params, PosesParams
 from posescene.errors import InputDataError, ModelLoadError
-from posescene.generate import person_arrays
+from posescene.sampling.pose import person_arrays
 from posescene.synth import SCENE_KINDS
 from posescene.topology import N_KEYPOINTS
 
@@ -269,10 +269,10 @@ class DetectorPoseJudge:
     """
 
     def __init__(self, name: str, weights: str | None, poses: PosesParams) -> None:
-        from posescene.generate import make_pose_detector
+        from posescene.detectors import make_detector
 
         self.name = name
-        self.detector = make_pose_detector(
+        self.detector = make_detector(
             name,
             weights,
             min_detection_confidence=poses.min_detection_confidence,

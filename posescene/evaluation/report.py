@@ -17,8 +17,9 @@ from posescene.config import Params
 from posescene.evaluation.frontier import ENVELOPE, Interval
 from posescene.evaluation.promotion import CHAMPION_ALIAS, GateRules, gate_power
 from posescene.evaluation.result import EvaluationResult
-from posescene.generate import Pose, condition_maps
 from posescene.io import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+from posescene.sampling.maps import condition_maps
+from posescene.sampling.pose import Pose
 
 ADAPTER_COLOURS = {
     "primary": "#4477aa", "secondary": "#ee6677", "champion": "#228833", "mask": "#66ccee", "steps": "#aa3377",

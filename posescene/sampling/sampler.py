@@ -1,260 +1,45 @@
-"""Generation: prompt(s) + pose(s) + seed -> images (the patent's "any scene + any person + any pose").
+"""The one sampler: prompt(s) + pose(s) + seed -> images (the patent's "any scene + any person + any pose").
 
-Models: the base model alone (``StableDiffusionPipeline``), the primary adapter, the secondary adapter,
-both (diffusers ``MultiAdapter`` with per-adapter weights), or any other adapter directory (ablations);
-optional identity weights (LoRA / DreamBooth-style, ``pipe.load_lora_weights``). A :class:`ModelBank`
-loads the base model and every adapter **once** and builds all pipelines from the same component
-objects, so comparing four models costs one model load and the memory of one U-Net.
+Every image the library draws comes from :meth:`ModelBank.sample`: the evaluation's arms, training's validation
+grid (:meth:`ModelBank.from_components` over the models being trained), ``posescene generate`` and the served
+model (:meth:`ModelBank.generate`, one model's rows). Models: the base model alone, the primary adapter, the
+secondary adapter, several adapters summed with weights (``both``, as diffusers' ``MultiAdapter``), any other
+adapter directory (ablations), each with an :class:`Injection` (how its features enter the U-Net); optional identity
+weights (LoRA / DreamBooth-style, diffusers' ``load_lora_weights``). A :class:`ModelBank` loads the base model and
+every adapter **once**, so comparing four models costs one model load and the memory of one U-Net.
 
 Determinism and comparability: the initial latent noise of a job depends only on its seed. It is drawn
-on the CPU from ``torch.Generator().manual_seed(seed)`` for every (prompt, seed) job and passed to the
-pipeline as ``latents=``, so (a) every pose and every model of one (prompt, seed) starts from the
-*same* noise (the premise of the scene-drift metric: any difference comes from the pose conditioning),
-(b) a seed gives the same image on CPU and GPU up to kernel arithmetic, and (c) a (prompt, seed) job
-gives the same image whether it is generated alone or inside an evaluation batch (up to float
-reassociation of batched kernels). DDIM with eta = 0 adds no further noise.
+on the CPU from ``torch.Generator().manual_seed(seed)`` for every (prompt, seed) job, so (a) every pose and every
+model of one (prompt, seed) starts from the *same* noise (the premise of the scene-drift metric: any difference
+comes from the pose conditioning), (b) a seed gives the same image on CPU and GPU up to kernel arithmetic, and (c) a
+(prompt, seed) job gives the same image whether it is generated alone or inside an evaluation batch (up to float
+reassociation of batched kernels). DDIM with eta = 0 adds no further noise. ``tests/test_generate.py`` pins the
+equality with diffusers' stock pipelines.
 
-Conditioning maps are rendered exactly as for training: :func:`posescene.render.render_lattice` at the
-pose's own map side u = min(w, h) with ``render.radius`` / ``render.limbs``, resized to the model
-resolution with :func:`posescene.render.map_tensor` (min-pooling: no point vanishes), then put in the
-adapter's input convention by :func:`posescene.models.prepare_adapter_input` (``model.adapter_invert``,
-``model.adapter_in_channels``), the function training uses.
+Poses come from :mod:`posescene.sampling.pose`, their conditioning maps from :mod:`posescene.sampling.maps`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    MultiAdapter,
-    StableDiffusionAdapterPipeline,
-    StableDiffusionPipeline,
-    T2IAdapter,
-)
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from tqdm.auto import tqdm
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, T2IAdapter
 
 from posescene.devices import resolve_device
-from posescene.errors import ConfigError, DetectorUnavailableError, InputDataError, ModelLoadError
-from posescene.lattice import denormalise, normalise
-from posescene.models import (
-    FrozenBase,
-    check_compatible,
-    encode_prompts,
-    load_adapter,
-    load_base,
-    prepare_adapter_input,
-)
+from posescene.errors import ConfigError, InputDataError, ModelLoadError
+from posescene.models import FrozenBase, check_compatible, encode_prompts, load_adapter, load_base
+from posescene.sampling.pose import Pose
 from posescene.shards import BatchStore, Progress, Shard, digest, weights_fingerprint
-from posescene.topology import N_KEYPOINTS
 
 STANDARD_MODELS = ("base", "primary", "secondary", "both")
-
-# --------------------------------------------------------------------------------------------------
-# poses
-
-
-@dataclass(frozen=True)
-class Pose:
-    """One conditioning pose as a lattice: normalised points (NaN = missing) and its map side u.
-
-    ``side`` is min(w, h) of the image the pose comes from: training draws a lattice's map at that side
-    and min-pools it to the model resolution, and so does generation, so a point radius means the same.
-    """
-
-    x_norm: np.ndarray
-    y_norm: np.ndarray
-    side: int
-    label: str = ""
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        x = np.asarray(self.x_norm, dtype=np.float64).reshape(-1)
-        y = np.asarray(self.y_norm, dtype=np.float64).reshape(-1)
-        if x.shape != (N_KEYPOINTS,) or y.shape != (N_KEYPOINTS,):
-            raise InputDataError(f"pose {self.label!r}: expected {N_KEYPOINTS} points, got {x.size} / {y.size}")
-        object.__setattr__(self, "x_norm", x)
-        object.__setattr__(self, "y_norm", y)
-
-    @property
-    def n_points(self) -> int:
-        return int((np.isfinite(self.x_norm) & np.isfinite(self.y_norm)).sum())
-
-    def keypoints_at(self, resolution: int, beta: float) -> np.ndarray:
-        """(18, 2) pixel positions where the pose should appear in a generated ``resolution``² image.
-
-        The lattice un-normalised at (resolution, resolution): a training image is resized whole to the
-        model resolution, so its keypoints move with it.
-        """
-        x, y = denormalise(self.x_norm, self.y_norm, resolution, resolution, beta)
-        return np.stack([x, y], axis=1)
-
-
-def pose_from_pixels(
-    x: Sequence[float | None], y: Sequence[float | None], width: int, height: int, beta: float, label: str = ""
-) -> Pose:
-    """A pose from pixel keypoints (``None``/NaN = missing) of a ``width`` x ``height`` image."""
-    xs = np.array([np.nan if v is None else v for v in x], dtype=np.float64)
-    ys = np.array([np.nan if v is None else v for v in y], dtype=np.float64)
-    missing = ~(np.isfinite(xs) & np.isfinite(ys))
-    xs[missing] = np.nan
-    ys[missing] = np.nan
-    xn, yn = normalise(xs, ys, width, height, beta)
-    return Pose(xn, yn, side=min(int(width), int(height)), label=label)
-
-
-def poses_from_json(path: str | Path, beta: float) -> list[Pose]:
-    """Poses from a keypoints JSON file.
-
-    Accepted: ``{"width": W, "height": H, "keypoints": [[x, y] | null, ... 18]}``, a list of such
-    objects, or ``{"poses": [...]}``; coordinates in pixels of a W x H image, 18-point order of
-    :mod:`posescene.topology`.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputDataError(f"{path}: no such keypoints file") from None
-    except json.JSONDecodeError as exc:
-        raise InputDataError(f"{path}: not valid JSON ({exc})") from None
-    items = data.get("poses", [data]) if isinstance(data, dict) else data
-    if not isinstance(items, list) or not items:
-        raise InputDataError(f"{path}: expected a pose object or a non-empty list of them")
-    poses = []
-    for k, item in enumerate(items):
-        where = f"{path} pose {k}"
-        if not isinstance(item, dict) or not {"width", "height", "keypoints"} <= set(item):
-            raise InputDataError(f"{where}: needs 'width', 'height' and 'keypoints' (18 [x, y] or null)")
-        kps = item["keypoints"]
-        if not isinstance(kps, list) or len(kps) != N_KEYPOINTS:
-            raise InputDataError(f"{where}: 'keypoints' must list {N_KEYPOINTS} points, got {len(kps)}")
-        xs: list[float | None] = []
-        ys: list[float | None] = []
-        for p in kps:
-            if p is None:
-                xs.append(None)
-                ys.append(None)
-            elif isinstance(p, list | tuple) and len(p) >= 2:
-                xs.append(None if p[0] is None else float(p[0]))
-                ys.append(None if p[1] is None else float(p[1]))
-            else:
-                raise InputDataError(f"{where}: each keypoint is [x, y] or null, got {p!r}")
-        poses.append(pose_from_pixels(xs, ys, int(item["width"]), int(item["height"]), beta, item.get("label", "")))
-    return poses
-
-
-def poses_from_lattice_rows(rows: Sequence[Mapping[str, Any]]) -> list[Pose]:
-    """Poses from lattice rows (``data/lattices`` contract: x_norm, y_norm, width, height, image_id)."""
-    poses = []
-    for row in rows:
-        if not row.get("has_person", True) or row.get("x_norm") is None:
-            raise InputDataError(f"lattice row of {row.get('image_id')!r} has no person")
-        x = [np.nan if v is None else v for v in row["x_norm"]]
-        y = [np.nan if v is None else v for v in row["y_norm"]]
-        side = min(int(row["width"]), int(row["height"]))
-        label = str(row.get("image_id", ""))
-        if int(row.get("person", 0) or 0):
-            label += f"_{int(row['person'])}"
-        meta = {k: row[k] for k in ("image_id", "person", "action") if k in row}
-        poses.append(Pose(np.asarray(x), np.asarray(y), side, label, meta))
-    return poses
-
-
-def person_arrays(person: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """A detector's person -> ((18, 2) pixels, (18,) scores or None).
-
-    Accepts the shapes detectors return: a ``(keypoints, scores)`` tuple, an object with
-    ``keypoints``/``scores`` (or ``xy``/``score``) attributes, or a dict with those keys.
-    """
-    if isinstance(person, Mapping):
-        kp = person.get("keypoints", person.get("xy"))
-        sc = person.get("scores", person.get("score"))
-    elif isinstance(person, tuple | list) and len(person) == 2:
-        kp, sc = person
-    else:
-        kp = getattr(person, "keypoints", getattr(person, "xy", None))
-        sc = getattr(person, "scores", getattr(person, "score", None))
-    if kp is None:
-        raise InputDataError(f"cannot read keypoints from a detector result of type {type(person).__name__}")
-    kp = np.asarray(kp, dtype=np.float64).reshape(-1, 2)
-    return kp, None if sc is None else np.asarray(sc, dtype=np.float64).reshape(-1)
-
-
-def make_pose_detector(
-    name: str,
-    weights: str | None,
-    *,
-    min_detection_confidence: float,
-    min_presence_confidence: float,
-    max_persons: int,
-) -> Any:
-    """The pose detector of ``posescene.detectors`` (ingest/poses stage), with a clear error if absent.
-
-    The thresholds are MediaPipe's (``poses.*`` in params.yaml, as the poses stage reads the lattices).
-    """
-    try:
-        from posescene.detectors import make_detector
-    except ImportError as exc:
-        raise DetectorUnavailableError(f"pose detector {name!r}: posescene.detectors is not available ({exc})") from exc
-    return make_detector(
-        name,
-        weights,
-        min_detection_confidence=min_detection_confidence,
-        min_presence_confidence=min_presence_confidence,
-        max_persons=max_persons,
-    )
-
-
-def poses_from_images(
-    images: Sequence[np.ndarray], detector: Any, beta: float, min_score: float, labels: Sequence[str] | None = None
-) -> list[Pose]:
-    """Run a detector (``.detect(list of RGB uint8) -> per image list of persons``) and keep each image's
-    most confident person as a pose (points below ``min_score`` missing)."""
-    results = detector.detect([np.asarray(im, dtype=np.uint8) for im in images])
-    poses = []
-    for k, (image, persons) in enumerate(zip(images, results, strict=True)):
-        label = labels[k] if labels else f"image{k}"
-        if not persons:
-            raise InputDataError(f"{label}: the pose detector found no person")
-        arrays = [person_arrays(p) for p in persons]
-        kp, sc = max(arrays, key=lambda a: -1.0 if a[1] is None else float(np.nanmean(a[1])))
-        kp = kp.copy()
-        if sc is not None:
-            kp[sc < min_score] = np.nan
-        h, w = np.asarray(image).shape[:2]
-        poses.append(pose_from_pixels(kp[:, 0], kp[:, 1], w, h, beta, label))
-    return poses
-
-
-# --------------------------------------------------------------------------------------------------
-# conditioning maps
-
-
-def condition_maps(
-    poses: Sequence[Pose], resolution: int, radius: int, limbs: bool, in_channels: int, invert: bool
-) -> torch.Tensor:
-    """Adapter inputs (N, in_channels, res, res) in [0, 1], rendered as for training (module docstring)."""
-    from posescene.render import map_tensor, render_lattice
-
-    maps = []
-    for pose in poses:
-        array = render_lattice(pose.x_norm, pose.y_norm, pose.side, radius=radius, limbs=limbs)
-        t = map_tensor(array, resolution)
-        maps.append(t)
-    return prepare_adapter_input(torch.stack(maps), in_channels, invert).contiguous()
-
-
-# --------------------------------------------------------------------------------------------------
-# models
 
 
 @dataclass(frozen=True)
@@ -328,6 +113,8 @@ SCALE = Injection()
 class ArmJob:
     """One image of an evaluation: a prompt, an initial-noise seed, a pose, and the arm that draws it.
 
+    ``pose`` is what the sampler's ``maps`` turns into the adapter's input: a :class:`Pose`, or any hashable key
+    of maps the caller rendered itself (training's validation grid: the index of a map it loaded).
     ``adapter`` is a key of the bank's adapters (None: the base model) and ``scale`` its
     ``adapter_conditioning_scale`` (0 is the base model too). ``added``: further (adapter, scale) whose
     features are summed with it (``MultiAdapter``'s weighted sum: the ``both`` arm). ``injection``: how the
@@ -336,7 +123,7 @@ class ArmJob:
 
     prompt: str
     seed: int
-    pose: Pose | None
+    pose: Pose | Hashable | None
     adapter: str | None
     scale: float
     injection: Injection = SCALE
@@ -396,62 +183,65 @@ class ModelBank:
         identity: str | None = None,
         identity_scale: float = 1.0,
     ) -> None:
-        self.device = resolve_device(device)
-        self.dtype = dtype
-        self.resolution = int(resolution)
-        self.sources: dict[str, str] = {"base": str(base), **{k: str(v) for k, v in adapters.items()}}
-        self._fingerprints: dict[str, str] = {}
-        self.base: FrozenBase = load_base(base, dtype).freeze()
-        for module in (self.base.vae, self.base.unet, self.base.text_encoder):
-            module.to(self.device)  # dtype was set at load: .to(dtype=None) would warn for every module
+        on = resolve_device(device)
+        frozen = load_base(base, dtype).freeze()
+        for module in (frozen.vae, frozen.unet, frozen.text_encoder):
+            module.to(on)  # dtype was set at load: .to(dtype=None) would warn for every module
         try:
-            self.scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
+            scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{base}: no scheduler config for DDIM sampling ({exc})") from exc
-        self.adapters: dict[str, T2IAdapter] = {}
+        loaded: dict[str, T2IAdapter] = {}
         for key, path in adapters.items():
             adapter = load_adapter(path, dtype)
-            check_compatible(self.base, adapter, in_channels, self.resolution, where=f"{key} adapter {path}")
-            adapter.requires_grad_(False).eval().to(self.device)
-            self.adapters[key] = adapter
-        self._pipelines: dict[tuple[tuple[str, ...], int], DiffusionPipeline] = {}
-        self._text: dict[str, torch.Tensor] = {}
-        self.cross_attention_kwargs: dict[str, float] | None = None
+            check_compatible(frozen, adapter, in_channels, int(resolution), where=f"{key} adapter {path}")
+            adapter.requires_grad_(False).eval().to(on)
+            loaded[key] = adapter
+        self._setup(frozen, loaded, scheduler, resolution=resolution, device=on, dtype=dtype)
+        self.sources.update({"base": str(base), **{k: str(v) for k, v in adapters.items()}})
         if identity:
             self.load_identity(identity, identity_scale)
 
-    # pipelines ------------------------------------------------------------------------------------
+    @classmethod
+    def from_components(
+        cls,
+        base: FrozenBase,
+        adapters: Mapping[str, torch.nn.Module],
+        *,
+        resolution: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> ModelBank:
+        """A bank over models already in memory (training's validation grid: the frozen base and the adapters being
+        trained), sampling with DDIM from the base's noise-scheduler config. It has no weights files, so no
+        ``store`` (whose keys fingerprint them)."""
+        bank = cls.__new__(cls)
+        scheduler = DDIMScheduler.from_config(base.noise_scheduler.config)
+        bank._setup(base, dict(adapters), scheduler, resolution=resolution, device=device, dtype=dtype)
+        return bank
 
-    def _components(self) -> dict[str, Any]:
-        b = self.base
-        return dict(
-            vae=b.vae,
-            text_encoder=b.text_encoder,
-            tokenizer=b.tokenizer,
-            unet=b.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    def _setup(
+        self,
+        base: FrozenBase,
+        adapters: dict[str, Any],
+        scheduler: DDIMScheduler,
+        *,
+        resolution: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.resolution = int(resolution)
+        self.base = base
+        self.scheduler = scheduler
+        self.adapters = adapters
+        self.sources: dict[str, str] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._text: dict[str, torch.Tensor] = {}
+        self.cross_attention_kwargs: dict[str, float] | None = None
 
-    def pipeline(self, spec: ModelSpec) -> DiffusionPipeline:
-        """The diffusers pipeline for ``spec`` (built once, from the shared components)."""
-        key = (spec.adapters, len(spec.adapters))
-        if key in self._pipelines:
-            return self._pipelines[key]
-        missing = [a for a in spec.adapters if a not in self.adapters]
-        if missing:
-            raise ModelLoadError(f"model {spec.name!r} needs adapter(s) {missing}; loaded: {sorted(self.adapters)}")
-        if not spec.adapters:
-            pipe: DiffusionPipeline = StableDiffusionPipeline(**self._components())
-        else:
-            parts = [self.adapters[a] for a in spec.adapters]
-            adapter = parts[0] if len(parts) == 1 else MultiAdapter(parts)
-            pipe = StableDiffusionAdapterPipeline(adapter=adapter, **self._components())
-        pipe.set_progress_bar_config(disable=True)
-        self._pipelines[key] = pipe
-        return pipe
+    # identity weights -----------------------------------------------------------------------------
 
     def load_identity(self, path: str | Path, scale: float = 1.0) -> None:
         """Identity weights (LoRA / DreamBooth-style, a local file or directory) into the shared U-Net and
@@ -467,7 +257,11 @@ class ModelBank:
                 f"identity weights {path}: diffusers loads LoRA weights through the peft package, which is not "
                 "installed. Install it (pip install peft) or run without identity weights."
             )
-        pipe = self.pipeline(ModelSpec("base"))
+        b = self.base
+        pipe = StableDiffusionPipeline(  # only diffusers' LoRA loader: it writes into the shared U-Net / text encoder
+            vae=b.vae, text_encoder=b.text_encoder, tokenizer=b.tokenizer, unet=b.unet, scheduler=self.scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
         try:
             if path.is_file():
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name)
@@ -512,47 +306,32 @@ class ModelBank:
         maps: Callable[[Sequence[Pose]], torch.Tensor] | None = None,
         progress: bool = True,
     ) -> np.ndarray:
-        """Images (N, res, res, 3) uint8 for ``jobs``, in order, ``batch_size`` at a time.
+        """Images (N, res, res, 3) uint8 for ``jobs`` drawn by one model, in order: :meth:`sample`'s rows for
+        ``spec`` (its adapters summed with their weights, as diffusers' ``MultiAdapter``) with DDIM, the stock
+        pipelines' scheduler.
 
-        ``maps`` turns poses into adapter inputs (:func:`condition_maps` with the run's render params);
-        it is required when ``spec`` uses an adapter.
+        ``maps`` turns poses into adapter inputs (:func:`posescene.sampling.maps.condition_maps` with the run's
+        render params); it is required when ``spec`` uses an adapter.
         """
         if spec.uses_pose and maps is None:
             raise ValueError(f"model {spec.name!r} is conditioned on poses: pass maps=")
         if spec.uses_pose and any(j.pose is None for j in jobs):
             raise InputDataError(f"model {spec.name!r} needs a pose for every job")
-        pipe = self.pipeline(spec)
-        negative = self.text([""])
-        out = np.empty((len(jobs), self.resolution, self.resolution, 3), dtype=np.uint8)
-        bar = tqdm(total=len(jobs), desc=f"generate {spec.name}", unit="img", disable=not progress)
-        with torch.inference_mode():
-            for start in range(0, len(jobs), batch_size):
-                batch = jobs[start : start + batch_size]
-                n = len(batch)
-                kwargs: dict[str, Any] = dict(
-                    prompt_embeds=self.text([j.prompt for j in batch]),
-                    negative_prompt_embeds=negative.expand(n, -1, -1),
-                    latents=torch.cat([self.initial_noise(j.seed) for j in batch]).to(self.device, self.dtype),
-                    num_inference_steps=steps,
-                    guidance_scale=guidance_scale,
-                    height=self.resolution,
-                    width=self.resolution,
-                    output_type="np",
-                    cross_attention_kwargs=self.cross_attention_kwargs,
-                )
-                if spec.uses_pose:
-                    assert maps is not None
-                    cond = maps([j.pose for j in batch if j.pose is not None]).to(self.device, self.dtype)
-                    weights = list(spec.weights) or [1.0] * len(spec.adapters)
-                    if len(spec.adapters) == 1:
-                        kwargs.update(image=cond, adapter_conditioning_scale=weights[0])
-                    else:
-                        kwargs.update(image=[cond] * len(spec.adapters), adapter_conditioning_scale=weights)
-                images = pipe(**kwargs).images
-                out[start : start + n] = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
-                bar.update(n)
-        bar.close()
-        return out
+        missing = [a for a in spec.adapters if a not in self.adapters]
+        if missing:
+            raise ModelLoadError(f"model {spec.name!r} needs adapter(s) {missing}; loaded: {sorted(self.adapters)}")
+        weights = list(spec.weights) or [1.0] * len(spec.adapters)
+        terms = list(zip(spec.adapters, weights, strict=True))
+        rows = [
+            ArmJob(j.prompt, j.seed, j.pose, terms[0][0], float(terms[0][1]), added=tuple(terms[1:]))
+            if terms
+            else ArmJob(j.prompt, j.seed, None, None, 0.0)
+            for j in jobs
+        ]
+        drawn = self.sample(rows, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size,
+                            maps=maps or _no_maps, sampler="ddim", bf16=False, progress=progress or None)  # fmt: skip
+        assert drawn is not None  # one process
+        return drawn
 
     # batched sampling across adapters and scales ---------------------------------------------------
 
@@ -575,7 +354,7 @@ class ModelBank:
         sampler: str,
         bf16: bool,
         region: Callable[[Pose, float], np.ndarray] | None = None,
-        progress: bool = True,
+        progress: bool | None = True,
         store: BatchStore | None = None,
         shard: Shard | None = None,
     ) -> np.ndarray | None:
@@ -597,6 +376,9 @@ class ModelBank:
         for GPUs. On this project's reference CPU (avx512_bf16) it was bit-reproducible but *slower* at 64 px
         (0.82x; ``benchmarks/results/sampling.json``), so ``evaluate.bf16`` is off there.
 
+        ``progress``: a tqdm bar (True), a line on stderr every minute and at the end (False), or nothing but the log
+        (None: a caller with progress of its own, such as training's validation grid).
+
         ``store``: finished batches are written there under their key (:meth:`batch_keys`) and batches found there
         are read instead of drawn (a killed run resumes). ``shard``: this process draws only the batches it owns
         (i % world == rank) into the store; after a barrier rank 0 returns every image and the other ranks None.
@@ -615,6 +397,8 @@ class ModelBank:
                 if adapter not in self.adapters:
                     raise ModelLoadError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
         shard = shard or Shard()
+        if store is not None and "base" not in self.sources:
+            raise ConfigError("a bank made from models in memory has no weights files to key a store by")
         if shard.world > 1 and store is None:
             raise ConfigError("sampling with several processes needs a store the ranks share (evaluate.store)")
         unet, vae = self.base.unet, self.base.vae
@@ -654,7 +438,7 @@ class ModelBank:
                 for adapter, scale in j.terms:
                     key = (adapter, pose_key(j.pose))
                     if key not in features:
-                        cond = maps([j.pose]).to(self.device, self.dtype)  # type: ignore[list-item]
+                        cond = maps([j.pose]).to(self.device, self.adapters[adapter].dtype)  # type: ignore[list-item]
                         features[key] = [f[0] for f in self.adapters[adapter](cond)]
                     feats = features[key]
                     if levels is None:
@@ -694,7 +478,7 @@ class ModelBank:
                     gate = torch.tensor([float(k < a) for a in active], device=self.device, dtype=self.dtype)
                     gate = torch.cat([gate, gate]) if cfg else gate
                     step_res = [r * gate.view(-1, 1, 1, 1) for r in res]
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                     eps = unet(
                         inp,
                         t,
@@ -760,7 +544,7 @@ class ModelBank:
         todo = [i for i in mine if store is None or not store.has(keys[i])]
         size = {i: len(batch) for i, batch in enumerate(batches)}
         bar = Progress(sum(size[i] for i in todo), stored=sum(size[i] for i in mine) - sum(size[i] for i in todo),
-                       label=shard.label, bar=progress)  # fmt: skip
+                       label=shard.label, bar=bool(progress), silent=progress is None)  # fmt: skip
         with torch.inference_mode():
             for i in todo:
                 images = draw(batches[i])
@@ -844,3 +628,7 @@ class ModelBank:
             return (j.prompt, int(j.seed), pose_digest(j.pose), terms, j.injection.kind, j.injection.knob, where)
 
         return [digest(settings, *(row(j) for j in batch)) for batch in batches]
+
+
+def _no_maps(poses: Sequence[Pose]) -> torch.Tensor:
+    raise ValueError("this model draws no pose: no maps")
