@@ -6,7 +6,8 @@ output directory:
 
 - ``local-serial``: ``poses.workers: 1`` (batches in this process, the default);
 - ``local-pool-1`` / ``local-pool-2``: the spawn process pool that ``poses.workers: N`` uses;
-- ``dask-1`` / ``dask-2``: ``poses.runner: dask`` through the flow's own code (``flows._dask.run_poses_on_dask``:
+- ``dask-1`` / ``dask-2``: ``poses.runner: dask`` through the flow's own code (``tasks.poses.poses_task`` with
+  ``flows._dask.dask_runner``:
   the batches as ``client.map`` calls on a LocalCluster of N worker processes, the detector built once per
   worker by a WorkerPlugin before the batches start).
 
@@ -54,9 +55,10 @@ def make_images(root: Path, n_images: int, size: int) -> Path:
 
 
 def runners(batch_size: int) -> dict[str, Callable[[Path, Path], dict[str, Any]]]:
-    from flows._dask import run_poses_on_dask
+    from flows._dask import dask_runner
     from posescene.config import default_params
     from posescene.poses import process_pool_map, run_poses_with
+    from tasks.poses import poses_task
 
     params = default_params({"poses.detector": "mediapipe", "poses.batch_size": batch_size}).poses
 
@@ -72,7 +74,7 @@ def runners(batch_size: int) -> dict[str, Callable[[Path, Path], dict[str, Any]]
         on_dask = params.model_copy(update={"runner": "dask", "dask_workers": workers})
 
         def run(manifest: Path, out: Path) -> dict[str, Any]:
-            return run_poses_on_dask(on_dask, str(manifest), str(out))
+            return poses_task(on_dask, str(manifest), str(out), dask_runner(on_dask))
 
         return run
 

@@ -1,6 +1,6 @@
 """What runs inside a Dask worker for the poses stage: importable without Prefect.
 
-Kept apart from :mod:`flows._dask` (which imports Prefect for the flow and its task) because a worker
+Kept apart from :mod:`flows._dask` (which imports Prefect for the task run's logger) because a worker
 unpickles the plugin by importing its module: with the plugin there, every worker process paid
 Prefect's import (seconds) before its first batch.
 """

@@ -9,8 +9,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.pairs import summary_markdown
 from flows.run_lock import exclusive
+from posescene.cache import cache
 from posescene.config import load_params
-from tasks.cache import cache_task
+from tasks.stage import stage_task
 
 
 @flow(name="cache", log_prints=True)
@@ -18,16 +19,7 @@ from tasks.cache import cache_task
 def cache_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the frozen VAE and text encoder once over what the pairs use, so training never does."""
     params = load_params(params_path, overrides)
-    summary = cache_task(
-        params.pairs.out,
-        params.ingest.out_dir,
-        params.model.base,
-        params.cache.out_dir,
-        params.model.resolution,
-        params.cache.batch_size,
-        params.cache.threads,
-        params.cache.device,
-    )
+    summary = stage_task("cache", cache)(params)
     print(
         f"cache: {summary['n_images']} image latents {summary['latent_shape']}, {summary['n_captions']} text states "
         f"{summary['text_shape']} -> {params.cache.out_dir}"

@@ -13,7 +13,7 @@ from flows.mlflow_links import mlflow_links
 from flows.run_lock import exclusive
 from posescene.config import Params, load_params
 from posescene.evaluation.report import summary_markdown
-from tasks.evaluate import evaluate_task
+from tasks.stage import stage_task
 
 
 def evaluate_markdown(summary: dict[str, Any], params: Params) -> str:
@@ -40,8 +40,10 @@ def evaluate_markdown(summary: dict[str, Any], params: Params) -> str:
 @exclusive
 def evaluate_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 9: sweep every adapter's conditioning scale, compare at matched fidelity, gate the candidate."""
+    from posescene.evaluation.evaluate import evaluate  # torch and diffusers: loaded when the stage runs
+
     params = load_params(params_path, overrides)
-    summary = evaluate_task(params)
+    summary = stage_task("evaluate", evaluate)(params)
     if not summary:  # a rank other than 0 (accelerate launch): its share is in evaluate.store, rank 0 reports
         return summary
     print(f"verdict: {summary['verdict']['text']}")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -8,7 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from tasks.pairs import pairs_task
+from posescene.pairs import pairs
+from tasks.stage import stage_task
 
 
 def summary_markdown(title: str, summary: dict[str, Any]) -> str:
@@ -22,8 +22,7 @@ def summary_markdown(title: str, summary: dict[str, Any]) -> str:
 def pairs_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 3: the (A, B, y, Z_A, Z_B) five-tuples from the manifest and the lattices."""
     params = load_params(params_path, overrides)
-    manifest = str(Path(params.ingest.out_dir) / "manifest.parquet")
-    summary = pairs_task(params.pairs, params.seed, params.poses.out_dir, manifest, params.pairs.out)
+    summary = stage_task("pairs", pairs)(params)
     print(
         f"pairs: {summary['pairs']} pairs ({summary['rows']} rows) in {summary['groups']} groups, "
         f"{summary['pairs_heldout']} pairs held out -> {params.pairs.out}"

@@ -6,8 +6,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
-from posescene.config import load_params
-from tasks.poses import poses_task
+from posescene.config import Params, load_params
+from tasks.poses import Runner, poses_task
 
 
 def poses_markdown(summary: dict[str, Any]) -> str:
@@ -34,17 +34,22 @@ def poses_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pose_runner(params: Params) -> Runner | None:
+    """Where the pose batches run, decided here once: None (the library's own: this process, or a process pool of
+    ``poses.workers``), or a Dask cluster (``poses.runner: dask``: ``ops.dask_address``, else a LocalCluster)."""
+    if params.poses.runner != "dask":
+        return None
+    from flows._dask import dask_runner
+
+    return dask_runner(params.poses, params.ops.dask_address)
+
+
 @flow(name="poses", log_prints=True)
 @exclusive
 def poses_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 2: pose lattices of the ingested images (incremental Parquet dataset)."""
     params = load_params(params_path, overrides)
-    if params.poses.runner == "dask":  # batches on a Dask cluster (flows/_dask.py)
-        from flows._dask import run_poses_on_dask
-
-        summary = run_poses_on_dask(params.poses, params.ingest.out_dir, params.poses.out_dir, params.ops.dask_address)
-    else:
-        summary = poses_task(params.poses, params.ingest.out_dir, params.poses.out_dir)
+    summary = poses_task(params.poses, params.ingest.out_dir, params.poses.out_dir, pose_runner(params))
     print(
         f"poses ({summary['detector']}): {summary['images_processed']} images processed, "
         f"{summary['images_existing']} already done, {summary['persons_found']} persons found, "

@@ -8,7 +8,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows.pairs import summary_markdown
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from tasks.render import render_task
+from posescene.render import render
+from tasks.stage import stage_task
 
 
 @flow(name="render", log_prints=True)
@@ -16,7 +17,7 @@ from tasks.render import render_task
 def render_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 4: one grayscale map per lattice with a person (docs/method.md step 2)."""
     params = load_params(params_path, overrides)
-    summary = render_task(params.render, params.poses.out_dir, params.render.out_dir)
+    summary = stage_task("render", render)(params)
     print(
         f"render: {summary['rendered']} maps rendered, {summary['skipped']} up to date "
         f"({summary['maps_per_second']} maps/s) -> {params.render.out_dir}"

@@ -9,7 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from tasks.train import train_task
+from posescene.train import train
+from tasks.stage import stage_task
 
 
 def train_markdown(result: dict[str, Any], registered_model: str) -> str:
@@ -42,7 +43,7 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train the secondary adapter; a rerun continues from the last checkpoint of the same setup."""
     params = load_params(params_path, overrides)
-    result = train_task(params, resume=resume, resume_from=resume_from)
+    result = stage_task("train", train)(params, resume=resume, resume_from=resume_from)
     metrics = result["metrics"]
     print(
         f"train: J {metrics['j']:.4f}, L_diff {metrics['l_diff']:.5f}, L_bal {metrics['l_bal']:.5f} after "

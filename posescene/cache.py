@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,9 @@ from posescene.ingest import read_manifest
 from posescene.io import atomic_path, write_json_atomic
 from posescene.models import encode_images, encode_prompts, load_base
 from posescene.pairs import read_pairs
+
+if TYPE_CHECKING:
+    from posescene.config import Params
 
 INDEX_VERSION = 1
 
@@ -172,3 +176,15 @@ def load_cache(cache_dir: str | Path, base: str, resolution: int) -> Cache:
         caption_row={k: n for n, k in enumerate(keys)},
         index=index,
     )
+
+
+def cache(params: Params, *, progress: bool = True) -> dict[str, Any]:
+    """Stage ``cache``: latents and text states of what ``pairs.out`` uses into ``cache.out_dir`` (params.yaml);
+    returns what its index records (base, resolution, counts, shapes)."""
+    c = params.cache
+    path = build_cache(
+        params.pairs.out, params.ingest.out_dir, c.out_dir, params.model.base, params.model.resolution,
+        batch_size=c.batch_size, threads=c.threads, device=c.device, progress=progress,
+    )  # fmt: skip
+    index = json.loads((Path(path) / "index.json").read_text())
+    return {key: index[key] for key in ("base", "resolution", "n_images", "n_captions", "latent_shape", "text_shape")}

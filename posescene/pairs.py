@@ -33,7 +33,7 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,9 @@ import pyarrow.parquet as pq
 from posescene.errors import InputDataError
 from posescene.io import write_parquet_atomic
 from posescene.topology import N_KEYPOINTS
+
+if TYPE_CHECKING:
+    from posescene.config import Params
 
 STRATEGIES: tuple[str, ...] = ("scene", "caption", "random")
 RANDOM_GROUP_SIZE = 8  # images per pseudo-group for strategy=random
@@ -378,3 +381,18 @@ def read_pairs(path: str | Path, split: str | None = None) -> pa.Table:
     if split is not None:
         table = table.filter(pc.equal(table.column("split"), split))
     return table
+
+
+def pairs(params: Params, *, progress: bool = True) -> PairsSummary:
+    """Stage ``pairs``: the pairs table ``pairs.out`` from the lattices and the ingested manifest (params.yaml)."""
+    del progress  # one pass over two tables: nothing to show
+    p = params.pairs
+    return write_pairs(
+        params.poses.out_dir,
+        p.out,
+        Path(params.ingest.out_dir) / "manifest.parquet",
+        strategy=p.strategy,
+        heldout_fraction=p.heldout_fraction,
+        max_pairs_per_group=p.max_pairs_per_group,
+        seed=params.seed,
+    )

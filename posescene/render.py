@@ -45,6 +45,8 @@ from posescene.topology import LIMBS, N_KEYPOINTS
 if TYPE_CHECKING:  # torch is imported where maps are loaded, so the render stage itself starts fast
     import torch
 
+    from posescene.config import Params
+
 RENDER_FORMAT_VERSION = 1  # bump when the drawing changes, so that incremental reruns redraw every map
 STATE_FILE = "render.json"
 _LATTICE_COLUMNS = ("image_id", "person", "width", "height", "has_person", "x_norm", "y_norm")
@@ -251,3 +253,9 @@ def render_maps(
     return RenderSummary(
         maps=len(rows), rendered=rendered, skipped=skipped, seconds=seconds, radius=int(radius), limbs=bool(limbs)
     )
+
+
+def render(params: Params, *, progress: bool = True) -> RenderSummary:
+    """Stage ``render``: the maps of every lattice in ``poses.out_dir`` into ``render.out_dir`` (params.yaml)."""
+    r = params.render
+    return render_maps(params.poses.out_dir, r.out_dir, radius=r.radius, limbs=r.limbs, progress=progress)

@@ -559,6 +559,17 @@ class TrainResult:
     model_version: str | None
     resumed_from: int
 
+    def as_dict(self) -> dict[str, Any]:
+        """The stage's summary (the flow's artifact): final metrics, the adapter, the MLflow run and version."""
+        return {
+            "metrics": self.metrics,
+            "adapter_dir": str(self.adapter_dir),
+            "mlflow_run_id": self.run_id,
+            "mlflow_run_link": self.run_link,
+            "model_version": self.model_version,
+            "resumed_from_step": self.resumed_from,
+        }
+
 
 def _require_inputs(params: Params) -> None:
     """Fail before loading any model when an input stage has not run."""
@@ -734,7 +745,7 @@ def publish(
 
 
 def train(
-    params: Params, resume: bool = True, resume_from: str | Path | None = None, progress: bool = True
+    params: Params, *, resume: bool = True, resume_from: str | Path | None = None, progress: bool = True
 ) -> TrainResult:
     """Fine-tune S-Ad for ``train.steps`` optimizer steps.
 

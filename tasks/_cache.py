@@ -51,3 +51,23 @@ def stage_cache_key(paths_params: tuple[str, ...]) -> Any:
         return h.hexdigest()
 
     return key
+
+
+def params_cache_key(values: tuple[str, ...], paths: tuple[str, ...]) -> Any:
+    """A ``cache_key_fn`` for a task called with the whole ``params``: the values of the dotted ``params.yaml`` keys
+    ``values`` and ``paths``, and the fingerprints of the files the ``paths`` keys name (:func:`stage_cache_key`)."""
+    by_paths = stage_cache_key(paths)
+
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        params = parameters["params"]
+        chosen = {name: _dotted(params, name) for name in (*values, *paths)}
+        return by_paths(context, {**chosen, **{k: v for k, v in parameters.items() if k != "params"}})
+
+    return key
+
+
+def _dotted(params: Any, name: str) -> Any:
+    value = params
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
 from prefect.states import State
 
 from posescene import poses
@@ -27,18 +30,31 @@ def retry_unless_deterministic(task: Task[..., Any], task_run: TaskRun, state: S
     return not isinstance(exc, PosesceneError | NotImplementedError | ValueError | TypeError)
 
 
+Runner = Callable[[str], AbstractContextManager[dict[str, Any]]]
+_path_key = stage_cache_key(("manifest", "out_dir"))
+
+
+def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The local runner's results are cached on their inputs and files; a cluster run is never (None: no cache)."""
+    return _path_key(context, parameters) if parameters.get("runner") is None else None
+
+
 @task(
     name="poses",
-    cache_key_fn=stage_cache_key(("manifest", "out_dir")),
+    cache_key_fn=_cache_key,
     retries=1,
     retry_delay_seconds=5,
     retry_condition_fn=retry_unless_deterministic,
 )
-def poses_task(params: PosesParams, manifest: str, out_dir: str) -> dict[str, Any]:
-    """Pose lattices of every manifest image not yet in ``out_dir`` (incremental); returns the run summary."""
-    if params.runner == "dask":
-        raise NotImplementedError(
-            "poses.runner: dask runs at the flow level (flows/poses.py -> flows/_dask.py: the batches on a Dask "
-            "cluster); this task is the local runner"
-        )
-    return poses.run_poses_with(params, manifest, out_dir).to_dict()
+def poses_task(params: PosesParams, manifest: str, out_dir: str, runner: Runner | None = None) -> dict[str, Any]:
+    """Pose lattices of every manifest image not yet in ``out_dir`` (incremental); returns the run summary.
+
+    ``runner``: where the batches run, decided once by the flow: None for the library's own (this process, or a
+    process pool of ``poses.workers``), else ``runner(manifest)``, a context that yields the
+    :func:`posescene.poses.run_poses_with` options of another engine (``flows._dask.dask_runner``). A retry
+    enters it again (a fresh cluster).
+    """
+    if runner is None:
+        return poses.run_poses_with(params, manifest, out_dir).to_dict()
+    with runner(manifest) as options:
+        return poses.run_poses_with(params, manifest, out_dir, **options).to_dict()

@@ -6,6 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from tasks._cache import stage_cache_key
 
 
@@ -39,3 +41,38 @@ def test_same_relative_output_in_another_checkout_misses(tmp_path: Path, monkeyp
         monkeypatch.chdir(root)
         keys.append(_key(Path("out"), n=1))
     assert keys[0] != keys[1]
+
+
+def test_a_stage_task_keys_on_its_params_and_files(tmp_path: Path) -> None:
+    """The generic stage task's key (tasks/stage.py): the registry's params values and path fingerprints."""
+    from posescene.config import default_params
+    from tasks._cache import params_cache_key
+
+    out = tmp_path / "maps"
+    out.mkdir()
+    (out / "a.png").write_text("1")
+    context: Any = SimpleNamespace(task=SimpleNamespace(name="render"))
+    key = params_cache_key(("render",), ("render.out_dir",))
+
+    def of(**overrides: Any) -> str:
+        return key(context, {"params": default_params({"render.out_dir": str(out), **overrides})})
+
+    first = of()
+    assert of() == first
+    assert of(**{"train.steps": 7}) == first  # another stage's setting does not touch this one's result
+    assert of(**{"render.radius": 3}) != first
+    (out / "b.png").write_text("2")
+    assert of() != first
+    assert of(**{"render.out_dir": str(tmp_path / "nowhere")}) != of(**{"render.out_dir": str(tmp_path / "nowhere")})
+
+
+def test_a_stage_task_runs_the_registry_entry_point() -> None:
+    from posescene.pairs import pairs
+    from posescene.render import render
+    from tasks.stage import stage_task
+
+    assert stage_task("render", render).name == "render"
+    with pytest.raises(ValueError, match="posescene.render:render"):
+        stage_task("render", pairs)
+    with pytest.raises(ValueError, match="task of its own"):
+        stage_task("poses", render)

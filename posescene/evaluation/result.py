@@ -34,6 +34,10 @@ class EvaluationResult:
     checked_scenes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)  # what metrics.json holds (set when written)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The stage's summary: what ``metrics.json`` holds."""
+        return self.metrics
+
     @property
     def arm_keys(self) -> list[str]:
         return [arm_key(a, s) for a, s in self.arms]

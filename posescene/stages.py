@@ -1,0 +1,111 @@
+"""The stage registry: every posescene stage, in pipeline order, with what it writes and how it runs.
+
+One table read by the pipeline flow (which stages run, in which order), the data flow (the data half), the
+deployments (one ``<stage>/on-demand`` each), the generic stage task (``tasks/stage.py``: each stage's library entry
+point with its retry and cache policy) and the docs; ``dvc.yaml`` has one stage per entry with the same outputs
+(``tests/test_layering.py`` checks both agree). Each stage's flow is ``flows.<name>.<name>_flow``; ``python -m
+flows.<name>`` runs it alone.
+
+Plain data, no Prefect import, so reading the table (the CLI, the docs test) costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """How the orchestration runs a stage's library entry point ``entry`` (``"module:function"``, called as
+    ``function(params, *, progress, **options) -> summary``): its retries and its result cache.
+
+    ``cache``: the ``params.yaml`` keys (dotted) whose values decide the result; ``cache_paths``: the keys naming
+    files and directories it reads and writes, fingerprinted (a hit means "same inputs, output intact"); no
+    ``cache`` (None): never cached (a run that moves registry aliases or resumes from checkpoints by itself).
+    """
+
+    entry: str
+    cache: tuple[str, ...] | None = None
+    cache_paths: tuple[str, ...] = ()
+    retries: int = 0  # deterministic local work: a failure is a bug or a bad input, a retry would fail the same way
+    progress: bool = True  # a tqdm bar; False: the entry point's plain progress lines (the evaluation's)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: its name (= flow module and DVC stage), outputs, and role."""
+
+    name: str
+    outputs: tuple[str, ...]  # what dvc.yaml lists under outs/metrics/plots, default params
+    summary: str
+    data: bool = False  # part of the data half (flows/data.py): runs on a CPU machine before training
+    pipeline: bool = True  # run by the pipeline flow and `dvc repro`; False: frozen, run on request only
+    task: TaskPolicy | None = None  # the generic task's policy (tasks/stage.py); None: the stage has a task of its own
+
+
+REGISTRY: tuple[Stage, ...] = (
+    Stage("synth", ("data/synth",), "render the built-in PoseScenes world (images + captions)", data=True),
+    Stage("ingest", ("data/ingested",), "validate the image source into a manifest", data=True),
+    Stage("poses", ("data/lattices",), "detect keypoint lattices per image (incremental)", data=True),
+    Stage(
+        "pairs",
+        ("data/pairs.parquet",),
+        "same-scene, different-pose training tuples",
+        data=True,
+        task=TaskPolicy(
+            "posescene.pairs:pairs",
+            cache=("seed", "pairs"),
+            cache_paths=("poses.out_dir", "ingest.out_dir", "pairs.out"),
+        ),
+    ),
+    Stage(
+        "render",
+        ("data/maps",),
+        "grayscale pose maps from the lattices",
+        data=True,
+        task=TaskPolicy("posescene.render:render", cache=("render",), cache_paths=("poses.out_dir", "render.out_dir")),
+    ),
+    Stage(
+        "bootstrap",
+        ("models/world",),
+        "retrain the shipped world (frozen; about 3 hours from scratch on an idle 2-core CPU over resumed runs, "
+        "an estimated half hour on one H200 with bootstrap.device / --device cuda; resumable)",
+        pipeline=False,
+    ),
+    Stage("world", ("build/world/pipeline",), "the shipped world as a diffusers pipeline directory"),
+    Stage(
+        "cache",
+        ("data/cache",),
+        "frozen VAE latents and text states",
+        task=TaskPolicy(
+            "posescene.cache:cache",
+            cache=("model.base", "model.resolution", "cache"),
+            cache_paths=("pairs.out", "ingest.out_dir", "model.base", "cache.out_dir"),
+        ),
+    ),
+    Stage(
+        "train",
+        ("build/train/secondary_adapter", "build/train/validation", "build/train/metrics.json", "build/train/loss.csv"),
+        "fine-tune the secondary adapter; registers @candidate",
+        task=TaskPolicy("posescene.train:train"),  # DVC decides when to retrain; a rerun resumes by itself
+    ),
+    Stage(
+        "evaluate",
+        (
+            "reports/metrics.json",
+            "reports/plots/frontier.png",
+            "reports/plots/frontier",
+            "reports/drift.csv",
+            "reports/fidelity.csv",
+            "reports/grids",
+            "reports/report.md",
+        ),
+        "drift vs fidelity frontier, matched-fidelity verdict; the promotion gate (@champion)",
+        task=TaskPolicy("posescene.evaluation.evaluate:evaluate", progress=False),  # moves aliases: never cached
+    ),
+)
+
+BY_NAME: dict[str, Stage] = {stage.name: stage for stage in REGISTRY}
+# The stages the pipeline flow and `dvc repro` run, in order (bootstrap is frozen).
+PIPELINE_STAGES: tuple[str, ...] = tuple(stage.name for stage in REGISTRY if stage.pipeline)
+DATA_STAGES: tuple[str, ...] = tuple(stage.name for stage in REGISTRY if stage.data)
