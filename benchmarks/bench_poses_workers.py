@@ -48,7 +48,9 @@ def make_images(root: Path, n_images: int, size: int) -> Path:
     from posescene.config import default_params
 
     p = default_params().ingest
-    synth = generate(root / "synth", n_scenes, POSES_PER_SCENE, size, seed=0, first_scene=0, progress=False)
+    synth = generate(
+        root / "synth", n_scenes, POSES_PER_SCENE, size, seed=0, first_scene=0, coupling=0.0, progress=False
+    )
     ingest(synth, root / "ingested", source_kind=p.source_kind, max_pixels=p.max_pixels, min_side=p.min_side,
            progress=False)  # fmt: skip
     return root / "ingested"

@@ -35,19 +35,29 @@ from transformers import BertModel
 from posescene.config import BootstrapParams, Params
 from posescene.devices import resolve_device
 from posescene.errors import ConfigError, ModelLoadError, TrainingDivergedError
-from posescene.evaluation.heldout import TRAINING_DATA_FILE, load_training_ranges
+from posescene.evaluation.heldout import TRAINING_DATA_FILE, load_training_ranges, without_action
 from posescene.evaluation.judges import (
     KeypointEstimator,
     SceneClassifier,
     heatmap_targets,
+    images_to_tensor,
     predict_keypoints,
     predict_scene,
 )
 from posescene.evaluation.metrics import batch_pck as pck
+from posescene.evaluation.pull import (
+    caption_kind_probability,
+    masked_sq_error,
+    mean_with_interval,
+    outside_people,
+    ratio_with_interval,
+    typical_chance,
+    typical_of_pose,
+)
 from posescene.io import atomic_path, write_json_atomic, write_text_atomic
 from posescene.lattice import normalise
 from posescene.render import render_lattice
-from posescene.synth import SCENE_KINDS, render_scene, scene_specs
+from posescene.synth import SCENE_KINDS, render_scene, scene_specs, without_scene
 from posescene.world import (
     Architecture,
     assemble_world_pipeline,
@@ -75,27 +85,41 @@ class WorldData:
     captions: list[str]
     kinds: np.ndarray  # (N,) int64 index into SCENE_KINDS
     maps: np.ndarray  # (N, S, S) uint8 lattice maps (docs/method.md step 2)
+    actions: list[str]  # the action of each image's person (synth.POSES)
 
     def __len__(self) -> int:
         return len(self.captions)
 
 
+# held-out scenes are always independent with every caption naming its scene: they hold typical and atypical
+# pose-scene pairs alike, whatever the world trained on (the pull is measured on the atypical ones)
+HELD_OUT_POLICY: dict[str, float] = {"coupling": 0.0, "sceneless_captions": 0.0}
+
+
 def make_data(
-    first_scene: int, n_scenes: int, poses: int, size: int, seed: int, beta: float, radius: int, desc: str
-) -> WorldData:
-    """Render scenes ``first_scene .. first_scene + n_scenes - 1`` (scene i depends only on (seed, i))."""
+    first_scene: int, n_scenes: int, poses: int, size: int, seed: int, beta: float, radius: int, desc: str,
+    coupling: float, sceneless_captions: float,
+) -> WorldData:  # fmt: skip
+    """Render scenes ``first_scene .. first_scene + n_scenes - 1`` (scene i depends only on (seed, i)).
+
+    ``coupling``: the probability a scene shows only its kind's typical actions (``synth.TYPICAL_ACTIONS``);
+    ``sceneless_captions``: the share of captions without the scene phrase *and* the action phrase (in a coupled
+    world the action's words name the scene too, so the text would carry it instead of the pose), drawn per
+    image from its own stream ``(seed, i, 3)`` so the images are those of the same scenes with every caption kept."""
     specs = scene_specs(first_scene + n_scenes, seed)[first_scene:]
-    images, kps, caps, kinds, maps = [], [], [], [], []
+    images, kps, caps, kinds, maps, actions = [], [], [], [], [], []
     for spec in tqdm(specs, desc=desc, unit="scene"):
-        for image, person, caption in render_scene(spec, poses, size):
+        drop = np.random.default_rng([seed, int(spec.scene_id[1:]), 3]).random(poses) < sceneless_captions
+        for k, (image, person, caption) in enumerate(render_scene(spec, poses, size, coupling)):
             images.append(np.asarray(image, dtype=np.uint8))
             kp = person.keypoints.astype(np.float32)
             kps.append(kp)
-            caps.append(caption)
+            caps.append(without_action(without_scene(caption, spec.kind), person.action) if drop[k] else caption)
             kinds.append(SCENE_KINDS.index(spec.kind))
+            actions.append(person.action)
             xn, yn = normalise(kp[:, 0], kp[:, 1], size, size, beta)
             maps.append(render_lattice(xn, yn, size, radius=radius, limbs=False))
-    return WorldData(np.stack(images), np.stack(kps), caps, np.asarray(kinds), np.stack(maps))
+    return WorldData(np.stack(images), np.stack(kps), caps, np.asarray(kinds), np.stack(maps), actions)
 
 
 def to_unit(images: np.ndarray) -> torch.Tensor:
@@ -159,7 +183,10 @@ def _autocast(bp: BootstrapParams, stage: str, device: torch.device) -> Any:
 
 
 # the params each stage's training depends on: a checkpoint made with other values is not resumed
-_COMMON_KEYS = ("architecture", "n_scenes", "poses_per_scene", "extra_first_scene", "extra_scenes")
+_COMMON_KEYS = (
+    "architecture", "n_scenes", "poses_per_scene", "extra_first_scene", "extra_scenes", "coupling",
+    "sceneless_captions",
+)  # fmt: skip
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "vae": ("vae_steps", "vae_lr", "vae_kl_weight", "vae_edge_weight", "batch_size"),
     "decoder": ("init_from", "decoder_steps", "decoder_lr", "decoder_batch_size", "vae_edge_weight"),
@@ -830,9 +857,90 @@ def measure(
                         )
                 if g_i == 0:
                     _save_grid(out_dir / f"samples_{name}.png", images[:16], held.maps[pick][:16] if ad else None)
+        metrics.update(measure_pull(pipeline_dir, held, classifier, adapter, bp, seed, device))
     metrics["eval_guidance"] = bp.eval_guidance[0]
     metrics["eval_steps"] = bp.eval_steps
     return metrics
+
+
+@torch.no_grad()
+def scene_probabilities(classifier: SceneClassifier, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """(N, kinds) softmax of the scene judge, columns in ``SCENE_KINDS`` order."""
+    order = [list(classifier.config.class_names).index(k) for k in SCENE_KINDS]
+    x = images_to_tensor(images, classifier.config.resolution)
+    logits = [classifier(x[i : i + batch_size].to(classifier.device, classifier.dtype)).float()
+              for i in range(0, len(x), batch_size)]  # fmt: skip
+    return torch.cat(logits).softmax(-1)[:, order].cpu().numpy()
+
+
+# a second noise for the drift reference: far from every batch's seed + i
+NEW_NOISE_OFFSET = 7_919
+
+
+def measure_pull(
+    pipeline_dir: Path, held: WorldData, classifier: SceneClassifier, adapter: T2IAdapter, bp: BootstrapParams,
+    seed: int, device: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """The pose's pull on the scene (:mod:`posescene.evaluation.pull`) on held-out *atypical* images: their
+    caption names a scene their pose is not typical of. Base model and primary adapter, same captions and noise.
+
+    ``pull_*_scene_acc_atypical``: text-scene agreement; ``pull_prob_drop``: base minus primary, the judge's
+    mean probability of the caption's kind; ``pull_*_typical_sceneless``: captions without the scene phrase,
+    share of images judged as a kind typical of the pose (``pull_chance_typical``: a pose-blind model);
+    ``pull_drift_ratio``: RMSE outside both people between the primary's images of two poses (same caption
+    and noise) over the base model's RMSE between two noises there.
+    """
+    typical = typical_of_pose(held.kinds, held.actions)
+    atypical = np.flatnonzero(~typical)
+    n = min(bp.eval_samples, len(atypical))
+    if n == 0:  # a tiny held-out set can hold no atypical pair: nothing to measure, said so
+        return {"pull_images": 0}
+    pick = np.sort(np.random.default_rng([seed, 23]).choice(atypical, size=n, replace=False))
+    scenes = pick // bp.poses_per_scene
+    other = other_pose(len(held), bp.poses_per_scene)[pick]
+    # captions as the evaluation's prompts: no action phrase (in a coupled world its words name the scene too)
+    caps = [without_action(held.captions[i], held.actions[i]) for i in pick]
+    sceneless = [without_scene(c, SCENE_KINDS[held.kinds[i]]) for c, i in zip(caps, pick, strict=True)]
+    actions = [held.actions[i] for i in pick]
+    kinds = held.kinds[pick]
+    guidance = bp.eval_guidance[0]
+
+    def draw(ad: T2IAdapter | None, captions: Sequence[str], maps: np.ndarray | None, noise: int) -> np.ndarray:
+        return generate_images(pipeline_dir, ad, captions, maps, bp.eval_steps, guidance, noise, bp.eval_batch_size,
+                               device)  # fmt: skip
+
+    m: dict[str, Any] = {"pull_images": n}
+    images = {
+        "base": draw(None, caps, None, seed),
+        "primary": draw(adapter, caps, held.maps[pick], seed),
+    }
+    for name, ims in images.items():
+        probs = scene_probabilities(classifier, ims)
+        agree = probs.argmax(-1) == kinds
+        m[f"pull_{name}_scene_acc_atypical"], m[f"pull_{name}_scene_acc_atypical_ci95"] = mean_with_interval(
+            agree, scenes, seed
+        )
+        m[f"pull_{name}_caption_prob"] = float(caption_kind_probability(probs, kinds).mean())
+    drop = caption_kind_probability(scene_probabilities(classifier, images["base"]), kinds) - caption_kind_probability(
+        scene_probabilities(classifier, images["primary"]), kinds
+    )
+    m["pull_prob_drop"], m["pull_prob_drop_ci95"] = mean_with_interval(drop, scenes, seed)
+    m["pull_chance_scene_acc"] = 1 / len(SCENE_KINDS)
+    for name, ad in (("base", None), ("primary", adapter)):
+        ims = draw(ad, sceneless, held.maps[pick] if ad is not None else None, seed)
+        typical = typical_of_pose(scene_probabilities(classifier, ims).argmax(-1), actions)
+        m[f"pull_{name}_typical_sceneless"], m[f"pull_{name}_typical_sceneless_ci95"] = mean_with_interval(
+            typical, scenes, seed
+        )
+    m["pull_chance_typical"] = typical_chance(actions)
+    side = held.images.shape[1]
+    mask = outside_people(held.keypoints[pick], held.keypoints[other], side)
+    moved = draw(adapter, caps, held.maps[other], seed)
+    pose_sq, _ = masked_sq_error(images["primary"], moved, mask)
+    noise_sq, _ = masked_sq_error(images["base"], draw(None, caps, None, seed + NEW_NOISE_OFFSET), mask)
+    ratio, ci = ratio_with_interval(pose_sq, noise_sq, scenes, seed)
+    m["pull_drift_ratio"], m["pull_drift_ratio_ci95"] = float(np.sqrt(ratio)), [float(np.sqrt(v)) for v in ci]
+    return m
 
 
 def measure_world(
@@ -857,7 +965,7 @@ def measure_world(
         ("primary_adapter", T2IAdapter))}  # fmt: skip
     res = int(parts["vae"].config.sample_size)
     held = make_data(first_scene, n_scenes, bp.poses_per_scene, res, seed, params.poses.beta, params.render.radius,
-                     desc="fresh held-out")  # fmt: skip
+                     desc="fresh held-out", **HELD_OUT_POLICY)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="world-measure-") as tmp:
         scratch = Path(tmp) / "world"
         copy_tree(world, scratch)
@@ -887,6 +995,7 @@ def _concat(*parts: WorldData | None) -> WorldData:
         [c for p in ps for c in p.captions],
         np.concatenate([p.kinds for p in ps]),
         np.concatenate([p.maps for p in ps]),
+        [a for p in ps for a in p.actions],
     )
 
 
@@ -1001,9 +1110,15 @@ def bootstrap(
 
     start = time.perf_counter()
     kw = dict(poses=bp.poses_per_scene, size=res, seed=seed, beta=params.poses.beta, radius=params.render.radius)
-    train = make_data(0, bp.n_scenes, desc="synth train", **kw)
-    held = make_data(bp.n_scenes, bp.n_heldout, desc="synth held-out", **kw)
-    extra = make_data(bp.extra_first_scene, bp.extra_scenes, desc="synth extra", **kw) if bp.extra_scenes else None
+    # the training scenes follow the world's coupling and caption policy; the held-out scenes are always
+    # independent with full captions, so they hold both typical and atypical pose-scene combinations
+    policy = dict(coupling=bp.coupling, sceneless_captions=bp.sceneless_captions)
+    train = make_data(0, bp.n_scenes, desc="synth train", **kw, **policy)
+    held = make_data(bp.n_scenes, bp.n_heldout, desc="synth held-out", **kw, **HELD_OUT_POLICY)
+    extra = (
+        make_data(bp.extra_first_scene, bp.extra_scenes, desc="synth extra", **kw, **policy)
+        if bp.extra_scenes else None
+    )  # fmt: skip
     fine = _concat(train, extra)  # the data of the fine-tuning stages (decoder, judges, joint)
     timed("data", start)
 
@@ -1045,9 +1160,13 @@ def bootstrap(
     # ---- judges
     start = time.perf_counter()
     classifier = estimator = None
-    if "judges" in reuse:
-        classifier = _load(SceneClassifier, out / "scene_classifier", device)
-        estimator = _load(KeypointEstimator, out / "keypoint_estimator", device)
+    if "judges" in reuse or (init is not None and bp.judge_steps == 0):
+        # a world continued with judge_steps 0 keeps the judges it started from (they judge images, and a
+        # coupled world draws the same scenes and people, only in other combinations)
+        judges_dir = out if "judges" in reuse else init
+        assert judges_dir is not None
+        classifier = _load(SceneClassifier, judges_dir / "scene_classifier", device)
+        estimator = _load(KeypointEstimator, judges_dir / "keypoint_estimator", device)
     elif wanted("judges", bp.judge_steps):
         if not decoder_done:
             raise ConfigError("the judges train on decoder reconstructions: finish the decoder stage first")
@@ -1125,7 +1244,12 @@ def bootstrap(
     seen = [r for rs in parts.values() for r in rs]
     if _overlaps(seen, held_r):  # pragma: no cover - guarded by the checks above
         raise ConfigError(f"training scenes {_merge(seen)} overlap the held-out scenes {held_r}")
-    record_json = {"generator": "posescene.synth", "seed": seed, "parts": parts, "measured_on": held_r}
+    record_json = {
+        "generator": "posescene.synth", "seed": seed, "parts": parts, "measured_on": held_r,
+        # the data policy of the stages this run trained (issue 23); a continued world inherits nothing else
+        "coupling": bp.coupling, "sceneless_captions": bp.sceneless_captions, "caption_dropout": bp.caption_dropout,
+        "continued_from": bp.init_from or None,
+    }  # fmt: skip
     write_json_atomic(out / TRAINING_DATA_FILE, record_json)
 
     start = time.perf_counter()
@@ -1185,6 +1309,14 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
     ("vae_psnr_db", ">=", 24.0, "VAE reconstruction PSNR (dB)"),
     ("shipped_bytes", "<=", 40e6, "shipped weights in git (bytes)"),
 )
+# issue 23: a world whose primary adapter pulls the scene (measured on every world; met only by a coupled one)
+PULL_TARGETS: tuple[tuple[str, str, float, str], ...] = (
+    ("pull_base_scene_acc_atypical", ">=", 0.95, "base model, text-scene agreement on atypical pose-scene pairs"),
+    ("pull_primary_scene_acc_atypical", "<=", 0.75, "primary adapter pulls atypical scenes off the caption"),
+    ("pull_prob_drop", ">=", 0.2, "judge's probability of the caption's kind, base minus primary (atypical)"),
+    ("pull_primary_typical_sceneless", ">=", 0.8, "caption without the scene: the pose decides the kind"),
+    ("pull_drift_ratio", ">=", 0.6, "pose-induced drift / new-noise drift, outside the people"),
+)
 
 
 def _num(v: Any) -> bool:
@@ -1194,7 +1326,7 @@ def _num(v: Any) -> bool:
 def targets(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each target with its measured value and whether it is met."""
     out = {}
-    for key, op, target, what in TARGETS:
+    for key, op, target, what in TARGETS + PULL_TARGETS:
         v = m.get(key)
         met = isinstance(v, int | float) and (v >= target if op == ">=" else v <= target)
         out[key] = {"target": f"{op} {target:g}", "value": v, "met": bool(met), "what": what}
@@ -1239,6 +1371,16 @@ def readme(bp: BootstrapParams, m: dict[str, Any], seed: int, data: dict[str, An
          ["judge_median_err_real_px", "judge_median_err_vae_px"]),
         ("keypoint judge PCK@0.1img, real / VAE-reconstructed", ["judge_pck_real@0.1img", "judge_pck_vae@0.1img"]),
         ("scene agreement, base / primary adapter", ["base_scene_acc", "primary_scene_acc"]),
+        ("pull: text-scene agreement on atypical pairs, base / primary / chance",
+         ["pull_base_scene_acc_atypical", "pull_primary_scene_acc_atypical", "pull_chance_scene_acc"]),
+        ("95% interval over held-out scenes, base / primary",
+         ["pull_base_scene_acc_atypical_ci95", "pull_primary_scene_acc_atypical_ci95"]),
+        ("pull: judge's probability of the caption's kind, base / primary / drop (interval)",
+         ["pull_base_caption_prob", "pull_primary_caption_prob", "pull_prob_drop", "pull_prob_drop_ci95"]),
+        ("pull: caption without the scene, judged kind typical of the pose, base / primary / chance",
+         ["pull_base_typical_sceneless", "pull_primary_typical_sceneless", "pull_chance_typical"]),
+        ("pull: pose-induced drift / new-noise drift outside the people (interval)",
+         ["pull_drift_ratio", "pull_drift_ratio_ci95"]),
     ]  # fmt: skip
     for ref, name in (("0.1bbox", "0.1box"), ("0.1img", "0.1img")):
         rows.append(
@@ -1306,6 +1448,10 @@ Batch {bp.batch_size} (decoder {bp.decoder_batch_size}), bf16 autocast in {bf16}
 {bp.decoder_lr:g}; judges lr {bp.judge_lr:g} (heatmap CE, sigma {bp.judge_heatmap_sigma:g} cells, real + VAE
 reconstructions, augmentation); joint lr U-Net {bp.joint_unet_lr:g} / adapter {bp.joint_adapter_lr:g}, EMA
 {bp.joint_ema_decay}, adapter dropout {bp.adapter_dropout:.0%}, caption dropout {bp.caption_dropout:.0%}.
+Training data of this run's stages: coupling {bp.coupling:g} (the share of scenes showing only their kind's
+typical actions, `posescene.synth.TYPICAL_ACTIONS`), scene phrase left out of {bp.sceneless_captions:.0%} of the
+captions. The pull rows are measured on the held-out images whose action is *not* typical of their scene
+(`posescene.evaluation.pull`; {m.get("pull_images")} images, base and primary with the same captions and noise).
 Wall time of this (assembling) run (s): data {m.get("time_data_s")}, VAE {m.get("time_vae_s")}, judges
 {m.get("time_judges_s")}, U-Net {m.get("time_unet_s")}, adapter {m.get("time_adapter_s")}, joint
 {m.get("time_joint_s")}, metrics {m.get("time_metrics_s")}; total {m.get("time_total_s")} s (resumed:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from posescene.errors import ConfigError
 
@@ -34,6 +34,8 @@ class SynthParams(_Section):
     first_scene: int = Field(ge=0)  # scene indices first_scene.. (the world trained on lower ones)
     poses_per_scene: int = Field(ge=1)
     size: int = Field(ge=32, le=2048)
+    # probability that a scene shows only actions typical of its kind (synth.TYPICAL_ACTIONS); 0 = independent
+    coupling: float = Field(ge=0, le=1)
 
 
 class IngestParams(_Section):
@@ -84,7 +86,7 @@ class RenderParams(_Section):
 
 class ModelParams(_Section):
     base: str
-    primary_adapter: str
+    primary_adapter: str  # params.yaml may say null: the built-in world's own (see Params._world_primary)
     resolution: int = Field(ge=32, le=2048)
     adapter_in_channels: Literal[1, 3]
     adapter_invert: bool
@@ -112,7 +114,7 @@ class BootstrapParams(_Section):
     vae_steps: int = Field(ge=1)
     unet_steps: int = Field(ge=1)
     adapter_steps: int = Field(ge=1)
-    judge_steps: int = Field(ge=1)
+    judge_steps: int = Field(ge=0)  # 0 with init_from: keep that world's judges
     batch_size: int = Field(ge=1)
     vae_lr: float = Field(gt=0)
     unet_lr: float = Field(gt=0)
@@ -145,6 +147,10 @@ class BootstrapParams(_Section):
     joint_adapter_lr: float = Field(gt=0)
     joint_ema_decay: float = Field(ge=0, lt=1)
     adapter_dropout: float = Field(ge=0, le=1)  # rows without adapter features in the joint stage
+    # the world's training data (issue 23): probability that a scene shows only its kind's typical actions,
+    # and the share of captions that leave the scene phrase out (as real captions often do)
+    coupling: float = Field(ge=0, le=1)
+    sceneless_captions: float = Field(ge=0, le=1)
     checkpoint_dir: str  # "" disables checkpoints
     checkpoint_minutes: float = Field(ge=0)  # a killed run loses at most this much training
 
@@ -327,6 +333,17 @@ class Params(_Section):
     evaluate: EvaluateParams
     ops: OpsParams
     mlflow: MlflowParams
+
+    @model_validator(mode="before")
+    @classmethod
+    def _world_primary(cls, raw: Any) -> Any:
+        """``model.primary_adapter: null`` is the built-in world's own primary (``world.shipped_dir``), so one
+        param switches the world: its U-Net (through the assembled pipeline) and its primary together."""
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and raw["model"].get("primary_adapter") is None:
+            world = raw.get("world") if isinstance(raw.get("world"), dict) else {}
+            if "primary_adapter" in raw["model"] and world.get("shipped_dir"):
+                raw = {**raw, "model": {**raw["model"], "primary_adapter": f"{world['shipped_dir']}/primary_adapter"}}
+        return raw
 
 
 def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -63,6 +63,20 @@ ACTION_PHRASES: dict[str, str] = {
     "waving": "waving", "sitting": "sitting", "jumping": "jumping", "crouching": "crouching",
     "pointing": "pointing", "dancing": "dancing",
 }  # fmt: skip
+# The actions each scene kind typically shows (issue 23: in real photos poses go with scenes - crouching and
+# jumping in snow, sitting indoors, running in streets and parks). Two per kind, so same-scene pairs exist
+# in a fully coupled world; every action is typical of one or two kinds. With ``coupling`` c a scene draws
+# its actions from its kind's row with probability c, else uniformly from every action as before.
+TYPICAL_ACTIONS: dict[str, tuple[str, ...]] = {
+    "beach": ("arms_up", "dancing"),
+    "forest": ("walking", "pointing"),
+    "city_street": ("walking", "running"),
+    "snowy_mountains": ("crouching", "jumping"),
+    "desert": ("standing", "pointing"),
+    "park": ("running", "waving"),
+    "indoor_room": ("sitting", "dancing"),
+    "lake": ("sitting", "waving"),
+}
 CLOTHES: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 30), "blue": (30, 60, 200), "yellow": (235, 200, 30), "green": (30, 150, 50),
     "purple": (130, 40, 160), "orange": (240, 120, 20), "white": (235, 235, 235), "black": (25, 25, 25),
@@ -378,19 +392,61 @@ def scene_specs(n_scenes: int, seed: int, first_scene: int = 0) -> list[SceneSpe
     return specs
 
 
-def caption_for(kind: str, time: str, action: str, shirt: str | None) -> str:
+def is_typical(kind: str, action: str) -> bool:
+    """Whether ``action`` is one of the actions scenes of ``kind`` typically show (``TYPICAL_ACTIONS``)."""
+    return action in TYPICAL_ACTIONS[kind]
+
+
+def kinds_typical_of(action: str) -> tuple[str, ...]:
+    """The scene kinds of which ``action`` is typical (one or two)."""
+    return tuple(k for k in SCENE_KINDS if is_typical(k, action))
+
+
+def caption_for(kind: str, time: str, action: str, shirt: str | None, *, name_scene: bool = True) -> str:
+    """The scene's caption; ``name_scene=False`` leaves the scene phrase out, as many real captions do."""
     who = f"a person in a {shirt} shirt" if shirt else "a person"
-    return f"{who} {ACTION_PHRASES[action]} {SCENE_PHRASES[kind]} {TIME_PHRASES[time]}"
+    where = f" {SCENE_PHRASES[kind]}" if name_scene else ""
+    return f"{who} {ACTION_PHRASES[action]}{where} {TIME_PHRASES[time]}"
 
 
-def render_scene(spec: SceneSpec, poses_per_scene: int, size: int) -> list[tuple[Image.Image, Person, str]]:
-    """All images of one scene instance: (image, person, caption) per pose, same background."""
+def without_scene(caption: str, kind: str) -> str:
+    """``caption`` with the scene phrase of ``kind`` left out (the caption ``name_scene=False`` gives)."""
+    phrase = f" {SCENE_PHRASES[kind]} "
+    if phrase not in caption:
+        raise ValueError(f"caption {caption!r} does not name the scene {kind!r}")
+    return caption.replace(phrase, " ", 1)
+
+
+def _coupled_actions(spec: SceneSpec, poses_per_scene: int, coupling: float) -> list[str] | None:
+    """The scene's actions drawn from its kind's typical ones, with probability ``coupling``; None otherwise.
+
+    A stream of its own (``[rng_seed, 2]``), so that the rest of the scene (layout, clothes, jitter) draws
+    exactly what it draws in the independent world, and ``coupling == 0`` is that world bit for bit."""
+    if coupling <= 0:
+        return None
+    rng = np.random.default_rng([spec.rng_seed, 2])
+    if rng.random() >= coupling:
+        return None
+    typical = list(TYPICAL_ACTIONS[spec.kind])
+    actions = rng.permutation(typical)[:poses_per_scene].tolist()
+    while len(actions) < poses_per_scene:
+        actions.append(str(rng.choice(typical)))
+    return actions
+
+
+def render_scene(
+    spec: SceneSpec, poses_per_scene: int, size: int, coupling: float
+) -> list[tuple[Image.Image, Person, str]]:
+    """All images of one scene instance: (image, person, caption) per pose, same background.
+
+    ``coupling`` in [0, 1]: the probability that the scene shows only actions typical of its kind."""
     big = size * SUPERSAMPLE
     background = _background(spec, big)
     rng = np.random.default_rng([spec.rng_seed, 1])
     actions = rng.permutation(list(POSES))[:poses_per_scene].tolist()
     while len(actions) < poses_per_scene:
         actions.append(str(rng.choice(list(POSES))))
+    actions = _coupled_actions(spec, poses_per_scene, coupling) or actions
     shirt = str(rng.choice(list(CLOTHES)))
     skin = SKIN[int(rng.integers(len(SKIN)))]
     name_shirt = rng.random() < 0.5
@@ -420,13 +476,15 @@ def generate(
     seed: int,
     *,
     first_scene: int,
+    coupling: float,
     progress: bool = True,
     on_scene: Callable[[int], None] | None = None,
 ) -> Path:
     """Write the PoseScenes imagefolder to ``out_dir`` atomically (the old one is replaced whole).
 
     Every row records ``synth_seed`` and ``scene_index``, so a consumer can check that its scenes are disjoint
-    from the scenes a model was trained on (``models/world/training_data.json``).
+    from the scenes a model was trained on (``models/world/training_data.json``), and ``typical_action``:
+    whether its action is typical of its scene's kind (``TYPICAL_ACTIONS``; ``coupling`` sets how often).
     """
     out_dir = Path(out_dir)
     specs = scene_specs(n_scenes, seed, first_scene)
@@ -434,7 +492,7 @@ def generate(
         (tmp / "images").mkdir(parents=True)
         rows = []
         for spec in tqdm(specs, desc="synth scenes", unit="scene", disable=not progress):
-            for k, (image, person, caption) in enumerate(render_scene(spec, poses_per_scene, size)):
+            for k, (image, person, caption) in enumerate(render_scene(spec, poses_per_scene, size, coupling)):
                 name = f"images/{spec.scene_id}_p{k}.png"
                 image.save(tmp / name, format="PNG", optimize=False)
                 rows.append({
@@ -446,6 +504,7 @@ def generate(
                     "scene_kind": spec.kind,
                     "time_of_day": spec.time,
                     "action": person.action,
+                    "typical_action": is_typical(spec.kind, person.action),
                     "keypoints": {"x": _points_or_null(person.keypoints[:, 0]),
                                   "y": _points_or_null(person.keypoints[:, 1])},
                 })  # fmt: skip

@@ -13,6 +13,7 @@ from tasks._cache import stage_cache_key
 def synth_task(params: SynthParams, seed: int, out_dir: str) -> str:
     """Generate the PoseScenes imagefolder (deterministic, so no retries: a failure is a bug)."""
     synth.generate(
-        out_dir, params.n_scenes, params.poses_per_scene, params.size, seed, first_scene=params.first_scene
+        out_dir, params.n_scenes, params.poses_per_scene, params.size, seed,
+        first_scene=params.first_scene, coupling=params.coupling,
     )
     return str(Path(out_dir))

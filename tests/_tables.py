@@ -202,7 +202,16 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
 
     p = default_params()  # the stages' settings as params.yaml has them, but for the paths and sizes below
     pipeline, adapter = build_tiny_models(root / "models", seed=0)
-    generate(root / "synth", n_scenes=4, poses_per_scene=3, size=resolution, seed=0, first_scene=0, progress=False)
+    generate(
+        root / "synth",
+        n_scenes=4,
+        poses_per_scene=3,
+        size=resolution,
+        seed=0,
+        first_scene=0,
+        coupling=0.0,
+        progress=False,
+    )
     ingest(root / "synth", root / "ingested", **stage_options(ingest, "ingest"), progress=False)
     run_poses(root / "ingested", root / "lattices", **stage_options(run_poses, "poses", detector="groundtruth"))
     write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", strategy=p.pairs.strategy,

@@ -49,7 +49,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from posescene.world import build_tiny_models
 
     root = tmp_path_factory.mktemp("evaluate")
-    synth = generate(root / "synth", n_scenes=4, poses_per_scene=3, size=32, seed=0, first_scene=0, progress=False)
+    synth = generate(
+        root / "synth", n_scenes=4, poses_per_scene=3, size=32, seed=0, first_scene=0, coupling=0.0, progress=False
+    )
     ingest(synth, root / "ingested", **stage_options(ingest, "ingest"), progress=False)
     run_poses(root / "ingested" / "manifest.parquet", root / "lattices", **stage_options(run_poses, "poses"),
               progress=False)  # fmt: skip

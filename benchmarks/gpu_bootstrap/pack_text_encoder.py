@@ -33,7 +33,7 @@ def world_captions() -> list[str]:
     last = max(bp.n_scenes + bp.n_heldout, bp.extra_first_scene + bp.extra_scenes)
     specs = scene_specs(last, load_params(Path("params.yaml")).seed)
     keep = [*range(bp.n_scenes + bp.n_heldout), *range(bp.extra_first_scene, bp.extra_first_scene + bp.extra_scenes)]
-    return sorted({c for i in keep for _, _, c in render_scene(specs[i], bp.poses_per_scene, 64)} | {""})
+    return sorted({c for i in keep for _, _, c in render_scene(specs[i], bp.poses_per_scene, 64, bp.coupling)} | {""})
 
 
 def pack(dest: Path) -> None:

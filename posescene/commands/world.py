@@ -67,3 +67,38 @@ def world(
     except PosesceneError as exc:
         fail(exc)
     typer.echo(f"assembled the world pipeline in {path}")
+
+
+@app.command("measure-worlds")
+def measure_worlds(
+    worlds: list[Path] = typer.Argument(..., help="World folders to measure on the same scenes (e.g. models/world)."),
+    out: Path = typer.Option(Path("reports/worlds/pull.json"), help="Where to write every world's metrics."),
+    first_scene: int | None = typer.Option(
+        None, help="First held-out PoseScenes scene (default: where the first world was measured, its training record)."
+    ),
+    n_scenes: int | None = typer.Option(None, help="Number of held-out scenes (default: as the first world's)."),
+    params: Path = typer.Option(Path("params.yaml"), help="params.yaml to read (bootstrap.eval_* settings)."),
+) -> None:
+    """Measure worlds side by side on the same held-out scenes: quality and the pose's pull on the scene."""
+    from posescene.bootstrap import measure_world
+    from posescene.config import load_params
+    from posescene.errors import ConfigError
+    from posescene.evaluation.heldout import load_training_ranges
+    from posescene.io import write_json_atomic
+
+    try:
+        p = load_params(params)
+        if first_scene is None or n_scenes is None:
+            record = load_training_ranges(worlds[0]) or {}
+            start, stop = (record.get("measured_on") or [[None, None]])[0]
+            if start is None:
+                raise ConfigError(f"{worlds[0]}: no measured_on in its training record; pass --first-scene")
+            first_scene = start if first_scene is None else first_scene
+            n_scenes = stop - start if n_scenes is None else n_scenes
+        result = {str(w): measure_world(w, p, first_scene, n_scenes) for w in worlds}
+    except PosesceneError as exc:
+        fail(exc)
+    write_json_atomic(out, result)
+    keys = [k for k in next(iter(result.values())) if k.startswith("pull_") and not k.endswith("_ci95")]
+    for key in keys:
+        typer.echo(f"{key:36s} " + "  ".join(f"{str(w)}: {m.get(key)!s:.6}" for w, m in result.items()))

@@ -37,6 +37,7 @@ from posescene.evaluation import heldout as ho
 from posescene.evaluation import metrics
 from posescene.evaluation import promotion as gate
 from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_builtin_world, load_lpips, make_judges
+from posescene.evaluation.pull import atypical_cells
 from posescene.evaluation.report import run_json, write_outputs
 from posescene.evaluation.result import EvaluationResult
 from posescene.sampling.maps import condition_maps
@@ -338,6 +339,9 @@ def evaluate(
 
         persons = _persons_at(pose.predict(flat), (n_sets, n_poses, n_arms))
         scenes = np.asarray(scene_j.predict(flat), dtype=object).reshape(n_sets, n_poses, n_arms) if scene_j else None
+        atypical = atypical_cells(
+            [ps.prompt.scene_kind for ps in heldout.sets], [q.meta.get("action") for q in heldout.poses]
+        )
         clip_scores = None
         if clip is not None:
             captions = [j.prompt for j in jobs]
@@ -378,7 +382,10 @@ def evaluate(
             extra[key] = {"drift_pair_mask": d_pair, **to_base}
             if scenes is not None:
                 kinds = np.array([ps.prompt.scene_kind for ps in heldout.sets], dtype=object)
-                extra[key]["scene_agreement"] = (scenes[:, :, a] == kinds[:, None]).astype(np.float64)
+                agreement = (scenes[:, :, a] == kinds[:, None]).astype(np.float64)
+                extra[key]["scene_agreement"] = agreement
+                if atypical is not None:  # the pairs where a pose that pulls the scene would show it
+                    extra[key]["scene_agreement_atypical"] = np.where(atypical, agreement, np.nan)
             values, oks, score = metrics.measure_fidelity(persons[:, :, a], targets, ev.min_score)
             fidelity[key], ap_arms[key] = values, (oks, score)
             for s, pose_set in enumerate(heldout.sets):

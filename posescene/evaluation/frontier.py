@@ -455,6 +455,13 @@ def summarise(
             best,
             ref_drift,
         )
+    scene_summary = {name: interval(set_mean(v, w)) for name, v in (scene or {}).items()}
+    # the pose's pull (issue 23): how much text-scene agreement on atypical pairs the primary loses against the
+    # base model on the same sets, poses and noise (paired, so the interval is the difference's)
+    atypical = {k: (extra or {}).get(k, {}).get("scene_agreement_atypical") for k in ("base", arm_key("primary", 1.0))}
+    if all(v is not None for v in atypical.values()):
+        base_agree, primary_agree = (cell_mean(v, w) for v in atypical.values())
+        scene_summary["pull_atypical"] = interval(base_agree - primary_agree)
     primary = reps.get(arm_key("primary", 1.0))
     primary_norm = interval(primary["norm"]) if primary is not None else Interval(*(float("nan"),) * 4)
     return Frontier(
@@ -470,5 +477,5 @@ def summarise(
         len(set(prompts)) if prompts is not None else n_sets,
         interval(noise) if noise is not None else None,
         {fam: keys for fam, (keys, _) in curves.items()},
-        {name: interval(set_mean(v, w)) for name, v in (scene or {}).items()},
+        scene_summary,
     )
