@@ -45,6 +45,7 @@ from posescene.evaluation.judges import (
     predict_scene,
 )
 from posescene.evaluation.metrics import batch_pck as pck
+from posescene.evaluation.metrics import normalised
 from posescene.evaluation.pull import (
     caption_kind_probability,
     masked_sq_error,
@@ -775,9 +776,10 @@ def other_pose(n_images: int, poses: int) -> np.ndarray:
     return (i // poses) * poses + (i % poses + 1) % poses
 
 
-def normalised(score: float, chance: float, ceiling: float) -> float:
-    """(score - chance) / (ceiling - chance): 0 = chance, 1 = the judge on real images."""
-    return float((score - chance) / max(ceiling - chance, 1e-9))
+def normalised_fidelity(score: float, chance: float, ceiling: float) -> float:
+    """:func:`posescene.evaluation.metrics.normalised` of one pooled score (0 = chance, 1 = the judge on real
+    images), as a plain float for the metrics file."""
+    return float(normalised(np.float64(score), np.float64(chance), np.float64(ceiling)))
 
 
 def fidelity_norm_ci(
@@ -794,7 +796,7 @@ def fidelity_norm_ci(
         take = np.concatenate([rows[j] for j in rng.integers(0, len(rows), len(rows))])
         score = pck(xy[take], own[take], threshold, reference, side)
         chance = pck(xy[take], other[take], threshold, reference, side)
-        values.append(normalised(score, chance, pck(real_xy[take], own[take], threshold, reference, side)))
+        values.append(normalised_fidelity(score, chance, pck(real_xy[take], own[take], threshold, reference, side)))
     lo, hi = np.percentile(values, [2.5, 97.5])
     return [float(lo), float(hi)]
 
@@ -850,7 +852,7 @@ def measure(
                     chance = pck(xy, other, t, r, res)
                     metrics[f"{name}_pck@{k}{tag}"] = score
                     metrics[f"{name}_chance_pck@{k}{tag}"] = chance
-                    metrics[f"{name}_fidelity_norm@{k}{tag}"] = normalised(score, chance, ceiling[k])
+                    metrics[f"{name}_fidelity_norm@{k}{tag}"] = normalised_fidelity(score, chance, ceiling[k])
                     if g_i == 0:
                         metrics[f"{name}_fidelity_norm@{k}_ci95"] = fidelity_norm_ci(
                             xy, real_xy[pick], own, other, pick // bp.poses_per_scene, t, r, res, seed
@@ -1412,7 +1414,7 @@ pipeline demonstrates the method on a CPU with no network. Diffusers layout, fp1
 | `vae/` | `AutoencoderKL`, factor 4 (64 px -> 16x16x4), scaling_factor = 1/latent std = {f("latent_scaling_factor")} |
 | `unet/` | `UNet2DConditionModel` widths [64,128,128], cross-attention on frozen MiniLM-L6 states (384-d, 32 tokens) |
 | `primary_adapter/` | `T2IAdapter` (1 channel) on docs/method.md step-2 lattice maps (points 0 on 255, render.radius) |
-| `scene_classifier/` | judge: 64 px RGB -> 8 scene kinds (`posescene.judges.SceneClassifier`) |
+| `scene_classifier/` | judge: 64 px RGB -> 8 scene kinds (`posescene.evaluation.judges.SceneClassifier`) |
 | `keypoint_estimator/` | judge: 64 px RGB -> 18 keypoints (32x32 heatmaps, local soft-argmax) + presence |
 
 The text encoder is not shipped: `posescene world` assembles a standard SD pipeline directory from these

@@ -11,8 +11,9 @@
 # (bootstrap.sceneless_captions 0.5), as real captions often leave it out: the pose is then the only cue to the
 # scene, so the adapter learns to carry it and the U-Net to read it. VAE and judges are the independent world's
 # (decoder_steps 0, judge_steps 0). Training scenes: [0, 1200) and fresh [5000, 8000); held out: [1200, 1240).
-# 1,500 joint steps at batch 32 took ~40 min on 1 thread of a loaded 2-core CPU (threads 1: two OpenMP threads
-# beside other jobs collapse to ~10 s/step); on a GPU pass --device cuda.
+# 1,500 joint steps at batch 32 take ~25 min on an idle 2-core CPU (1 s/step; beside other jobs two OpenMP
+# threads collapse to ~10 s/step: then --set bootstrap.threads=1, ~1.5 s/step); on a GPU pass --device cuda.
+# What it gave (reports/worlds/): the pose carries some scene, but a caption that names the scene wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -27,7 +28,7 @@ RECIPE=(
   --set bootstrap.extra_first_scene=5000
   --set bootstrap.extra_scenes=3000
   --set bootstrap.checkpoint_dir=checkpoints/coupled
-  --set bootstrap.threads=1
+  --set bootstrap.threads=2
 )
 
 if [[ "${1:-}" != "--measure" ]]; then

@@ -299,7 +299,7 @@ def test_bootstrap_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
 def test_fidelity_interval_resamples_scenes() -> None:
     """The normalised fidelity's interval: a generator that draws the asked pose sits at 1, one that ignores
     the pose at 0 (the interval covers it), and one right on half the scenes between, inside its interval."""
-    from posescene.bootstrap import fidelity_norm_ci, normalised, other_pose
+    from posescene.bootstrap import fidelity_norm_ci, normalised_fidelity, other_pose
     from posescene.evaluation.metrics import batch_pck
 
     rng = np.random.default_rng(0)
@@ -313,5 +313,5 @@ def test_fidelity_interval_resamples_scenes() -> None:
     assert lo < 0 < hi and hi - lo < 0.2
     half = np.where((scenes % 2 == 0)[:, None, None], own, rng.uniform(8, 56, own.shape))  # right on half
     lo, hi = fidelity_norm_ci(half, *rest)
-    point = normalised(batch_pck(half, own, 0.1, "bbox"), batch_pck(half, other, 0.1, "bbox"), 1.0)
+    point = normalised_fidelity(batch_pck(half, own, 0.1, "bbox"), batch_pck(half, other, 0.1, "bbox"), 1.0)
     assert lo < point < hi and 0.2 < lo and hi < 0.8
