@@ -45,7 +45,6 @@ from posescene.evaluation.judges import (
     predict_scene,
 )
 from posescene.evaluation.metrics import batch_pck as pck
-from posescene.evaluation.metrics import normalised
 from posescene.evaluation.pull import (
     caption_kind_probability,
     masked_sq_error,
@@ -777,9 +776,10 @@ def other_pose(n_images: int, poses: int) -> np.ndarray:
 
 
 def normalised_fidelity(score: float, chance: float, ceiling: float) -> float:
-    """:func:`posescene.evaluation.metrics.normalised` of one pooled score (0 = chance, 1 = the judge on real
-    images), as a plain float for the metrics file."""
-    return float(normalised(np.float64(score), np.float64(chance), np.float64(ceiling)))
+    """One pooled score as :func:`posescene.evaluation.metrics.normalised` puts it (0 = chance, 1 = the judge on
+    real images), with the gap floored at 1e-9: on a tiny held-out set the ceiling can equal chance, and the
+    world's metrics file keeps a number (0 when the score is at chance) where the evaluation's replicates say NaN."""
+    return float((score - chance) / max(ceiling - chance, 1e-9))
 
 
 def fidelity_norm_ci(
