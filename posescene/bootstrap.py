@@ -916,16 +916,16 @@ def measure_pull(
         "base": draw(None, caps, None, seed),
         "primary": draw(adapter, caps, held.maps[pick], seed),
     }
+    caption_prob = {}
     for name, ims in images.items():
         probs = scene_probabilities(classifier, ims)
         agree = probs.argmax(-1) == kinds
         m[f"pull_{name}_scene_acc_atypical"], m[f"pull_{name}_scene_acc_atypical_ci95"] = mean_with_interval(
             agree, scenes, seed
         )
-        m[f"pull_{name}_caption_prob"] = float(caption_kind_probability(probs, kinds).mean())
-    drop = caption_kind_probability(scene_probabilities(classifier, images["base"]), kinds) - caption_kind_probability(
-        scene_probabilities(classifier, images["primary"]), kinds
-    )
+        caption_prob[name] = caption_kind_probability(probs, kinds)
+        m[f"pull_{name}_caption_prob"] = float(caption_prob[name].mean())
+    drop = caption_prob["base"] - caption_prob["primary"]
     m["pull_prob_drop"], m["pull_prob_drop_ci95"] = mean_with_interval(drop, scenes, seed)
     m["pull_chance_scene_acc"] = 1 / len(SCENE_KINDS)
     for name, ad in (("base", None), ("primary", adapter)):

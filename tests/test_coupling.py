@@ -213,3 +213,12 @@ def test_the_evaluation_reports_the_pull_on_atypical_pairs_with_its_interval():
     assert cells is None  # a pose without an action (a real photo) makes no pair atypical
     cells = atypical_cells(["snowy_mountains", "indoor_room"], ["jumping", "sitting"])
     assert cells.tolist() == [[False, True], [True, False]]
+
+
+def test_a_null_primary_adapter_is_the_worlds_own_so_one_param_switches_the_world():
+    from posescene.config import default_params
+
+    own = default_params({"model.primary_adapter": None, "world.shipped_dir": "models/world_coupled"})
+    assert own.model.primary_adapter == "models/world_coupled/primary_adapter"
+    named = default_params({"model.primary_adapter": "some/adapter", "world.shipped_dir": "models/world_coupled"})
+    assert named.model.primary_adapter == "some/adapter"  # an explicit adapter is never replaced
