@@ -57,7 +57,7 @@ from posescene.evaluation.pull import (
 from posescene.io import atomic_path, write_json_atomic, write_text_atomic
 from posescene.lattice import normalise
 from posescene.render import render_lattice
-from posescene.synth import SCENE_KINDS, render_scene, scene_specs, without_scene
+from posescene.synth import SCENE_KINDS, SCENE_PHRASES, render_scene, scene_specs, without_scene
 from posescene.world import (
     Architecture,
     assemble_world_pipeline,
@@ -93,28 +93,42 @@ class WorldData:
 
 # held-out scenes are always independent with every caption naming its scene: they hold typical and atypical
 # pose-scene pairs alike, whatever the world trained on (the pull is measured on the atypical ones)
-HELD_OUT_POLICY: dict[str, float] = {"coupling": 0.0, "sceneless_captions": 0.0}
+HELD_OUT_POLICY: dict[str, float | bool] = {
+    "coupling": 0.0, "sceneless_captions": 0.0, "mismatched_captions": 0.0, "caption_actions": True,
+}
 
 
 def make_data(
     first_scene: int, n_scenes: int, poses: int, size: int, seed: int, beta: float, radius: int, desc: str,
-    coupling: float, sceneless_captions: float,
+    coupling: float, sceneless_captions: float, mismatched_captions: float, caption_actions: bool,
 ) -> WorldData:  # fmt: skip
     """Render scenes ``first_scene .. first_scene + n_scenes - 1`` (scene i depends only on (seed, i)).
 
     ``coupling``: the probability a scene shows only its kind's typical actions (``synth.TYPICAL_ACTIONS``);
     ``sceneless_captions``: the share of captions without the scene phrase *and* the action phrase (in a coupled
     world the action's words name the scene too, so the text would carry it instead of the pose), drawn per
-    image from its own stream ``(seed, i, 3)`` so the images are those of the same scenes with every caption kept."""
+    image from its own stream ``(seed, i, 3)`` so the images are those of the same scenes with every caption kept;
+    ``mismatched_captions``: the share whose scene phrase names another kind (web captions are often wrong about
+    the place), the next slice of the same draw, the other kind from stream ``(seed, i, 4)``, so that where text
+    and pose disagree the image follows the pose; ``caption_actions=False``: no caption names the action (the
+    form the evaluation's captions take), so the action's words cannot carry the scene either."""
     specs = scene_specs(first_scene + n_scenes, seed)[first_scene:]
     images, kps, caps, kinds, maps, actions = [], [], [], [], [], []
     for spec in tqdm(specs, desc=desc, unit="scene"):
-        drop = np.random.default_rng([seed, int(spec.scene_id[1:]), 3]).random(poses) < sceneless_captions
+        draw = np.random.default_rng([seed, int(spec.scene_id[1:]), 3]).random(poses)
+        drop = draw < sceneless_captions
+        wrong = ~drop & (draw < sceneless_captions + mismatched_captions)
+        shift = np.random.default_rng([seed, int(spec.scene_id[1:]), 4]).integers(1, len(SCENE_KINDS), poses)
+        other = [SCENE_KINDS[(SCENE_KINDS.index(spec.kind) + int(d)) % len(SCENE_KINDS)] for d in shift]
         for k, (image, person, caption) in enumerate(render_scene(spec, poses, size, coupling)):
             images.append(np.asarray(image, dtype=np.uint8))
             kp = person.keypoints.astype(np.float32)
             kps.append(kp)
-            caps.append(without_action(without_scene(caption, spec.kind), person.action) if drop[k] else caption)
+            if drop[k]:
+                caption = without_action(without_scene(caption, spec.kind), person.action)
+            elif wrong[k]:
+                caption = caption.replace(f" {SCENE_PHRASES[spec.kind]} ", f" {SCENE_PHRASES[other[k]]} ", 1)
+            caps.append(caption if caption_actions else without_action(caption, person.action))
             kinds.append(SCENE_KINDS.index(spec.kind))
             actions.append(person.action)
             xn, yn = normalise(kp[:, 0], kp[:, 1], size, size, beta)
@@ -1114,7 +1128,8 @@ def bootstrap(
     kw = dict(poses=bp.poses_per_scene, size=res, seed=seed, beta=params.poses.beta, radius=params.render.radius)
     # the training scenes follow the world's coupling and caption policy; the held-out scenes are always
     # independent with full captions, so they hold both typical and atypical pose-scene combinations
-    policy = dict(coupling=bp.coupling, sceneless_captions=bp.sceneless_captions)
+    policy = dict(coupling=bp.coupling, sceneless_captions=bp.sceneless_captions,
+                  mismatched_captions=bp.mismatched_captions, caption_actions=bp.caption_actions)
     train = make_data(0, bp.n_scenes, desc="synth train", **kw, **policy)
     held = make_data(bp.n_scenes, bp.n_heldout, desc="synth held-out", **kw, **HELD_OUT_POLICY)
     extra = (
@@ -1249,8 +1264,9 @@ def bootstrap(
     record_json = {
         "generator": "posescene.synth", "seed": seed, "parts": parts, "measured_on": held_r,
         # the data policy of the stages this run trained (issue 23); a continued world inherits nothing else
-        "coupling": bp.coupling, "sceneless_captions": bp.sceneless_captions, "caption_dropout": bp.caption_dropout,
-        "continued_from": bp.init_from or None,
+        "coupling": bp.coupling, "sceneless_captions": bp.sceneless_captions,
+        "mismatched_captions": bp.mismatched_captions, "caption_actions": bp.caption_actions,
+        "caption_dropout": bp.caption_dropout, "continued_from": bp.init_from or None,
     }  # fmt: skip
     write_json_atomic(out / TRAINING_DATA_FILE, record_json)
 
@@ -1452,7 +1468,9 @@ reconstructions, augmentation); joint lr U-Net {bp.joint_unet_lr:g} / adapter {b
 {bp.joint_ema_decay}, adapter dropout {bp.adapter_dropout:.0%}, caption dropout {bp.caption_dropout:.0%}.
 Training data of this run's stages: coupling {bp.coupling:g} (the share of scenes showing only their kind's
 typical actions, `posescene.synth.TYPICAL_ACTIONS`), scene phrase left out of {bp.sceneless_captions:.0%} of the
-captions. The pull rows are measured on the held-out images whose action is *not* typical of their scene
+captions and naming another kind in {bp.mismatched_captions:.0%}, action phrase {"kept" if bp.caption_actions else
+"left out of every caption"}.
+The pull rows are measured on the held-out images whose action is *not* typical of their scene
 (`posescene.evaluation.pull`; {m.get("pull_images")} images, base and primary with the same captions and noise).
 Wall time of this (assembling) run (s): data {m.get("time_data_s")}, VAE {m.get("time_vae_s")}, judges
 {m.get("time_judges_s")}, U-Net {m.get("time_unet_s")}, adapter {m.get("time_adapter_s")}, joint

@@ -151,8 +151,19 @@ class BootstrapParams(_Section):
     # and the share of captions that leave the scene phrase out (as real captions often do)
     coupling: float = Field(ge=0, le=1)
     sceneless_captions: float = Field(ge=0, le=1)
+    mismatched_captions: float = Field(ge=0, le=1)  # captions naming another kind: the text is unreliable
+    caption_actions: bool  # false: no training caption names the action (as the evaluation's captions)
     checkpoint_dir: str  # "" disables checkpoints
     checkpoint_minutes: float = Field(ge=0)  # a killed run loses at most this much training
+
+    @model_validator(mode="after")
+    def _caption_shares(self) -> BootstrapParams:
+        if self.sceneless_captions + self.mismatched_captions > 1:
+            raise ValueError(
+                f"sceneless_captions ({self.sceneless_captions}) + mismatched_captions ({self.mismatched_captions})"
+                " exceed 1: they are shares of the same captions"
+            )
+        return self
 
 
 class CacheParams(_Section):

@@ -82,13 +82,39 @@ def test_sceneless_captions_leave_out_only_the_scene_phrase():
     assert without_scene(caption, "beach") == "a person in a red shirt running at noon"
     with pytest.raises(ValueError, match="does not name the scene"):
         without_scene(caption, "forest")
-    data = make_data(0, 20, 4, 32, 0, 0.05, 1, "t", coupling=1.0, sceneless_captions=0.5)
+    data = make_data(0, 20, 4, 32, 0, 0.05, 1, "t", coupling=1.0, sceneless_captions=0.5,
+                     mismatched_captions=0.0, caption_actions=True)
     named = [any(p in c for p in SCENE_PHRASES.values()) for c in data.captions]
     assert 0.3 < 1 - np.mean(named) < 0.7
     assert all(is_typical(SCENE_KINDS[k], a) for k, a in zip(data.kinds, data.actions, strict=True))
     # the images do not depend on the caption policy
-    same = make_data(0, 20, 4, 32, 0, 0.05, 1, "t", coupling=1.0, sceneless_captions=0.0)
+    same = make_data(0, 20, 4, 32, 0, 0.05, 1, "t", coupling=1.0, sceneless_captions=0.0,
+                     mismatched_captions=0.0, caption_actions=True)
     assert np.array_equal(data.images, same.images)
+
+
+def test_mismatched_captions_name_another_kind_and_no_action_when_asked():
+    kw = dict(coupling=1.0, sceneless_captions=0.25, caption_actions=True)
+    plain = make_data(0, 30, 4, 32, 0, 0.05, 1, "t", mismatched_captions=0.0, **kw)
+    data = make_data(0, 30, 4, 32, 0, 0.05, 1, "t", mismatched_captions=0.5, **kw)
+    # the scene-less captions are the same images' (one draw decides both slices)
+    kinds = [SCENE_KINDS[k] for k in data.kinds]
+    named = [[kd for kd, p in SCENE_PHRASES.items() if f" {p} " in c] for c in data.captions]
+    sceneless = [not n for n in named]
+    assert sceneless == [not any(f" {p} " in c for p in SCENE_PHRASES.values()) for c in plain.captions]
+    wrong = [bool(n) and n[0] != k for n, k in zip(named, kinds, strict=True)]
+    assert 0.3 < np.mean(wrong) < 0.7
+    assert np.mean(wrong) + np.mean(sceneless) <= 1
+    assert all(len(n) <= 1 for n in named)
+    # the action phrase stays on the named captions unless caption_actions is off
+    from posescene.synth import ACTION_PHRASES
+
+    has_action = [ACTION_PHRASES[a] in c for c, a in zip(data.captions, data.actions, strict=True)]
+    assert has_action == [not s for s in sceneless]
+    bare = make_data(0, 30, 4, 32, 0, 0.05, 1, "t", mismatched_captions=0.5, coupling=1.0,
+                     sceneless_captions=0.25, caption_actions=False)
+    assert not any(ACTION_PHRASES[a] in c for c, a in zip(bare.captions, bare.actions, strict=True))
+    assert np.array_equal(bare.images, data.images)
 
 
 def test_a_pose_blind_judge_scores_chance_and_a_pose_reader_scores_one():
