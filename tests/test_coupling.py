@@ -248,3 +248,12 @@ def test_a_null_primary_adapter_is_the_worlds_own_so_one_param_switches_the_worl
     assert own.model.primary_adapter == "models/world_coupled/primary_adapter"
     named = default_params({"model.primary_adapter": "some/adapter", "world.shipped_dir": "models/world_coupled"})
     assert named.model.primary_adapter == "some/adapter"  # an explicit adapter is never replaced
+
+
+def test_pose_typical_cells_read_the_pull():
+    from posescene.evaluation.pull import pose_typical_cells
+
+    kind, (action, *_) = next(iter(TYPICAL_ACTIONS.items()))
+    other = next(k for k in SCENE_KINDS if k not in kinds_typical_of(action))
+    cells = pose_typical_cells(np.array([[kind, other]], dtype=object), [action, action])
+    assert cells.tolist() == [[True, False]]

@@ -37,7 +37,7 @@ from posescene.evaluation import heldout as ho
 from posescene.evaluation import metrics
 from posescene.evaluation import promotion as gate
 from posescene.evaluation.judges import ClipScorer, PoseJudge, SceneJudge, is_builtin_world, load_lpips, make_judges
-from posescene.evaluation.pull import atypical_cells
+from posescene.evaluation.pull import atypical_cells, pose_typical_cells
 from posescene.evaluation.report import run_json, write_outputs
 from posescene.evaluation.result import EvaluationResult
 from posescene.sampling.maps import condition_maps
@@ -386,6 +386,10 @@ def evaluate(
                 extra[key]["scene_agreement"] = agreement
                 if atypical is not None:  # the pairs where a pose that pulls the scene would show it
                     extra[key]["scene_agreement_atypical"] = np.where(atypical, agreement, np.nan)
+                    extra[key]["scene_agreement_typical"] = np.where(~atypical, agreement, np.nan)
+                    # the pull itself: the judge reads a kind the pose is typical of instead of the caption's
+                    pulled = pose_typical_cells(scenes[:, :, a], [q.meta["action"] for q in heldout.poses])
+                    extra[key]["scene_pulled_atypical"] = np.where(atypical, pulled, np.nan).astype(np.float64)
             values, oks, score = metrics.measure_fidelity(persons[:, :, a], targets, ev.min_score)
             fidelity[key], ap_arms[key] = values, (oks, score)
             for s, pose_set in enumerate(heldout.sets):

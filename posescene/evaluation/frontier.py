@@ -462,6 +462,10 @@ def summarise(
     if all(v is not None for v in atypical.values()):
         base_agree, primary_agree = (cell_mean(v, w) for v in atypical.values())
         scene_summary["pull_atypical"] = interval(base_agree - primary_agree)
+    pulled = {k: (extra or {}).get(k, {}).get("scene_pulled_atypical") for k in ("base", arm_key("primary", 1.0))}
+    if all(v is not None for v in pulled.values()):  # how much more often the judge reads the pose's kind
+        base_pulled, primary_pulled = (cell_mean(v, w) for v in pulled.values())
+        scene_summary["pulled_to_pose_atypical"] = interval(primary_pulled - base_pulled)
     primary = reps.get(arm_key("primary", 1.0))
     primary_norm = interval(primary["norm"]) if primary is not None else Interval(*(float("nan"),) * 4)
     return Frontier(

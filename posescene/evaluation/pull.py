@@ -38,6 +38,13 @@ def atypical_cells(kinds: Sequence[str | None], actions: Sequence[str | None]) -
     return np.array([[k not in kinds_typical_of(a) for a in actions] for k in kinds])
 
 
+def pose_typical_cells(judged: np.ndarray, actions: Sequence[str]) -> np.ndarray:
+    """(S, P) bool: the judged kind of set ``s``'s image of pose ``p`` is one the pose is typical of (the pose
+    pulled the scene its way when the caption names another); ``judged`` (S, P) kind names."""
+    typical = [kinds_typical_of(a) for a in actions]
+    return np.array([[k in typical[p] for p, k in enumerate(row)] for row in judged])
+
+
 def caption_kind_probability(probs: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     """Per image, the judge's probability of the caption's kind: ``probs`` (N, K), ``kinds`` (N,) indices."""
     return probs[np.arange(len(kinds)), kinds]

@@ -333,8 +333,8 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             "image of its noise (the scene the text asked for), overall and by distance from its own person box:",
             "",
             "| arm | drift / new noise | drift, per-pair mask | to base | in the box | 0-8 px | 8-16 px | > 16 px | "
-            "text-scene agreement | on atypical pairs |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+            "text-scene agreement | on typical pairs | on atypical pairs | pulled to the pose's kind |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
         ]
         for key, arm in f.arms.items():
             e = arm.extra
@@ -343,7 +343,8 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             lines.append(
                 f"| {key} | {_fmt(e.get('drift_vs_new_noise'), 2)} | "
                 + " | ".join("–" if c is None or not math.isfinite(c.value) else f"{c.value:.4f}" for c in cells)
-                + f" | {_fmt(e.get('scene_agreement'), 2)} | {_fmt(e.get('scene_agreement_atypical'), 2)} |"
+                + f" | {_fmt(e.get('scene_agreement'), 2)} | {_fmt(e.get('scene_agreement_typical'), 2)}"
+                + f" | {_fmt(e.get('scene_agreement_atypical'), 2)} | {_fmt(e.get('scene_pulled_atypical'), 2)} |"
             )
         lines.append("")
         if f.scene:
@@ -361,8 +362,9 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
                 "not typical of, `posescene.synth.TYPICAL_ACTIONS`), the primary at scale 1 loses "
                 f"{_fmt(f.scene['pull_atypical'], 2)} of text-scene agreement against the base model on the same "
                 "sets, poses and noise (paired; 95% CI over prompts). Above 0: the pose pulls the scene away from the "
-                "caption, the failure the secondary adapter exists to remove; each arm's column above says how much of "
-                "it is left.",
+                "caption, the failure the secondary adapter exists to remove; each arm's columns above say how much of "
+                "it is left, and how often the judge reads a kind the pose is typical of instead (the pull itself; "
+                "a pose-blind model gets the share of kinds typical of the pose, about 0.2).",
                 "",
             ]
     lines += [
