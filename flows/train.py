@@ -24,6 +24,7 @@ def train_markdown(result: dict[str, Any], registered_model: str) -> str:
         "|---|---:|",
         rows,
         "",
+        f"- {result['summary']}" if result.get("summary") else "- effective primary scale: not probed",
         f"- adapter: `{result['adapter_dir']}`",
         f"- resumed from step: {result['resumed_from_step']}",
         f"- MLflow run: {result['mlflow_run_link'] or 'not tracked'}",

@@ -190,12 +190,24 @@ class TrainParams(_Section):
     max_grad_norm: float = Field(gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"]
     gradient_checkpointing: bool
-    balance: Literal["scale", "fixed", "uncertainty"]
+    balance: Literal["scale", "fixed", "uncertainty", "constraint"]
     balance_reading: Literal["whole", "person", "distill"]  # what L_bal measures (docs/method.md)
     lambda_diff: float = Field(ge=0)  # only for balance=fixed: J = L_bal + lambda * L_diff
     uncertainty_lr: float = Field(gt=0)  # only for balance=uncertainty: lr of the log-variances
+    constraint_epsilon: float = Field(ge=0, le=1)  # only for balance=constraint: the allowed pose-loss fraction
+    dual_lr: float = Field(gt=0)  # only for balance=constraint: dual-ascent step of the multiplier mu
     running_mean_momentum: float = Field(gt=0, lt=1)
     mask_margin: float = Field(ge=0, le=1)  # person box grown by this fraction of its size
+    # readings of the objective (issue 25; docs/method.md): each off by default, i.e. today's behaviour
+    diff_target: Literal["primary", "text"]  # L_diff's target: eps_P(A_0) | the U-Net without adapter
+    diff_timestep_power: float = Field(ge=0)  # L_diff weighted by ((t+1)/T)^p, mean 1; 0: uniform
+    guided_diff: bool  # L_diff on the guided prediction (classifier-free guidance at evaluate.guidance_scale)
+    empty_caption_share: float = Field(ge=0, lt=1)  # rows trained with the empty caption
+    caption_actions: bool  # false: training captions lose their action phrases (as the evaluation's)
+    secondary_role: Literal["replace", "correct"]  # correct: P-Ad(B_0) + S-Ad(B_0), S-Ad from zero output
+    cross_pose_weight: float = Field(ge=0)  # beyond the patent: + w x L_cross in the scene term; 0: off
+    effective_scales: list[float]  # the primary's scales of the final effective-scale probe; []: off
+    turned_down_margin: float = Field(ge=0, le=1)  # "turned-down primary" when the drift gap > -margin
     checkpoint_every: int = Field(ge=1)  # atomic step_<n>/ under checkpoint_dir; the last 2 are kept
     validate_every: int = Field(ge=1)  # validation grid (held-out prompt x poses, primary vs secondary)
     validation_poses: int = Field(ge=1)
@@ -203,6 +215,22 @@ class TrainParams(_Section):
     log_every: int = Field(ge=1)  # MLflow metrics and the progress bar
     diagnose_every: int = Field(ge=1)  # gradient norms + pose sensitivity (at step 1 and every n steps)
     probe_size: int = Field(ge=1)  # rows of the fixed probe batch of the pose sensitivity
+
+    @field_validator("effective_scales")
+    @classmethod
+    def _effective_scales(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("scales must be > 0 (scale 0, the base model, is always on the curve)")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _constraint_needs_distill(self) -> TrainParams:
+        if self.balance == "constraint" and self.balance_reading != "distill":
+            raise ValueError(
+                f"balance 'constraint' holds the pose-loss fraction L_distill / C under epsilon: it needs "
+                f"balance_reading 'distill' (got {self.balance_reading!r})"
+            )
+        return self
 
 
 class PromotionParams(_Section):

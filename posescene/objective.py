@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Balance = Literal["scale", "fixed", "uncertainty"]
+Balance = Literal["scale", "fixed", "uncertainty", "constraint"]
 Reading = Literal["whole", "person", "distill"]
 READINGS: tuple[Reading, ...] = ("whole", "person", "distill")
 
@@ -82,15 +82,19 @@ def box_masks(boxes: torch.Tensor, latent_size: int, margin: float) -> torch.Ten
 # ------------------------------------------------------------------------------------------- losses
 
 
-def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, weight: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Batch mean of per-sample means of ``values`` (N, C, H, W) over ``weight`` (N, 1, H, W) in {0, 1}.
 
     Each sample is divided by its own mask area (a sample with a small scene counts as much as one with a
     large scene); samples with an empty mask are left out of the batch mean instead of dividing by zero.
+    ``sample_weight`` (N,): each sample's mean is multiplied by it (the timestep weighting of
+    :func:`timestep_weights`; None, the default reading, multiplies by nothing at all).
     """
     channels = values.shape[1]
     area = weight.sum(dim=(1, 2, 3)) * channels
     per_sample = (values * weight).sum(dim=(1, 2, 3)) / area.clamp_min(1.0)
+    if sample_weight is not None:
+        per_sample = per_sample * sample_weight.to(per_sample.dtype)
     valid = (area > 0).to(values.dtype)
     return (per_sample * valid).sum() / valid.sum().clamp_min(1.0)
 
@@ -99,6 +103,7 @@ def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class Losses:
     l_diff: torch.Tensor
     l_bal: torch.Tensor
+    l_cross: torch.Tensor | None = None  # cross_pose_loss, when train.cross_pose_weight > 0
 
 
 def two_branch_losses(
@@ -117,9 +122,18 @@ def two_branch_losses(
     return branch_losses("whole", noise, eps_s, eps_p, person_mask, person_mask, is_b_row)
 
 
-def difference_loss(eps_s: torch.Tensor, eps_p: torch.Tensor, person_mask: torch.Tensor) -> torch.Tensor:
-    """L_diff: scene mean of (eps_S - eps_P(A_0))^2 on every row; the same in every reading."""
-    return masked_mean((eps_s - eps_p.detach()).pow(2), 1.0 - person_mask)
+def difference_loss(
+    eps_s: torch.Tensor,
+    eps_p: torch.Tensor,
+    person_mask: torch.Tensor,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_diff: scene mean of (eps_S - target)^2 on every row; the same in every reading of L_bal.
+
+    The target ``eps_p`` is eps_P(A_0) in the default reading, the U-Net without adapter under
+    ``train.diff_target: text`` (:data:`DIFF_TARGETS`); ``sample_weight``: :func:`timestep_weights`.
+    """
+    return masked_mean((eps_s - eps_p.detach()).pow(2), 1.0 - person_mask, sample_weight)
 
 
 def balance_loss(
@@ -158,10 +172,16 @@ def branch_losses(
     person_b: torch.Tensor,
     is_b_row: torch.Tensor,
     eps_teacher: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
+    eps_scene: torch.Tensor | None = None,
 ) -> Losses:
-    """L_diff and L_bal of one micro-batch under ``reading``; ``whole`` equals :func:`two_branch_losses`."""
+    """L_diff and L_bal of one micro-batch under ``reading``; ``whole`` equals :func:`two_branch_losses`.
+
+    ``eps_scene``: S-Ad's prediction that L_diff compares (the guided one under ``train.guided_diff``); None
+    is ``eps_s``, the conditional prediction L_bal always reads. ``sample_weight`` weights L_diff only.
+    """
     return Losses(
-        l_diff=difference_loss(eps_s, eps_p, person_mask),
+        l_diff=difference_loss(eps_s if eps_scene is None else eps_scene, eps_p, person_mask, sample_weight),
         l_bal=balance_loss(reading, noise, eps_s, person_mask, person_b, is_b_row, eps_teacher),
     )
 
@@ -169,6 +189,72 @@ def branch_losses(
 def needs_teacher(reading: Reading) -> bool:
     """Whether the reading needs eps_P(B_0): one more no-grad U-Net + P-Ad forward per step."""
     return reading == "distill"
+
+
+# ----------------------------------------------------------------- readings of the objective (issue 25)
+# Each is off in the default configuration (params.yaml) and selected by one train.* key; docs/method.md says
+# what in the patent supports it. The tests feed each the trivial solutions (S-Ad = P-Ad, S-Ad = 0,
+# S-Ad = c P-Ad) and a localised one (the adapter's effect kept inside the person region only).
+
+DiffTarget = Literal["primary", "text"]
+DIFF_TARGETS: tuple[DiffTarget, ...] = ("primary", "text")
+SecondaryRole = Literal["replace", "correct"]
+
+
+def timestep_weights(t: torch.Tensor, num_train_timesteps: int, power: float) -> torch.Tensor:
+    """Per-sample weights ((t + 1) / T)^power / E_t[((t + 1) / T)^power] (``train.diff_timestep_power``).
+
+    Normalised to mean 1 over t ~ U{0..T-1}, so a weighted L_diff keeps the unweighted one's scale (the scale
+    balance divides by its running mean either way); power > 0 moves the weight towards high noise, where the
+    scene layout (and with it drift) is decided. power 0 gives exactly 1.
+    """
+    steps = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+    norm = steps.pow(power).mean()
+    return (((t.to(torch.float64) + 1.0) / num_train_timesteps).pow(power) / norm).to(torch.float32)
+
+
+def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance as the sampler applies it: eps_u + g (eps_c - eps_u) (``train.guided_diff``)."""
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def combined_features(
+    role: SecondaryRole, primary: list[torch.Tensor] | None, secondary: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The features the trained model adds to the U-Net (``train.secondary_role``).
+
+    ``replace`` (the default reading): S-Ad's own, F_S(B_0). ``correct`` (the "functional subdivision"
+    reading): F_P(B_0) + F_S(B_0), the ``both`` arm of the evaluation at weight 1; S-Ad starts at zero output,
+    so training starts at the primary and weight decay pulls back towards it instead of towards no pose.
+    ``primary`` = F_P(B_0) from a no-grad pass (needed by ``correct`` only; detached here too).
+    """
+    if role == "replace":
+        return list(secondary)
+    if role == "correct":
+        if primary is None:
+            raise ValueError("secondary_role 'correct' needs the primary's features on B_0")
+        return [p.detach() + s for p, s in zip(primary, secondary, strict=True)]
+    raise ValueError(f"unknown secondary role {role!r}; choose replace or correct")
+
+
+def cross_pose_loss(
+    eps_s_b: torch.Tensor,
+    eps_s_a: torch.Tensor,
+    person_mask: torch.Tensor,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_cross (beyond the patent, ``train.cross_pose_weight``): scene mean of (eps_S(B_0) - sg eps_S(A_0))^2.
+
+    Both predictions on the same x_t, t and caption; only the pose differs, so this is the quantity scene drift
+    measures, at training time. The A branch is a stop-gradient (a no-grad pass), so S-Ad is pulled to make
+    B's scene agree with A's, not both towards some third value in one step.
+    """
+    return masked_mean((eps_s_b - eps_s_a.detach()).pow(2), 1.0 - person_mask, sample_weight)
+
+
+def scene_loss(l_diff: torch.Tensor, l_cross: torch.Tensor | None, cross_weight: float) -> torch.Tensor:
+    """What the balance sees as the scene term: L_diff, plus ``cross_weight`` x L_cross when that is on."""
+    return l_diff if l_cross is None else l_diff + cross_weight * l_cross
 
 
 # ------------------------------------------------------------------------------------- diagnostics
@@ -182,6 +268,79 @@ def relative_change(with_features: float, without_features: float) -> float:
     """
     top = max(abs(with_features), abs(without_features))
     return abs(without_features - with_features) / top if top > 0 else 0.0
+
+
+def pose_loss_fraction(loss_with: float, loss_without: float) -> float:
+    """L_distill(S-Ad) / L_distill(no adapter): the share of the primary's pose behaviour (in B's person region)
+    that S-Ad has lost; 0 = all kept, 1 = as without any adapter. NaN when the primary has no pose effect."""
+    return loss_with / loss_without if loss_without > 0 else math.nan
+
+
+def matched_scale(scales: list[float], fidelity: list[float], drift: list[float], target: float) -> tuple[float, float]:
+    """(scale, drift) where the primary's fidelity curve first reaches ``target``.
+
+    As the evaluation's matched-fidelity comparison (evaluation.frontier.value_at): fidelity and drift are each
+    interpolated monotonically (PCHIP) along the knob, so the convex start of a drift curve is not cut by a chord
+    (a chord would overstate the primary's drift and flatter S-Ad), and the first crossing in knob order is used;
+    (NaN, NaN) when the curve never reaches ``target``.
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    order = np.argsort(scales)
+    s = np.asarray(scales, dtype=np.float64)[order]
+    f = np.asarray(fidelity, dtype=np.float64)[order]
+    d = np.asarray(drift, dtype=np.float64)[order]
+    dense = np.concatenate([np.linspace(s[i], s[i + 1], 65)[:-1] for i in range(len(s) - 1)] + [s[-1:]])
+    if len(s) > 2:
+        f, d = PchipInterpolator(s, f)(dense), PchipInterpolator(s, d)(dense)
+    else:
+        f, d = np.interp(dense, s, f), np.interp(dense, s, d)
+    side = f - target
+    for i in range(len(dense)):
+        if side[i] == 0:
+            return float(dense[i]), float(d[i])
+        if i + 1 < len(dense) and side[i] * side[i + 1] < 0:
+            w = side[i] / (side[i] - side[i + 1])
+            return float(dense[i] + w * (dense[i + 1] - dense[i])), float(d[i] + w * (d[i + 1] - d[i]))
+    return math.nan, math.nan
+
+
+@dataclass
+class EffectiveScale:
+    """S-Ad against the primary turned down, on the probe batch (eps space, docs/method.md diagnostics).
+
+    ``scale``: the primary's scale whose pose fidelity (1 - pose-loss fraction) matches S-Ad's; ``drift_gap``:
+    S-Ad's cross-pose scene difference minus the primary's at that scale, relative to the latter (-0.3 = 30%
+    less drift than the turned-down primary). ``turned_down``: the gap is not below -margin, i.e. S-Ad is no
+    better than the primary turned down (False when the scale is not found).
+    """
+
+    scale: float
+    drift_gap: float
+    turned_down: bool
+
+    def sentence(self) -> str:
+        if math.isnan(self.scale):
+            return "effective primary scale: S-Ad's pose fidelity is outside the primary's probed curve"
+        where = f"the primary turned down to scale {self.scale:.2f} (same pose fidelity on the probe)"
+        gap = f"drift {self.drift_gap:+.0%}" if math.isfinite(self.drift_gap) else "no drift either"
+        if self.turned_down:
+            return f"S-Ad is only a turned-down primary: {gap} against {where}"
+        return f"S-Ad is not a turned-down primary: {gap} against {where}"
+
+
+def effective_scale(
+    scales: list[float], fidelity: list[float], drift: list[float], s_fidelity: float, s_drift: float, margin: float
+) -> EffectiveScale:
+    """:func:`matched_scale` at S-Ad's fidelity and the relative drift gap there; ``margin``: turned_down_margin.
+
+    Turned down unless S-Ad's drift is below (1 - margin) x the matched primary's (S-Ad = 0 is the primary at
+    scale 0: no drift on either side, turned down; its gap is NaN, 0 / 0).
+    """
+    scale, drift_at = matched_scale(scales, fidelity, drift, s_fidelity)
+    gap = (s_drift - drift_at) / drift_at if drift_at > 0 else math.nan
+    turned_down = not math.isnan(scale) and s_drift >= (1.0 - margin) * drift_at
+    return EffectiveScale(scale=scale, drift_gap=gap, turned_down=bool(turned_down))
 
 
 def gradient_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
@@ -201,6 +360,7 @@ class Objective:
     j: torch.Tensor
     scale_diff: float
     scale_bal: float
+    mu: float | None = None  # the constraint's multiplier (balance: constraint); None for the other balances
 
     @property
     def lambda_eff(self) -> float:
@@ -312,17 +472,82 @@ class UncertaintyBalance(nn.Module):
         return Objective(j=j, scale_diff=float(logged[0]), scale_bal=float(logged[1]))
 
 
+class ConstraintBalance(nn.Module):
+    """The pose as a constraint, not a price (``balance: constraint``, with the ``distill`` reading):
+
+        J = L_diff / sg(mean L_diff) + mu * max(0, L_distill / C - epsilon),   mu >= 0 by dual ascent.
+
+    C (``bal_reference``, set by the caller) is the distill loss's pose effect, as for ``scale``, so L_distill / C
+    is the pose-loss fraction. Below ``epsilon`` the pose term and its gradient are 0: within the allowed pose
+    loss only the scene is optimised, and the overall strength cannot be bought down further with scene (the
+    optimum of a price, some c < 1 for S-Ad = c P-Ad, is excluded once (1 - c)^2 > epsilon). mu grows by
+    ``dual_lr`` x (fraction - epsilon) each update and is projected to >= 0; it starts at 0. L_diff's running
+    mean is an EMA with bias correction as in :class:`ScaleBalance`.
+    """
+
+    kind = "constraint"
+
+    def __init__(self, momentum: float, epsilon: float, dual_lr: float) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dual_lr = dual_lr
+        self.ema = 0.0
+        self.count = 0
+        self.mu = 0.0
+        self.bal_reference: float | None = None
+
+    def fraction(self, l_bal: float) -> float:
+        if self.bal_reference is None:
+            raise RuntimeError("ConstraintBalance needs bal_reference (the distill loss's pose effect C)")
+        return l_bal / max(self.bal_reference, 1e-12)
+
+    def update(self, l_diff: float, l_bal: float) -> None:
+        """The running mean of L_diff, then one dual-ascent step on mu (all ranks pass the same reduced values)."""
+        self.count += 1
+        self.ema = self.momentum * self.ema + (1.0 - self.momentum) * l_diff
+        self.mu = max(0.0, self.mu + self.dual_lr * (self.fraction(l_bal) - self.epsilon))
+
+    def forward(self, l_diff: torch.Tensor, l_bal: torch.Tensor) -> Objective:
+        if self.count == 0:
+            raise RuntimeError("ConstraintBalance.update must be called before the first forward")
+        mean_diff = self.ema / (1.0 - self.momentum**self.count)
+        w_diff = 1.0 / max(mean_diff, 1e-12)
+        violation = torch.relu(l_bal / max(self.bal_reference or 0.0, 1e-12) - self.epsilon)
+        w_bal = self.mu / max(self.bal_reference or 0.0, 1e-12)
+        return Objective(j=w_diff * l_diff + self.mu * violation, scale_diff=w_diff, scale_bal=w_bal, mu=self.mu)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"ema": self.ema, "count": self.count, "mu": self.mu, "momentum": self.momentum}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ema, self.count, self.mu = float(state["ema"]), int(state["count"]), float(state["mu"])
+
+
+AnyBalance = ScaleBalance | FixedBalance | UncertaintyBalance | ConstraintBalance
+
+
 def make_balance(
-    kind: Balance, momentum: float, lambda_diff: float
-) -> ScaleBalance | FixedBalance | UncertaintyBalance:
-    """The balance ``kind``; ``momentum`` (scale) and ``lambda_diff`` (fixed) are train.* in params.yaml."""
+    kind: Balance,
+    momentum: float,
+    lambda_diff: float,
+    *,
+    epsilon: float | None = None,
+    dual_lr: float | None = None,
+) -> AnyBalance:
+    """The balance ``kind``; ``momentum`` (scale, constraint), ``lambda_diff`` (fixed), ``epsilon`` and
+    ``dual_lr`` (constraint only: train.constraint_epsilon, train.dual_lr) are train.* in params.yaml."""
     if kind == "scale":
         return ScaleBalance(momentum)
     if kind == "fixed":
         return FixedBalance(lambda_diff)
     if kind == "uncertainty":
         return UncertaintyBalance()
-    raise ValueError(f"unknown balance {kind!r}; choose scale, fixed or uncertainty")
+    if kind == "constraint":
+        if epsilon is None or dual_lr is None:
+            raise ValueError("balance 'constraint' needs epsilon and dual_lr (train.constraint_epsilon, train.dual_lr)")
+        return ConstraintBalance(momentum, epsilon, dual_lr)
+    raise ValueError(f"unknown balance {kind!r}; choose scale, fixed, uncertainty or constraint")
 
 
 def is_finite(*values: float) -> bool:

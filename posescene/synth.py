@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,6 +408,18 @@ def caption_for(kind: str, time: str, action: str, shirt: str | None, *, name_sc
     who = f"a person in a {shirt} shirt" if shirt else "a person"
     where = f" {SCENE_PHRASES[kind]}" if name_scene else ""
     return f"{who} {ACTION_PHRASES[action]}{where} {TIME_PHRASES[time]}"
+
+
+def without_actions(caption: str) -> str:
+    """``caption`` with every action phrase of :data:`ACTION_PHRASES` left out, whitespace collapsed.
+
+    Training's ``train.caption_actions: false``: a training row does not know its image's action, so every
+    phrase is removed (the longest first: "raising both arms" before a shorter phrase inside it could match);
+    evaluation.heldout.without_action removes the one action it knows, with the same word boundaries.
+    """
+    for phrase in sorted(ACTION_PHRASES.values(), key=len, reverse=True):
+        caption = re.sub(rf"\b{re.escape(phrase)}\b", " ", caption)
+    return re.sub(r"\s+", " ", caption).strip()
 
 
 def without_scene(caption: str, kind: str) -> str:

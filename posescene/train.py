@@ -11,14 +11,22 @@ models, data, optimizer, resume, the loop, outputs; the method itself is :func:`
     [distill reading only: eps_P(B_0) = eps_theta(x_t, t, tau(y), F_P(B_0)) under no_grad, the teacher]
     L_diff, L_bal (posescene.objective, train.balance_reading) -> J (train.balance) -> backward -> clip -> AdamW
 
+That is the default reading. The other readings of issue 25 (docs/method.md) change single lines of it, each
+behind one train.* key: the target of L_diff (``diff_target: text``: eps_theta(x_t, t, tau(y)), no adapter),
+its timestep weighting (``diff_timestep_power``), the guided prediction (``guided_diff``) and empty or action-free
+captions (``empty_caption_share``, ``caption_actions``), S-Ad as a correction added to P-Ad (``secondary_role:
+correct``), a cross-pose scene term (``cross_pose_weight``) and the pose as a constraint (``balance:
+constraint``). :func:`forward_losses` is where they meet.
+
 The two U-Net calls are separate on purpose: batching them into one 2B forward would make autograd keep
 and backpropagate the P half as well (benchmarks/bench_train_step.py measures both; on the world model
 the separate calls are cheaper).
 
 Diagnostics (every step: lambda_eff; every ``train.diagnose_every`` steps and at step 1: each loss's gradient
-norm on S-Ad and L_bal's pose sensitivity on a fixed probe batch) go to MLflow and build/train/loss.csv. They
-are measured beside the step (autograd.grad on the same graph, no-grad probe forwards, no RNG drawn), so
-the training step and its result are the same with or without them.
+norm on S-Ad and, on a fixed probe batch, L_bal's pose sensitivity, L_diff, the pose-loss fraction and the
+cross-pose scene difference; at the end the effective primary scale) go to MLflow and build/train/loss.csv and
+metrics.json. They are measured beside the step (autograd.grad on the same graph, no-grad probe forwards, no RNG
+drawn), so the training step and its result are the same with or without them.
 
 Determinism: the batch rows and the noise of each micro-batch are pure functions of (seed, sample
 position, rank), so a checkpoint only needs the position, and a resumed run reproduces the loss curve
@@ -32,10 +40,11 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +65,14 @@ from posescene.config import Params, TrainParams
 from posescene.devices import reproducible_math
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
-from posescene.models import FrozenBase, check_compatible, load_adapter, load_base, prepare_adapter_input
+from posescene.models import (
+    FrozenBase,
+    check_compatible,
+    encode_prompts,
+    load_adapter,
+    load_base,
+    prepare_adapter_input,
+)
 from posescene.sampling.sampler import ArmJob, ModelBank
 from posescene.shards import WEIGHT_SUFFIXES, hash_weight_file
 
@@ -67,8 +83,15 @@ DIAGNOSTIC_COLUMNS = (
     "gnorm_bal",
     "gnorm_ratio",
     *(f"pose_sens_{r}" for r in objective.READINGS),
+    "probe_l_diff",  # L_diff on the probe batch (its relative drop goes to metrics.json)
+    "probe_pose_frac",  # L_distill(S-Ad) / L_distill(no adapter) on the probe: the pose-loss fraction
+    "probe_drift",  # scene mean of (eps(B_0) - eps(A_0))^2 on the probe: drift in eps space
 )
-LOSS_COLUMNS = ("step", "l_diff", "l_bal", "j", "scale_diff", "scale_bal", "lambda_eff", "lr", *DIAGNOSTIC_COLUMNS)
+# l_cross: cross_pose_weight > 0 only; pose_frac: the step's L_distill / C (distill reading); mu: balance=constraint
+LOSS_COLUMNS = (
+    "step", "l_diff", "l_bal", "j", "scale_diff", "scale_bal", "lambda_eff", "lr", "l_cross", "pose_frac", "mu",
+    *DIAGNOSTIC_COLUMNS,
+)  # fmt: skip
 PAIR_COLUMNS = ["pair_id", "row", "image_a", "image_b", "person_a", "person_b", "image_id", "caption", "split"]
 # train.* keys that do not change what is learned: a checkpoint made under other values can be resumed
 RESUMABLE_ACROSS = {
@@ -82,6 +105,8 @@ RESUMABLE_ACROSS = {
     "log_every",
     "diagnose_every",
     "probe_size",
+    "effective_scales",
+    "turned_down_margin",
 }
 PROBE_SEED_OFFSET = 7_919  # the probe batch's rows and noise: fixed per seed, never the training stream's
 
@@ -103,6 +128,8 @@ class TrainSet:
     person_mask: torch.Tensor  # (rows, 1, l, l): union of A's and B's person boxes
     person_b: torch.Tensor  # (rows, 1, l, l): B's person box only (the person and distill readings)
     is_b_row: torch.Tensor  # (rows,) bool: the row's image carries pose B
+    captions: list[str]  # per row: its caption (what tau(y) encodes)
+    empty_text: int = -1  # row of ``text`` holding tau("") (guided_diff, empty_caption_share); -1: none
 
     def __len__(self) -> int:
         return len(self.latent_idx)
@@ -195,7 +222,36 @@ def load_train_set(params: Params, pairs: dict[str, list], cache: Cache, boxes: 
         person_mask=objective.box_masks(both, latent_size, params.train.mask_margin),
         person_b=objective.box_masks(both[:, 1:], latent_size, params.train.mask_margin),
         is_b_row=torch.tensor([r == "B" for r in col["row"]]),
+        captions=list(col["caption"]),
     )
+
+
+@torch.no_grad()
+def with_training_text(data: TrainSet, base: FrozenBase, tp: TrainParams) -> TrainSet:
+    """The caption readings: action-free captions (``caption_actions: false``) and tau("") for the guided
+    prediction and the empty-caption rows, encoded here with the frozen text encoder (the cache holds only the
+    pairs' own captions). ``data`` itself when neither is on (the default reading)."""
+    from posescene.synth import without_actions
+
+    wants_empty = tp.guided_diff or tp.empty_caption_share > 0
+    if tp.caption_actions and not wants_empty:
+        return data
+    texts, text_idx, empty = [data.text], data.text_idx, -1
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        chunks = [encode_prompts(base, prompts[i : i + 64]) for i in range(0, len(prompts), 64)]
+        return torch.cat(chunks).to("cpu", data.text.dtype)
+
+    if not tp.caption_actions:
+        stripped = [without_actions(c) for c in data.captions]
+        distinct = sorted(set(stripped))
+        row = {c: len(data.text) + i for i, c in enumerate(distinct)}
+        texts.append(encode(distinct))
+        text_idx = torch.tensor([row[c] for c in stripped])
+    if wants_empty:
+        empty = sum(len(t) for t in texts)
+        texts.append(encode([""]))
+    return replace(data, text=torch.cat(texts), text_idx=text_idx, empty_text=empty)
 
 
 def validation_inputs(params: Params, pairs: dict[str, list]) -> tuple[str, torch.Tensor]:
@@ -227,9 +283,14 @@ def batch_rows(position: int, batch_size: int, n: int, seed: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def micro_batch_generator(seed: int, position: int, rank: int) -> torch.Generator:
-    """The noise/timestep RNG of one micro-batch, derived from (seed, position, rank) - stateless."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, position, rank]).generate_state(1)[0]))
+def micro_batch_generator(seed: int, position: int, rank: int, stream: int = 0) -> torch.Generator:
+    """The noise/timestep RNG of one micro-batch, derived from (seed, position, rank) - stateless.
+
+    ``stream`` > 0: another stream of the same micro-batch (the empty-caption draw), so a reading that draws
+    more leaves the noise and timesteps of the default stream as they were.
+    """
+    entropy = [seed, position, rank] + ([stream] if stream else [])
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -263,6 +324,76 @@ def predict_teacher(
 ) -> torch.Tensor:
     """eps_P(B_0) = eps(x_t, t, tau, F_P(B_0)): the frozen primary on S-Ad's own map, the distill teacher."""
     return unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=primary(cond_b)).sample
+
+
+def predict_eps(
+    unet: UNet2DConditionModel,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    features: list[torch.Tensor] | None,
+    empty: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conditional eps, the eps the scene terms compare) with adapter ``features`` added (None: no adapter).
+
+    ``empty`` = tau("") (``train.guided_diff``): one 2N forward, the features on both halves as the sampler
+    adds them, and the second value is the guided prediction eps_u + g (eps_c - eps_u). Without it both values
+    are the one conditional prediction.
+    """
+    if empty is None:
+        eps = unet(x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=features).sample
+        return eps, eps
+    n = len(x_t)
+    both = unet(
+        torch.cat([x_t, x_t]),
+        torch.cat([t, t]),
+        encoder_hidden_states=torch.cat([empty.expand(n, -1, -1), text]),
+        down_intrablock_additional_residuals=None if features is None else [torch.cat([f, f]) for f in features],
+    ).sample
+    uncond, cond = both.chunk(2)
+    return cond, objective.guided(uncond, cond, guidance_scale)
+
+
+def model_features(ctx: StepContext, cond: torch.Tensor, adapter: torch.nn.Module) -> list[torch.Tensor]:
+    """What the trained model adds to the U-Net for a (float32) map: S-Ad's features, or under
+    ``train.secondary_role: correct`` P-Ad's (no grad) plus S-Ad's (objective.combined_features)."""
+    role = ctx.params.train.secondary_role
+    primary = None
+    if role == "correct":
+        with torch.no_grad():
+            primary = ctx.primary(cond.to(ctx.weight_dtype))
+    return objective.combined_features(role, primary, adapter(cond))
+
+
+@torch.no_grad()
+def zero_output_(adapter: T2IAdapter) -> T2IAdapter:
+    """S-Ad at zero output for ``secondary_role: correct`` (P-Ad's copy with its output paths zeroed).
+
+    A full adapter's levels are a chain (each level's output feeds the next), so no last layer alone can be
+    zeroed: conv_in (weight and bias) makes every level's input 0, each residual block's block2 (its last conv)
+    makes the block add 0, and each level's 1x1 in_conv loses its bias, so every level outputs exactly 0. The
+    gradient is not 0 (ControlNet's zero convolutions, here on the adapter's own layers): conv_in gets it through
+    the blocks' skip connections, block2 through block1's activations on its bias. block1 and in_conv's weights
+    stay P-Ad's, so what S-Ad learns passes through the primary's own filters.
+    """
+    from diffusers.models.adapter import AdapterBlock, AdapterResnetBlock
+
+    if adapter.config.adapter_type not in ("full_adapter", "full_adapter_xl"):
+        raise ConfigError(
+            f"train.secondary_role: correct needs a full adapter (zero output by its conv_in and residual blocks); "
+            f"got adapter_type {adapter.config.adapter_type!r}. Use secondary_role: replace."
+        )
+    conv_in = adapter.adapter.conv_in
+    conv_in.weight.zero_()
+    conv_in.bias.zero_()
+    for module in adapter.modules():
+        if isinstance(module, AdapterResnetBlock):
+            module.block2.weight.zero_()
+            module.block2.bias.zero_()
+        elif isinstance(module, AdapterBlock) and module.in_conv is not None:
+            module.in_conv.bias.zero_()
+    return adapter
 
 
 def _hash_weights(h: Any, source: str) -> None:
@@ -315,7 +446,9 @@ def validation_grid(
     bank = ModelBank.from_components(
         base, adapters, resolution=params.model.resolution, device=device, dtype=base.unet.dtype
     )
-    jobs = [ArmJob(prompt, params.seed, i, name, 1.0) for name in adapters for i in range(k)]
+    # secondary_role correct: the secondary row is the model as trained, P-Ad + S-Ad (the evaluation's `both`)
+    added = {"secondary": (("primary", 1.0),)} if params.train.secondary_role == "correct" else {}
+    jobs = [ArmJob(prompt, params.seed, i, name, 1.0, added=added.get(name, ())) for name in adapters for i in range(k)]
     modes = {name: adapter.training for name, adapter in adapters.items()}
     for adapter in adapters.values():
         adapter.eval()
@@ -346,10 +479,11 @@ class StepContext:
     base: FrozenBase
     primary: T2IAdapter
     secondary: torch.nn.Module  # S-Ad as accelerate prepared it (DDP-wrapped on several processes)
-    balance: objective.ScaleBalance | objective.FixedBalance | objective.UncertaintyBalance
+    balance: objective.AnyBalance
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
     weight_dtype: torch.dtype
+    pose_effect: float | None = None  # C: L_distill with no adapter on the probe (distill reading); see ScaleBalance
 
     @property
     def s_ad(self) -> T2IAdapter:
@@ -368,39 +502,74 @@ def draw_micro_batch(
 
     Rows and noise are pure functions of (seed, position, rank): the resume-exactness contract.
     """
-    bs = params.train.batch_size
+    tp = params.train
+    bs = tp.batch_size
     rows = batch_rows(position, bs * world, len(data), params.seed)[rank * bs : (rank + 1) * bs]
     g = micro_batch_generator(params.seed, position, rank)
     batch = data.batch(rows, device)
     noise = torch.randn(batch["x0"].shape, generator=g).to(device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),), generator=g).to(device)
+    if data.empty_text >= 0:
+        batch["empty"] = data.text[data.empty_text : data.empty_text + 1].to(device)
+    if tp.empty_caption_share > 0:  # its own stream: rows, noise and t stay those of the default reading
+        drop = torch.rand(len(rows), generator=micro_batch_generator(params.seed, position, rank, stream=1))
+        batch["text"][drop.to(device) < tp.empty_caption_share] = batch["empty"]
     return {**batch, "noise": noise, "t": t, "x_t": scheduler.add_noise(batch["x0"], noise, t)}
 
 
 def forward_losses(ctx: StepContext, batch: dict[str, torch.Tensor]) -> objective.Losses:
-    """Both branches (+ the teacher for ``distill``) and L_diff, L_bal under ``train.balance_reading``."""
-    model, reading, dtype = ctx.params.model, ctx.params.train.balance_reading, ctx.weight_dtype
+    """The branches the train.* readings need, then L_diff, L_bal (and L_cross) of one micro-batch:
+
+        target     = eps(x_t, t, tau, F_P(A_0))    no grad   [diff_target text: eps(x_t, t, tau), no adapter]
+        teacher    = eps(x_t, t, tau, F_P(B_0))    no grad   [balance_reading distill only]
+        eps_S(A_0) = eps(x_t, t, tau, F(A_0))      no grad   [cross_pose_weight > 0 only]
+        eps_S      = eps(x_t, t, tau, F(B_0))      gradient into S-Ad;  F = F_S  [secondary_role correct: F_P + F_S]
+
+    Under ``guided_diff`` target, eps_S(A_0) and the eps_S that L_diff compares are guided predictions (features on
+    both halves, evaluate.guidance_scale); L_bal always reads the conditional eps_S. The default reading makes
+    exactly the calls of :func:`predict_teacher` and :func:`predict_two_branches`, in the same order.
+    """
+    tp, model, dtype = ctx.params.train, ctx.params.model, ctx.weight_dtype
+    unet, guidance = ctx.base.unet, ctx.params.evaluate.guidance_scale
     x_t, t, text = batch["x_t"].to(dtype), batch["t"], batch["text"].to(dtype)
-    cond_a = prepare_adapter_input(batch["map_a"], model.adapter_in_channels, model.adapter_invert).to(dtype)
+    empty = batch["empty"].to(dtype) if tp.guided_diff else None
+    map_a = prepare_adapter_input(batch["map_a"], model.adapter_in_channels, model.adapter_invert)
+    cond_a = map_a.to(dtype)
     cond_b = prepare_adapter_input(batch["map_b"], model.adapter_in_channels, model.adapter_invert)
-    teacher = None
+    teacher = eps_s_a = None
     with ctx.accelerator.autocast():
-        # the no-grad teacher first: run after the gradient branch it would execute while that branch's
+        # the no-grad passes first: run after the gradient branch they would execute while that branch's
         # activations are held for backward (same values, no randomness drawn; bench_train_step.py: 1.03-1.06x
         # the floor in that order, 1.00x in this one)
-        if objective.needs_teacher(reading):
-            teacher = predict_teacher(ctx.base.unet, ctx.primary, x_t, t, text, cond_b.to(dtype)).float()
-        eps_s, eps_p = predict_two_branches(ctx.base.unet, ctx.primary, ctx.secondary, x_t, t, text, cond_a, cond_b)
-    return objective.branch_losses(
-        reading,
+        if objective.needs_teacher(tp.balance_reading):
+            teacher = predict_teacher(unet, ctx.primary, x_t, t, text, cond_b.to(dtype)).float()
+        with torch.no_grad():
+            target_features = ctx.primary(cond_a) if tp.diff_target == "primary" else None
+            _, target = predict_eps(unet, x_t, t, text, target_features, empty, guidance)
+            if tp.cross_pose_weight > 0:
+                _, eps_s_a = predict_eps(unet, x_t, t, text, model_features(ctx, map_a, ctx.s_ad), empty, guidance)
+        eps_s, eps_scene = predict_eps(unet, x_t, t, text, model_features(ctx, cond_b, ctx.secondary), empty, guidance)
+    weights = None
+    if tp.diff_timestep_power > 0:
+        weights = objective.timestep_weights(
+            t, ctx.base.noise_scheduler.config.num_train_timesteps, tp.diff_timestep_power
+        )
+    losses = objective.branch_losses(
+        tp.balance_reading,
         batch["noise"],
         eps_s.float(),
-        eps_p.float(),
+        target.float(),
         batch["mask"],
         batch["mask_b"],
         batch["is_b_row"],
         teacher,
+        sample_weight=None if weights is None else weights.to(x_t.device),
+        eps_scene=eps_scene.float() if tp.guided_diff else None,
     )
+    if eps_s_a is not None:
+        scene_weights = None if weights is None else weights.to(x_t.device)
+        losses.l_cross = objective.cross_pose_loss(eps_scene.float(), eps_s_a.float(), batch["mask"], scene_weights)
+    return losses
 
 
 def gradient_diagnostics(losses: objective.Losses, obj: objective.Objective, params: list) -> dict[str, float]:
@@ -428,20 +597,23 @@ def train_step(
     tp, acc = ctx.params.train, ctx.accelerator
     rank, world = acc.process_index, acc.num_processes
     lr = ctx.optimizer.param_groups[0]["lr"]
-    sums, diagnostics = np.zeros(3), {}
+    sums, diagnostics = np.zeros(5), {}
     for micro in range(tp.gradient_accumulation_steps):
         batch = draw_micro_batch(data, ctx.params, position, rank, world, acc.device, ctx.base.noise_scheduler)
         position += tp.batch_size * world
         with acc.accumulate(ctx.secondary):
             losses = forward_losses(ctx, batch)
-            both = acc.reduce(torch.stack([losses.l_diff, losses.l_bal]).detach(), "mean")
-            l_diff, l_bal = (float(v) for v in both)
-            if not objective.is_finite(l_diff, l_bal):  # before backward: no bad update is applied
-                raise _diverged(step, f"loss (L_diff={l_diff}, L_bal={l_bal})", lr, last_checkpoint)
-            ctx.balance.update(l_diff, l_bal)  # running means see every rank's losses
-            obj = ctx.balance(losses.l_diff, losses.l_bal)
+            # the scene term J balances: L_diff itself unless the cross-pose term is on
+            scene = objective.scene_loss(losses.l_diff, losses.l_cross, tp.cross_pose_weight)
+            cross = losses.l_cross if losses.l_cross is not None else torch.zeros_like(losses.l_diff)
+            reduced = acc.reduce(torch.stack([losses.l_diff, losses.l_bal, cross, scene]).detach(), "mean")
+            l_diff, l_bal, l_cross, l_scene = (float(v) for v in reduced)
+            if not objective.is_finite(l_diff, l_bal, l_cross):  # before backward: no bad update is applied
+                raise _diverged(step, f"loss (L_diff={l_diff}, L_bal={l_bal}, L_cross={l_cross})", lr, last_checkpoint)
+            ctx.balance.update(l_scene, l_bal)  # running means (and the constraint's mu) see every rank's losses
+            obj = ctx.balance(scene, losses.l_bal)
             if diagnose and micro == 0:
-                diagnostics = gradient_diagnostics(losses, obj, ctx.trainable)
+                diagnostics = gradient_diagnostics(objective.Losses(scene, losses.l_bal), obj, ctx.trainable)
             acc.backward(obj.j)
             if acc.sync_gradients:
                 if world > 1:  # the balance's own parameters are not DDP-wrapped: average them here
@@ -452,7 +624,7 @@ def train_step(
                     raise _diverged(step, f"gradient norm {float(grad_norm)}", lr, last_checkpoint)
             ctx.optimizer.step()
             ctx.optimizer.zero_grad(set_to_none=True)
-        sums += (l_diff, l_bal, float(obj.j.detach()))
+        sums += (l_diff, l_bal, float(obj.j.detach()), l_cross, l_bal / (ctx.pose_effect or math.inf))
     ctx.lr_scheduler.step()
     means = sums / tp.gradient_accumulation_steps
     row = {
@@ -465,6 +637,12 @@ def train_step(
         "lambda_eff": obj.lambda_eff,
         "lr": lr,
     }
+    if losses.l_cross is not None:
+        row["l_cross"] = float(means[3])
+    if tp.balance_reading == "distill" and ctx.pose_effect:  # L_distill / C: the pose-loss fraction of this step
+        row["pose_frac"] = float(means[4])
+    if obj.mu is not None:
+        row["mu"] = obj.mu
     return {**row, **diagnostics}, position
 
 
@@ -487,22 +665,31 @@ def make_probe(data: TrainSet, params: Params, device: torch.device, scheduler: 
 
 
 @torch.no_grad()
-def probe_predictions(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """eps on the probe batch with S-Ad's features, with them zeroed, and the teacher eps_P(B_0) (no grad).
+def probe_predictions(ctx: StepContext, probe: dict[str, torch.Tensor], full: bool = True) -> dict[str, torch.Tensor]:
+    """eps on the probe batch (no grad, conditional, unweighted: comparable between runs of any reading).
 
-    Zeroed features add nothing to the U-Net, i.e. the call without adapter residuals.
+    ``with``: the trained model's features on B_0 (S-Ad's, or P-Ad's + S-Ad's under ``secondary_role: correct``);
+    ``without``: no adapter (zeroed features add nothing to the U-Net); ``teacher``: eps_P(B_0). ``full`` adds
+    ``with_a`` (the trained model on A_0, for the cross-pose drift) and ``target`` (L_diff's target: eps_P(A_0),
+    or ``without`` under ``diff_target: text``).
     """
     model, dtype = ctx.params.model, ctx.weight_dtype
     unet = ctx.base.unet
     x_t, t, text = probe["x_t"].to(dtype), probe["t"], probe["text"].to(dtype)
     cond_b = prepare_adapter_input(probe["map_b"], model.adapter_in_channels, model.adapter_invert)
+    out = {}
     with ctx.accelerator.autocast():
-        with_features = unet(
-            x_t, t, encoder_hidden_states=text, down_intrablock_additional_residuals=ctx.s_ad(cond_b)
-        ).sample
-        without = unet(x_t, t, encoder_hidden_states=text).sample
-        teacher = predict_teacher(unet, ctx.primary, x_t, t, text, cond_b.to(dtype))
-    return {"with": with_features.float(), "without": without.float(), "teacher": teacher.float()}
+        out["with"], _ = predict_eps(unet, x_t, t, text, model_features(ctx, cond_b, ctx.s_ad))
+        out["without"], _ = predict_eps(unet, x_t, t, text, None)
+        out["teacher"] = predict_teacher(unet, ctx.primary, x_t, t, text, cond_b.to(dtype))
+        if full:
+            cond_a = prepare_adapter_input(probe["map_a"], model.adapter_in_channels, model.adapter_invert)
+            out["with_a"], _ = predict_eps(unet, x_t, t, text, model_features(ctx, cond_a, ctx.s_ad))
+            if ctx.params.train.diff_target == "primary":
+                out["target"], _ = predict_eps(unet, x_t, t, text, ctx.primary(cond_a.to(dtype)))
+            else:
+                out["target"] = out["without"]
+    return {k: v.float() for k, v in out.items()}
 
 
 def probe_balance_loss(
@@ -513,10 +700,16 @@ def probe_balance_loss(
     )
 
 
-def pose_sensitivity(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, float]:
-    """L_bal's pose sensitivity under every reading: L_bal with S-Ad's features vs with them zeroed.
+def scene_drift(probe: dict[str, torch.Tensor], eps_b: torch.Tensor, eps_a: torch.Tensor) -> float:
+    """Scene mean of (eps(B_0) - eps(A_0))^2 on the probe: the cross-pose difference drift measures, in eps space."""
+    return float(objective.cross_pose_loss(eps_b, eps_a, probe["mask"]))
 
-    Three no-grad forwards on the probe batch (S-Ad, none, the P-Ad teacher on B_0), shared by the readings.
+
+def probe_diagnostics(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[str, float]:
+    """On the fixed probe batch: L_bal's pose sensitivity under every reading (L_bal with the trained model's
+    features vs with them zeroed), L_diff, the pose-loss fraction and the cross-pose scene difference.
+
+    Five no-grad forwards (the trained model on B_0 and A_0, none, the P-Ad teacher, L_diff's target).
     """
     eps = probe_predictions(ctx, probe)
     out = {}
@@ -524,16 +717,62 @@ def pose_sensitivity(ctx: StepContext, probe: dict[str, torch.Tensor]) -> dict[s
         with_features = probe_balance_loss(reading, probe, eps["with"], eps["teacher"])
         without = probe_balance_loss(reading, probe, eps["without"], eps["teacher"])
         out[f"pose_sens_{reading}"] = objective.relative_change(with_features, without)
+        if reading == "distill":
+            out["probe_pose_frac"] = objective.pose_loss_fraction(with_features, without)
+    out["probe_l_diff"] = float(objective.difference_loss(eps["with"], eps["target"], probe["mask"]))
+    out["probe_drift"] = scene_drift(probe, eps["with"], eps["with_a"])
     return out
 
 
+@torch.no_grad()
+def effective_primary_scale(
+    ctx: StepContext, probe: dict[str, torch.Tensor], trained: dict[str, float]
+) -> tuple[dict[str, float], str]:
+    """The primary's scale that matches the trained model's pose fidelity on the probe, and the drift gap there.
+
+    The primary is drawn at every ``train.effective_scales`` on B_0 and A_0 (scale 0 is the U-Net without adapter:
+    fidelity 0, drift 0); fidelity = 1 - pose-loss fraction, drift = :func:`scene_drift`. ``trained``: the final
+    :func:`probe_diagnostics`. Returns (metrics, the summary's sentence); ({}, "") when the scales are [].
+    """
+    tp, model, dtype = ctx.params.train, ctx.params.model, ctx.weight_dtype
+    if not tp.effective_scales:
+        return {}, ""
+    unet = ctx.base.unet
+    x_t, t, text = probe["x_t"].to(dtype), probe["t"], probe["text"].to(dtype)
+    conds = {k: prepare_adapter_input(probe[k], model.adapter_in_channels, model.adapter_invert).to(dtype)
+             for k in ("map_a", "map_b")}  # fmt: skip
+    with ctx.accelerator.autocast():
+        without = unet(x_t, t, encoder_hidden_states=text).sample.float()
+        teacher = predict_teacher(unet, ctx.primary, x_t, t, text, conds["map_b"]).float()
+        no_pose = probe_balance_loss("distill", probe, without, teacher)
+        scales, fidelity, drift = [0.0], [0.0], [0.0]
+        for scale in tp.effective_scales:
+            eps = {
+                k: predict_eps(unet, x_t, t, text, [f * scale for f in ctx.primary(c)])[0].float()
+                for k, c in conds.items()
+            }
+            lost = objective.pose_loss_fraction(probe_balance_loss("distill", probe, eps["map_b"], teacher), no_pose)
+            scales.append(scale)
+            fidelity.append(1.0 - lost)
+            drift.append(scene_drift(probe, eps["map_b"], eps["map_a"]))
+    found = objective.effective_scale(
+        scales, fidelity, drift, 1.0 - trained["probe_pose_frac"], trained["probe_drift"], tp.turned_down_margin
+    )
+    metrics = {
+        "effective_primary_scale": found.scale,
+        "drift_gap": found.drift_gap,
+        "turned_down_primary": float(found.turned_down),
+    }
+    return metrics, found.sentence()
+
+
 def distill_pose_effect(ctx: StepContext, probe: dict[str, torch.Tensor]) -> float:
-    """L_distill with S-Ad's features removed, on the probe batch: the scale of the distill loss.
+    """L_distill with S-Ad's features removed, on the probe batch: the scale of the distill loss (C).
 
     It does not depend on S-Ad (the U-Net without adapter vs the P-Ad teacher), so every rank, and a resumed
     run, computes the same number.
     """
-    eps = probe_predictions(ctx, probe)
+    eps = probe_predictions(ctx, probe, full=False)
     return probe_balance_loss("distill", probe, eps["without"], eps["teacher"])
 
 
@@ -558,10 +797,12 @@ class TrainResult:
     run_link: str | None
     model_version: str | None
     resumed_from: int
+    summary: str = ""  # the effective-scale verdict: whether S-Ad is only a turned-down primary
 
     def as_dict(self) -> dict[str, Any]:
         """The stage's summary (the flow's artifact): final metrics, the adapter, the MLflow run and version."""
         return {
+            "summary": self.summary,
             "metrics": self.metrics,
             "adapter_dir": str(self.adapter_dir),
             "mlflow_run_id": self.run_id,
@@ -613,7 +854,8 @@ def make_accelerator(tp: TrainParams) -> Accelerator:
 
 
 def load_models(params: Params, device: torch.device) -> tuple[FrozenBase, T2IAdapter, T2IAdapter, torch.dtype]:
-    """Frozen SD + P-Ad on ``device``; S-Ad = a trainable copy of P-Ad (float32: the optimizer's copy)."""
+    """Frozen SD + P-Ad on ``device``; S-Ad = a trainable copy of P-Ad (float32: the optimizer's copy), with
+    its output zeroed under ``secondary_role: correct``."""
     tp = params.train
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[tp.mixed_precision]
     # the frozen parts load in their compute dtype (what diffusers asks for: no .to(dtype) casts afterwards)
@@ -623,6 +865,8 @@ def load_models(params: Params, device: torch.device) -> tuple[FrozenBase, T2IAd
         base, primary, params.model.adapter_in_channels, params.model.resolution, where=params.model.primary_adapter
     )
     secondary = load_adapter(params.model.primary_adapter).requires_grad_(True).train()  # float32
+    if tp.secondary_role == "correct":  # S-Ad is a correction added to P-Ad: it starts at zero output
+        zero_output_(secondary)
     primary.requires_grad_(False).eval()
     if tp.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()  # recompute U-Net activations in backward: memory for time
@@ -712,7 +956,12 @@ def save_validation(ctx: StepContext, prompt: str, maps: torch.Tensor, step: int
 
 
 def publish(
-    ctx: StepContext, history: list[dict[str, float]], state: dict[str, Any], final: dict[str, float], run: Any
+    ctx: StepContext,
+    history: list[dict[str, float]],
+    state: dict[str, Any],
+    final: dict[str, float],
+    run: Any,
+    summary: str,
 ) -> tuple[dict[str, float], Path, str | None, str | None]:
     """The adapter (diffusers format), metrics.json, loss.csv; MLflow artifacts and the registry ``candidate``."""
     tp, params = ctx.params.train, ctx.params
@@ -721,7 +970,11 @@ def publish(
     with atomic_path(adapter_dir) as tmp:
         ctx.s_ad.save_pretrained(tmp, safe_serialization=True)
     batch = tp.batch_size * ctx.accelerator.num_processes * tp.gradient_accumulation_steps
-    metrics = {**final_metrics(history, tp.log_every, state, batch), **{f"final_{k}": v for k, v in final.items()}}
+    metrics = {
+        **final_metrics(history, tp.log_every, state, batch),
+        **l_diff_drop(history, final),
+        **{f"final_{k}": v for k, v in final.items()},
+    }
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_loss_csv(out_dir / "loss.csv", history)
     version = link = None
@@ -739,7 +992,8 @@ def publish(
     # which MLflow run/registry version this adapter is: the evaluation's promotion gate checks that the
     # `candidate` it would promote is the adapter it measured
     write_json_atomic(
-        out_dir / "run.json", {"mlflow_run_id": run_id, "model_version": version, "link": link, **timings}
+        out_dir / "run.json",
+        {"mlflow_run_id": run_id, "model_version": version, "link": link, "summary": summary, **timings},
     )
     return metrics, adapter_dir, version, link
 
@@ -774,17 +1028,22 @@ def _train(params: Params, resume: bool, resume_from: str | Path | None, progres
     pairs = read_pair_rows(params.pairs.out)
     cache = load_cache(params.cache.out_dir, params.model.base, params.model.resolution)
     data = load_train_set(params, pairs, cache, person_boxes(params.poses.out_dir))
+    data = with_training_text(data, base, tp)  # action-free captions, tau("") (readings off: data as it was)
     val_prompt, val_maps = validation_inputs(params, pairs)
     probe = make_probe(data, params, device, base.noise_scheduler)
 
     # -- optimizer: AdamW on S-Ad (+ the log-variances of uncertainty weighting), linear warmup
-    balance = objective.make_balance(tp.balance, tp.running_mean_momentum, tp.lambda_diff).to(device)
+    balance = objective.make_balance(
+        tp.balance, tp.running_mean_momentum, tp.lambda_diff, epsilon=tp.constraint_epsilon, dual_lr=tp.dual_lr
+    ).to(device)
     optimizer = make_optimizer(tp, secondary, balance)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=tp.warmup_steps)
     secondary, optimizer = accelerator.prepare(secondary, optimizer)
     ctx = StepContext(params, accelerator, base, primary, secondary, balance, optimizer, lr_scheduler, weight_dtype)
-    if isinstance(balance, objective.ScaleBalance) and tp.balance_reading == "distill":
-        balance.bal_reference = distill_pose_effect(ctx, probe)  # not its running mean: see ScaleBalance
+    if tp.balance_reading == "distill":
+        ctx.pose_effect = distill_pose_effect(ctx, probe)  # C: the pose-loss fraction is L_distill / C
+        if isinstance(balance, objective.ScaleBalance | objective.ConstraintBalance):
+            balance.bal_reference = ctx.pose_effect  # not its running mean: see ScaleBalance
 
     # -- resume: the last checkpoint made by the same setup (run_fingerprint), or an explicit one
     state, start_step, last_checkpoint = resume_state(ctx, params, resume, resume_from)
@@ -799,7 +1058,7 @@ def _train(params: Params, resume: bool, resume_from: str | Path | None, progres
         for step in bar:
             t_start = time.perf_counter()
             diagnose = main and is_diagnose_step(step, tp)
-            probed = pose_sensitivity(ctx, probe) if diagnose else {}  # the state this step starts from
+            probed = probe_diagnostics(ctx, probe) if diagnose else {}  # the state this step starts from
             t_step = time.perf_counter()
             row, position = train_step(ctx, data, step, position, diagnose, last_checkpoint)
             state["step_seconds"] += time.perf_counter() - t_step
@@ -826,15 +1085,21 @@ def _train(params: Params, resume: bool, resume_from: str | Path | None, progres
         if main and not final_grid.exists():  # resumed a finished run: its grids went with the old out_dir
             save_validation(ctx, val_prompt, val_maps, tp.steps, run_id)
 
-        # -- outputs: the trained state's pose sensitivity, the adapter, metrics, loss curve, MLflow registry
+        # -- outputs: the trained state's probe diagnostics and effective primary scale, the adapter, metrics,
+        #    loss curve, MLflow registry
         metrics: dict[str, float] = {}
         version = link = None
+        summary = ""
         adapter_dir = Path(tp.out_dir) / "secondary_adapter"
         if main:
-            metrics, adapter_dir, version, link = publish(ctx, history, state, pose_sensitivity(ctx, probe), run)
+            final = probe_diagnostics(ctx, probe)
+            effective, summary = effective_primary_scale(ctx, probe, final)
+            metrics, adapter_dir, version, link = publish(ctx, history, state, {**final, **effective}, run, summary)
+            if summary:
+                accelerator.print(summary)
         accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(metrics, Path(tp.out_dir), adapter_dir, run_id, link, version, start_step)
+    return TrainResult(metrics, Path(tp.out_dir), adapter_dir, run_id, link, version, start_step, summary)
 
 
 def final_metrics(history: list[dict[str, float]], window: int, state: dict[str, Any], batch: int) -> dict[str, float]:
@@ -846,15 +1111,27 @@ def final_metrics(history: list[dict[str, float]], window: int, state: dict[str,
         return float(np.mean([r[key] for r in last])) if last else float("nan")
 
     measured = [r for r in history if "gnorm_diff" in r]
+    readings = {k: mean(k) for k in ("l_cross", "pose_frac") if last and k in last[-1]}
+    if last and "mu" in last[-1]:
+        readings["mu"] = float(last[-1]["mu"])
     return {
         "l_diff": mean("l_diff"),
         "l_bal": mean("l_bal"),
         "j": mean("j"),
         "lambda_eff": mean("lambda_eff"),
+        **readings,
         **{k: float(v) for k, v in (measured[-1] if measured else {}).items() if k.startswith("gnorm_")},
         "steps": len(history),
         "batch_size": batch,
     }
+
+
+def l_diff_drop(history: list[dict[str, float]], final: dict[str, float]) -> dict[str, float]:
+    """L_diff's relative drop on the probe batch, 1 - final / at initialisation (the step-1 measurement)."""
+    first = next((r for r in history if "probe_l_diff" in r), None)
+    if first is None or "probe_l_diff" not in final or first["probe_l_diff"] <= 0:
+        return {}
+    return {"l_diff_drop": 1.0 - final["probe_l_diff"] / first["probe_l_diff"]}
 
 
 def run_timings(history: list[dict[str, float]], state: dict[str, Any]) -> dict[str, float]:

@@ -33,6 +33,24 @@
 # READINGS (env, default "$DEFAULT_READING" = params.yaml's train.balance_reading) picks the readings the fixed and
 # uncertainty arms are run for; GRID_READINGS likewise for the fixed grid alone.
 #
+# The readings of issue 25 (docs/method.md, "Readings of the objective that target the turn-down"), each the default
+# objective with one train.* change; ARMS=readings runs all of them:
+#   text-target               train.diff_target=text (L_diff against the U-Net without adapter)
+#   constraint-<eps>          train.balance=constraint at every eps in EPSILONS (env, default "0.03 0.1 0.3")
+#   high-noise                train.diff_timestep_power=$POWER (env, default 2)
+#   guided                    train.guided_diff=true + train.empty_caption_share=$EMPTY_SHARE (env, default 0.1)
+#   no-actions                train.caption_actions=false
+#   drift-made                the three above together (high-noise + guided + no-actions)
+#   correct                   train.secondary_role=correct: P-Ad + S-Ad, S-Ad from zero output. Its adapter is the
+#                             correction alone, so --frontier evaluates it in an evaluation of its own as the `both`
+#                             arm at weight 1 (train.out_dir=its folder, evaluate.alternatives.both_weights=[1.0]) into
+#                             <FRONTIER_OUT>/<arm>; read that report's `both` row, not `secondary` (as a DVC
+#                             experiment it gets evaluate.alternatives.both_weights=[1.0] for the same reason)
+#   text-correct              text-target + correct
+#   cross-pose                train.cross_pose_weight=$CROSS_WEIGHT (env, default 1) (beyond the patent)
+# Every training run's metrics.json has the diagnostics (l_diff_drop, final_probe_pose_frac, the effective primary
+# scale and final_turned_down_primary); build/ablation.<arm>.log ends with the summary sentence.
+#
 # Ranking: NOT by drift alone. The evaluation writes reports/metrics.json with a `verdict` section and
 # `delta_drift_matched` (drift difference at matched pose fidelity, against turning the primary down); the
 # table keeps those columns and sorts by SORT_BY (default: delta_drift_matched, ascending = the secondary's
@@ -56,7 +74,7 @@ while [ $# -gt 0 ]; do
     --diagnose) diagnose=1 ;;
     --report) diagnose=2 ;;
     --frontier) mode=frontier ;;
-    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,61p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -278,6 +296,29 @@ for n in ${BUDGETS:-1000 3000}; do
   EXPERIMENTS+=("steps-$n|train.steps=$n")
 done
 
+# issue 25's readings (names in the header); the balance and its reading are set so no arm inherits another's
+DEFAULT_OBJECTIVE="train.balance=scale train.balance_reading=distill"
+HIGH_NOISE="train.diff_timestep_power=${POWER:-2}"
+GUIDED="train.guided_diff=true train.empty_caption_share=${EMPTY_SHARE:-0.1}"
+READING_ARMS=("text-target|$DEFAULT_OBJECTIVE train.diff_target=text")
+for eps in ${EPSILONS:-0.03 0.1 0.3}; do
+  READING_ARMS+=("constraint-$eps|train.balance=constraint train.balance_reading=distill train.constraint_epsilon=$eps")
+done
+READING_ARMS+=(
+  "high-noise|$DEFAULT_OBJECTIVE $HIGH_NOISE"
+  "guided|$DEFAULT_OBJECTIVE $GUIDED"
+  "no-actions|$DEFAULT_OBJECTIVE train.caption_actions=false"
+  "drift-made|$DEFAULT_OBJECTIVE $HIGH_NOISE $GUIDED train.caption_actions=false"
+  "correct|$DEFAULT_OBJECTIVE train.secondary_role=correct"
+  "text-correct|$DEFAULT_OBJECTIVE train.diff_target=text train.secondary_role=correct"
+  "cross-pose|$DEFAULT_OBJECTIVE train.cross_pose_weight=${CROSS_WEIGHT:-1}"
+)
+EXPERIMENTS+=("${READING_ARMS[@]}")
+if [ "${ARMS:-}" = readings ]; then
+  ARMS=""
+  for spec in "${READING_ARMS[@]}"; do ARMS+="${spec%%|*} "; done
+fi
+
 SORT_BY="${SORT_BY:-delta_drift_matched}"
 # Columns: the ablated params, the evaluation's verdict and matched-fidelity drift difference, drift and fidelity.
 KEEP='train\.balance|train\.balance_reading|train\.lambda_diff|verdict|delta_drift_matched|secondary_s100\.drift$|secondary_s100\.fidelity_norm$'
@@ -295,6 +336,7 @@ if [ "$mode" = frontier ]; then
   # with the arms as evaluate.ablations: every arm is compared with the primary's curve on the same draw.
   out_root=build/ablation
   ablations="["
+  corrections=()  # secondary_role=correct arms: evaluated as the `both` arm, one evaluation each
   for spec in "${EXPERIMENTS[@]}"; do
     arm="${spec%%|*}"
     if [ -n "${ARMS:-}" ] && [[ " $ARMS " != *" $arm "* ]]; then continue; fi
@@ -306,20 +348,37 @@ if [ "$mode" = frontier ]; then
         --set "train.checkpoint_dir=checkpoints/ablation/$arm" --set "mlflow.registered_model=$ABLATION_MODEL" \
         > "$out_root.$arm.log" 2>&1 || { echo "failed: see $out_root.$arm.log" >&2; exit 1; }
     fi
-    ablations+="{name: ${arm//./_}, adapter: $out_root/$arm/secondary_adapter},"
+    if [[ " ${spec#*|} " == *" train.secondary_role=correct "* ]]; then
+      corrections+=("$arm")
+    else
+      ablations+="{name: ${arm//./_}, adapter: $out_root/$arm/secondary_adapter},"
+    fi
   done
   ablations="${ablations%,}]"
   frontier_out="${FRONTIER_OUT:-reports/ablation/frontier}"
-  echo "== evaluate every arm beside the primary's frontier -> $frontier_out"
-  if [ ${#dry[@]} -eq 0 ]; then
-    extra=()
-    for kv in ${EVAL_SETS:-}; do extra+=(--set "$kv"); done  # e.g. EVAL_SETS="evaluate.n_prompts=8" (fewer sets)
-    posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
-      --set evaluate.out_dir="$frontier_out" --set evaluate.compare_champion=false \
-      --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
-  else
-    echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=$frontier_out"
+  extra=()
+  for kv in ${EVAL_SETS:-}; do extra+=(--set "$kv"); done  # e.g. EVAL_SETS="evaluate.n_prompts=8" (fewer sets)
+  if [ "$ablations" != "[]" ] || [ ${#corrections[@]} -eq 0 ]; then
+    echo "== evaluate every arm beside the primary's frontier -> $frontier_out"
+    if [ ${#dry[@]} -eq 0 ]; then
+      posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
+        --set evaluate.out_dir="$frontier_out" --set evaluate.compare_champion=false \
+        --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
+    else
+      echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=$frontier_out"
+    fi
   fi
+  for arm in "${corrections[@]}"; do
+    # P-Ad + S-Ad is the model this arm trained: the `both` arm at weight 1 over its own adapter
+    both=(--set "train.out_dir=$out_root/$arm" --set "evaluate.alternatives.both_weights=[1.0]"
+          --set "evaluate.out_dir=$frontier_out/$arm" --set evaluate.compare_champion=false)
+    echo "== evaluate $arm as the both arm (primary + its correction) -> $frontier_out/$arm"
+    if [ ${#dry[@]} -eq 0 ]; then
+      posescene evaluate --no-progress "${both[@]}" --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
+    else
+      echo "posescene evaluate ${both[*]}"
+    fi
+  done
   exit 0
 fi
 
@@ -335,6 +394,9 @@ for spec in "${EXPERIMENTS[@]}"; do
   name="${PREFIX}-${spec%%|*}"
   sets=()
   for kv in ${spec#*|} "mlflow.registered_model=$ABLATION_MODEL"; do sets+=(--set-param "$kv"); done
+  if [[ " ${spec#*|} " == *" train.secondary_role=correct "* ]]; then  # its model is the both arm at weight 1
+    sets+=(--set-param "evaluate.alternatives.both_weights=[1.0]")
+  fi
   if [ "$mode" = queue ]; then
     echo "== queue $name: ${spec#*|}"
     dvc exp run --queue "${dry[@]}" -n "$name" "${sets[@]}"

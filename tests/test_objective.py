@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from posescene.config import default_params
+from posescene.errors import ConfigError
 from posescene.objective import (
+    ConstraintBalance,
     FixedBalance,
     Objective,
     ScaleBalance,
@@ -18,12 +20,21 @@ from posescene.objective import (
     balance_loss,
     box_masks,
     branch_losses,
+    combined_features,
+    cross_pose_loss,
+    difference_loss,
+    effective_scale,
     gradient_norm,
+    guided,
     keypoint_box,
     make_balance,
     masked_mean,
+    matched_scale,
     needs_teacher,
+    pose_loss_fraction,
     relative_change,
+    scene_loss,
+    timestep_weights,
     two_branch_losses,
 )
 
@@ -409,3 +420,238 @@ def test_uncertainty_weights_start_at_one_over_the_first_losses_and_keep_learned
     assert torch.equal(restored.log_vars, balance.log_vars)
     weights, losses = _toy_uncertainty_run(UncertaintyBalance(), steps=200)
     assert (weights * losses).tolist() == pytest.approx([1.0, 1.0], rel=0.15)
+
+
+# ------------------------------------------------------------------------ readings of issue 25: trivial solutions
+# A world in eps space: eps without adapter ("the text's scene"), and the primary's effect on pose B's map made of
+# a part inside B's person region, a pose-independent scene part g and a pose-dependent scene part d_B (the same
+# for A). S-Ad's trivial solutions are eps = base + c e_B (c = 1: S-Ad = P-Ad, c = 0: S-Ad = 0, else a turned-down
+# primary, in the adapter's linear regime); the localised solution keeps the adapter's effect inside B's person
+# region only: base + e_B M_B.
+
+
+def _pose_world(g_scale: float = 1.0, d_scale: float = 0.3) -> dict[str, torch.Tensor]:
+    n, size = 4, 16
+    gen = torch.Generator().manual_seed(5)
+    person_b = torch.zeros(n, 1, size, size)
+    person_b[..., 3:9, 2:6] = 1
+    person_a = torch.zeros(n, 1, size, size)
+    person_a[..., 4:10, 9:13] = 1
+    union = torch.clamp(person_a + person_b, max=1.0)
+    scene = 1 - union
+    base = torch.randn(n, 4, size, size, generator=gen)
+    g = g_scale * torch.randn(n, 4, size, size, generator=gen)
+
+    def effect(person: torch.Tensor) -> torch.Tensor:
+        inside = torch.randn(n, 4, size, size, generator=gen)
+        return person * inside + scene * (g + d_scale * torch.randn(n, 4, size, size, generator=gen))
+
+    e_b, e_a = effect(person_b), effect(person_a)
+    return {
+        "base": base,
+        "e_b": e_b,
+        "e_a": e_a,
+        "teacher": base + e_b,  # eps_P(B_0)
+        "primary_a": base + e_a,  # eps_P(A_0): the default reading's L_diff target
+        "mask": union,
+        "person_b": person_b,
+        "is_b_row": torch.tensor([True, False] * (n // 2)),
+        "noise": torch.randn(n, 4, size, size, generator=gen),
+    }
+
+
+def _solution(w: dict[str, torch.Tensor], name: str, c: float = 0.6) -> torch.Tensor:
+    return {
+        "S-Ad = P-Ad": w["base"] + w["e_b"],
+        "S-Ad = 0": w["base"],
+        "S-Ad = c P-Ad": w["base"] + c * w["e_b"],
+        "localised": w["base"] + w["e_b"] * w["person_b"],
+    }[name]
+
+
+def _distill(w: dict[str, torch.Tensor], eps_s: torch.Tensor) -> torch.Tensor:
+    return balance_loss("distill", w["noise"], eps_s, w["mask"], w["person_b"], w["is_b_row"], w["teacher"])
+
+
+def test_text_target_makes_keeping_the_effect_inside_the_person_region_the_zero_loss_solution():
+    """diff_target text: L_diff against the U-Net without adapter. The localised solution has J = 0 with zero gradient;
+    every trivial solution costs something, and S-Ad = c P-Ad no longer beats the localised one (with the primary's
+    other pose as the target it does, in a world whose primary effect on the scene is mostly pose-independent)."""
+    w = _pose_world()
+    c_diff = difference_loss(_solution(w, "S-Ad = P-Ad"), w["base"], w["mask"]).item()
+    c_bal = _distill(w, w["base"]).item()  # C: the pose effect
+
+    def j(name: str, target: torch.Tensor, c: float = 0.6) -> float:
+        eps = _solution(w, name, c)
+        return difference_loss(eps, target, w["mask"]).item() / c_diff + _distill(w, eps).item() / c_bal
+
+    text = {name: j(name, w["base"]) for name in ("S-Ad = P-Ad", "S-Ad = 0", "S-Ad = c P-Ad", "localised")}
+    assert text["localised"] == 0.0
+    assert text["S-Ad = P-Ad"] == pytest.approx(1.0) and text["S-Ad = 0"] == pytest.approx(1.0)
+    for c in (0.2, 0.5, 0.6, 0.9):  # c^2 + (1 - c)^2 >= 1/2 for every turn-down
+        assert j("S-Ad = c P-Ad", w["base"], c) == pytest.approx(c**2 + (1 - c) ** 2, rel=1e-5)
+    # the gradient at the localised solution is exactly 0; at S-Ad = P-Ad it pulls on the scene only
+    eps = _solution(w, "localised").requires_grad_(True)
+    (difference_loss(eps, w["base"], w["mask"]) + _distill(w, eps)).backward()
+    assert eps.grad is not None and eps.grad.abs().max() == 0.0
+    eps = _solution(w, "S-Ad = P-Ad").requires_grad_(True)
+    difference_loss(eps, w["base"], w["mask"]).backward()
+    assert eps.grad is not None and (eps.grad * w["mask"]).abs().max() == 0.0 and eps.grad.abs().sum() > 0
+    # the default target (the primary on A_0) prefers a turned-down primary to the localised solution
+    assert j("S-Ad = c P-Ad", w["primary_a"], 0.9) < j("localised", w["primary_a"])
+    assert difference_loss(_solution(w, "localised"), w["primary_a"], w["mask"]).item() > 0
+
+
+def test_timestep_weights_are_one_at_power_zero_mean_one_and_favour_high_noise():
+    t = torch.arange(1000)
+    assert torch.equal(timestep_weights(t, 1000, 0.0), torch.ones(1000))
+    for power in (0.5, 1.0, 2.0):
+        weights = timestep_weights(t, 1000, power)
+        assert weights.mean().item() == pytest.approx(1.0, rel=1e-5)
+        assert bool((weights[1:] > weights[:-1]).all())  # towards high noise
+    # trivial solutions keep their value under any weighting when they are exact; a weighted L_diff is the
+    # weighted mean of the per-sample scene means
+    w = _pose_world()
+    weights = torch.tensor([0.2, 0.5, 1.3, 2.0])
+    assert difference_loss(w["base"], w["base"], w["mask"], weights).item() == 0.0
+    eps = _solution(w, "S-Ad = P-Ad")
+    per_sample = [difference_loss(eps[i : i + 1], w["base"][i : i + 1], w["mask"][i : i + 1]) for i in range(4)]
+    weighted = (torch.stack(per_sample) * weights).mean().item()
+    assert difference_loss(eps, w["base"], w["mask"], weights).item() == pytest.approx(weighted, rel=1e-5)
+    assert difference_loss(eps, w["base"], w["mask"], None).item() == difference_loss(eps, w["base"], w["mask"]).item()
+
+
+def test_guided_prediction_is_the_samplers_and_amplifies_the_scene_difference():
+    w = _pose_world()
+    u, c = w["base"], w["base"] + w["e_b"]
+    assert torch.equal(guided(u, c, 1.0), c)
+    assert torch.allclose(guided(u, c, 5.0), u + 5.0 * (c - u))
+    # S-Ad = 0 on both halves against the text target on both halves: still exactly 0; S-Ad = P-Ad: the guided
+    # scene difference is the conditional one times g^2 when the unconditional halves agree
+    target = guided(w["base"], w["base"], 5.0)
+    assert difference_loss(guided(w["base"], w["base"], 5.0), target, w["mask"]).item() == 0.0
+    plain = difference_loss(c, w["base"], w["mask"]).item()
+    assert difference_loss(guided(u, c, 5.0), target, w["mask"]).item() == pytest.approx(25 * plain, rel=1e-5)
+
+
+def test_constraint_balance_prices_nothing_inside_epsilon_and_learns_mu_by_dual_ascent():
+    w = _pose_world()
+    c_bal = _distill(w, w["base"]).item()
+    balance = ConstraintBalance(momentum=0.9, epsilon=0.1, dual_lr=2.0)
+    with pytest.raises(RuntimeError, match="bal_reference"):
+        balance.update(1.0, 0.0)
+    balance.bal_reference = c_bal
+    for name, c, feasible in (("S-Ad = P-Ad", 1.0, True), ("S-Ad = c P-Ad", 0.8, True), ("S-Ad = 0", 0.0, False)):
+        fraction = _distill(w, _solution(w, name, c)).item() / c_bal
+        assert fraction == pytest.approx((1 - c) ** 2, abs=1e-6)
+        assert (fraction <= balance.epsilon) == feasible  # (1 - c)^2 <= epsilon: c >= 1 - sqrt(epsilon) = 0.68
+    # mu starts at 0 and grows while the constraint is violated, by dual_lr x (fraction - epsilon)
+    balance.update(1.0, 0.5 * c_bal)
+    assert balance.mu == pytest.approx(2.0 * (0.5 - 0.1))
+    balance.update(1.0, 0.3 * c_bal)
+    assert balance.mu == pytest.approx(0.8 + 2.0 * 0.2)
+    for _ in range(10):  # satisfied: mu shrinks, projected at 0
+        balance.update(1.0, 0.0)
+    assert balance.mu == 0.0
+    balance.update(1.0, 0.6 * c_bal)
+    mu = balance.mu
+    # value and gradient: inside epsilon the pose term is 0 with 0 gradient; outside it is mu (fraction - epsilon)
+    for name, c in (("S-Ad = c P-Ad", 0.8), ("S-Ad = 0", 0.0)):
+        eps = _solution(w, name, c).requires_grad_(True)
+        l_diff, l_bal = difference_loss(eps, w["base"], w["mask"]), _distill(w, eps)
+        obj = balance(l_diff, l_bal)
+        mean_diff = balance.ema / (1 - 0.9**balance.count)
+        pose_term = mu * max(0.0, l_bal.item() / c_bal - 0.1)
+        assert obj.j.item() == pytest.approx(l_diff.item() / mean_diff + pose_term, rel=1e-5)
+        assert obj.mu == mu and obj.scale_bal == pytest.approx(mu / c_bal)
+        obj.j.backward()
+        inside = (eps.grad * w["person_b"]).abs().max().item()
+        assert (inside > 0) == (name == "S-Ad = 0")  # only the violating solution is pulled in B's person region
+    state = balance.get_extra_state()
+    other = ConstraintBalance(0.9, 0.1, 2.0)
+    other.set_extra_state(state)
+    assert (other.ema, other.count, other.mu) == (balance.ema, balance.count, balance.mu)
+    assert isinstance(make_balance("constraint", 0.99, 1.0, epsilon=0.1, dual_lr=1.0), ConstraintBalance)
+    with pytest.raises(ValueError, match="epsilon"):
+        make_balance("constraint", 0.99, 1.0)
+
+
+def test_constraint_needs_the_distill_reading():
+    assert default_params({"train.balance": "constraint"}).train.balance == "constraint"
+    with pytest.raises(ConfigError, match="distill"):
+        default_params({"train.balance": "constraint", "train.balance_reading": "whole"})
+
+
+def test_correct_role_adds_s_ads_features_to_the_primarys_and_starts_at_the_primary():
+    gen = torch.Generator().manual_seed(1)
+    f_p = [torch.randn(2, 8, 4, 4, generator=gen), torch.randn(2, 16, 2, 2, generator=gen)]
+    zero = [torch.zeros_like(f) for f in f_p]
+    assert all(torch.equal(a, b) for a, b in zip(combined_features("replace", None, f_p), f_p, strict=True))
+    # S-Ad = 0 (its zero-output start) is the primary exactly; S-Ad = -(1 - c) P-Ad is the primary turned down
+    assert all(torch.equal(a, b) for a, b in zip(combined_features("correct", f_p, zero), f_p, strict=True))
+    turned = combined_features("correct", f_p, [-0.4 * f for f in f_p])
+    assert all(torch.allclose(a, 0.6 * b) for a, b in zip(turned, f_p, strict=True))
+    # the primary's features carry no gradient even from a caller that forgot no_grad
+    leaky = [f.clone().requires_grad_(True) for f in f_p]
+    s_ad = [f.clone().requires_grad_(True) for f in zero]
+    sum(x.sum() for x in combined_features("correct", leaky, s_ad)).backward()
+    assert all(f.grad is None for f in leaky) and all(torch.equal(f.grad, torch.ones_like(f)) for f in s_ad)
+    with pytest.raises(ValueError, match="primary"):
+        combined_features("correct", None, f_p)
+    # in eps space S-Ad = 0 then costs what S-Ad = P-Ad costs in the replace role: L_distill = 0
+    w = _pose_world()
+    assert _distill(w, _solution(w, "S-Ad = P-Ad")).item() == 0.0
+
+
+def test_cross_pose_loss_ranks_the_trivial_solutions_and_pulls_only_the_b_branch():
+    """Beyond the patent. S-Ad on A_0 and on B_0 with the same x_t: the scene difference is what drift measures."""
+    w = _pose_world()
+    primary = cross_pose_loss(w["base"] + w["e_b"], w["base"] + w["e_a"], w["mask"]).item()
+    assert primary > 0
+    assert cross_pose_loss(w["base"], w["base"], w["mask"]).item() == 0.0  # S-Ad = 0
+    for c in (0.3, 0.6):  # S-Ad = c P-Ad: c^2 of the primary's
+        value = cross_pose_loss(w["base"] + c * w["e_b"], w["base"] + c * w["e_a"], w["mask"]).item()
+        assert value == pytest.approx(c**2 * primary, rel=1e-5)
+    localised_a = w["base"] + w["e_a"] * w["mask"]
+    assert cross_pose_loss(_solution(w, "localised"), localised_a, w["mask"]).item() == 0.0
+    eps_b = (w["base"] + w["e_b"]).requires_grad_(True)
+    eps_a = (w["base"] + w["e_a"]).requires_grad_(True)
+    cross_pose_loss(eps_b, eps_a, w["mask"]).backward()
+    assert eps_a.grad is None and eps_b.grad is not None and (eps_b.grad * w["mask"]).abs().max() == 0.0
+    l_diff = torch.tensor(0.5)
+    assert scene_loss(l_diff, None, 3.0) is l_diff  # off: L_diff itself, the default reading
+    assert scene_loss(l_diff, torch.tensor(0.25), 2.0).item() == 1.0
+
+
+def test_effective_scale_finds_a_turned_down_primary_and_not_a_localised_one():
+    """The diagnostic on the trivial solutions: the primary at scale s is base + s e (fidelity 1 - (1 - s)^2 and
+    drift s^2 D in this linear world). S-Ad = c P-Ad is the primary at scale c with the same drift: turned down."""
+    w = _pose_world()
+    c_bal = _distill(w, w["base"]).item()
+
+    def measure(eps_b: torch.Tensor, eps_a: torch.Tensor) -> tuple[float, float]:
+        fidelity = 1.0 - pose_loss_fraction(_distill(w, eps_b).item(), c_bal)
+        return fidelity, cross_pose_loss(eps_b, eps_a, w["mask"]).item()
+
+    scales = [0.0, 0.25, 0.5, 0.75, 1.0]
+    curve = [measure(w["base"] + s * w["e_b"], w["base"] + s * w["e_a"]) for s in scales]
+    fidelity, drift = [f for f, _ in curve], [d for _, d in curve]
+    for c in (0.4, 0.6):
+        found = effective_scale(
+            scales, fidelity, drift, *measure(_solution(w, "S-Ad = c P-Ad", c), w["base"] + c * w["e_a"]), 0.1
+        )
+        assert found.scale == pytest.approx(c, abs=0.03) and abs(found.drift_gap) < 0.1 and found.turned_down
+        assert "only a turned-down primary" in found.sentence()
+    same = effective_scale(scales, fidelity, drift, *measure(w["base"] + w["e_b"], w["base"] + w["e_a"]), 0.1)
+    assert same.scale == pytest.approx(1.0) and same.drift_gap == pytest.approx(0.0, abs=1e-9) and same.turned_down
+    zero = effective_scale(scales, fidelity, drift, *measure(w["base"], w["base"]), 0.1)
+    assert zero.scale == 0.0 and zero.turned_down and "no drift" in zero.sentence()  # S-Ad = 0: scale 0
+    local = effective_scale(
+        scales, fidelity, drift, *measure(_solution(w, "localised"), w["base"] + w["e_a"] * w["mask"]), 0.1
+    )
+    assert local.scale == pytest.approx(1.0) and local.drift_gap == pytest.approx(-1.0) and not local.turned_down
+    assert "not a turned-down primary" in local.sentence()
+    # outside the probed curve: not decided
+    assert math.isnan(matched_scale([0.0, 0.5], [0.0, 0.4], [0.0, 1.0], 0.9)[0])
+    assert not effective_scale([0.0, 0.5], [0.0, 0.4], [0.0, 1.0], 0.9, 0.1, 0.1).turned_down
+    assert math.isnan(pose_loss_fraction(0.1, 0.0))

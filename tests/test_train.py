@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -211,6 +212,28 @@ def test_every_run_logs_the_balance_diagnostics(trained: dict[str, Any]):
         assert all(0.0 <= float(r[f"pose_sens_{k}"]) <= 1.0 for k in ("whole", "person", "distill"))
     # at initialisation S-Ad is P-Ad: the distill loss is 0 with its features and not without them
     assert float(rows[0]["pose_sens_distill"]) == 1.0
+    # the probe's L_diff, pose-loss fraction and cross-pose drift at the same steps; at initialisation S-Ad is
+    # P-Ad, so it has lost none of the primary's pose
+    probed = [r for r in rows if r["probe_l_diff"]]
+    assert [int(r["step"]) for r in probed] == diagnosed
+    assert float(rows[0]["probe_pose_frac"]) == 0.0 and float(rows[0]["probe_drift"]) > 0
+    assert not any(r["l_cross"] or r["mu"] or r["pose_frac"] for r in rows)  # readings that are off: blank
+
+
+def test_every_run_summarises_l_diffs_drop_and_the_effective_primary_scale(trained: dict[str, Any]):
+    """metrics.json: L_diff's relative drop on the probe, the pose-loss fraction and the effective primary scale;
+    the summary says in words whether S-Ad is only a turned-down primary."""
+    result = trained["result"]
+    rows = read_loss_csv(result.out_dir / "loss.csv")
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    first = float(rows[0]["probe_l_diff"])
+    assert metrics["l_diff_drop"] == pytest.approx(1 - metrics["final_probe_l_diff"] / first, rel=1e-6)
+    assert 0 <= metrics["final_probe_pose_frac"] <= 1.5
+    assert 0 <= metrics["final_effective_primary_scale"] <= 1 or math.isnan(metrics["final_effective_primary_scale"])
+    assert metrics["final_turned_down_primary"] in (0.0, 1.0)
+    verdict = "only a turned-down" if metrics["final_turned_down_primary"] else "not a turned-down"
+    assert verdict in result.summary and result.as_dict()["summary"] == result.summary
+    assert json.loads((result.out_dir / "run.json").read_text())["summary"] == result.summary
 
 
 @pytest.mark.e2e  # two extra training runs (~17 s here)
@@ -236,7 +259,8 @@ def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict
     for mine, theirs in zip(got, uninterrupted, strict=True):
         both = {k for k in mine if mine[k] and theirs[k]}  # diagnostics: where both runs measured them
         assert {k: mine[k] for k in both} == {k: theirs[k] for k in both}
-        assert {k for k in mine if not k.startswith(("gnorm", "pose_sens"))} <= both  # losses on every row
+        # losses on every row (the columns of readings that are off are blank in both)
+        assert {k for k in mine if mine[k] and not k.startswith(("gnorm", "pose_sens", "probe_"))} <= both
     a = (trained["result"].adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (resumed.adapter_dir / "diffusion_pytorch_model.safetensors").read_bytes() == a
     # the DVC output's grid is the final step's, the same bytes resumed or not (grids along the way go beside the
@@ -379,6 +403,99 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(world
     assert not (tmp_path / "out" / "secondary_adapter").exists()  # no adapter published from a diverged run
     state = json.loads((kept[-1][1] / "trainer_state.json").read_text())
     assert all(torch.isfinite(torch.tensor([row["l_diff"], row["l_bal"]])).all() for row in state["history"])
+
+
+def test_zero_output_starts_the_correction_at_zero_and_every_zeroed_layer_learns():
+    """secondary_role correct: S-Ad starts at zero output (P-Ad + S-Ad = P-Ad) and still gets gradient."""
+    from diffusers import T2IAdapter
+
+    from posescene.train import zero_output_
+
+    torch.manual_seed(0)
+    adapter = T2IAdapter(in_channels=1, channels=[8, 16, 16], num_res_blocks=2, downscale_factor=4)
+    with torch.no_grad():  # biases > 0 somewhere, as a trained adapter's are
+        for p in adapter.parameters():
+            p.add_(0.05)
+    x = torch.rand(2, 1, 32, 32)
+    assert any(f.abs().sum() > 0 for f in adapter(x))
+    zero_output_(adapter)
+    features = adapter(x)
+    assert all(torch.equal(f, torch.zeros_like(f)) for f in features)
+    weights = [torch.randn(f.shape) for f in features]
+    sum((f * w).sum() for f, w in zip(features, weights, strict=True)).backward()
+    zeroed = [adapter.adapter.conv_in.weight] + [
+        m.block2.weight for m in adapter.modules() if type(m).__name__ == "AdapterResnetBlock"
+    ]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in zeroed)
+    light = T2IAdapter(in_channels=1, channels=[8, 16, 16], num_res_blocks=1, adapter_type="light_adapter")
+    with pytest.raises(ConfigError, match="full adapter"):
+        zero_output_(light)
+
+
+def test_caption_readings_encode_action_free_captions_and_the_empty_caption(world: dict[str, Any], tmp_path: Path):
+    """caption_actions false: every row's tau(y) is its caption without the action phrase; the empty-caption rows
+    draw from a stream of their own, so the noise, timesteps and rows are the default reading's."""
+    from posescene.cache import load_cache
+    from posescene.models import encode_prompts, load_base
+    from posescene.synth import without_actions
+    from posescene.train import draw_micro_batch, load_train_set, person_boxes, read_pair_rows, with_training_text
+
+    params = tiny_params(world, tmp_path, caption_actions=False, empty_caption_share=0.5)
+    base = load_base(params.model.base).freeze()
+    cache = load_cache(params.cache.out_dir, params.model.base, RES)
+    plain = load_train_set(params, read_pair_rows(params.pairs.out), cache, person_boxes(params.poses.out_dir))
+    assert with_training_text(plain, base, tiny_params(world, tmp_path).train) is plain  # the default: untouched
+    data = with_training_text(plain, base, params.train)
+    assert any(without_actions(c) != c for c in data.captions)  # the synthetic captions name actions
+    rows = [0, 1, len(data) - 1]
+    with torch.no_grad():
+        expected = encode_prompts(base, [without_actions(data.captions[i]) for i in rows])
+        empty = encode_prompts(base, [""])
+    assert torch.allclose(data.text[data.text_idx[rows]], expected, atol=1e-6)
+    assert torch.allclose(data.text[data.empty_text], empty[0], atol=1e-6)
+    cpu, scheduler = torch.device("cpu"), base.noise_scheduler
+    batch = draw_micro_batch(data, params, 16, 0, 1, cpu, scheduler)
+    default = draw_micro_batch(plain, tiny_params(world, tmp_path), 16, 0, 1, cpu, scheduler)
+    for key in ("noise", "t", "x_t", "map_b"):
+        assert torch.equal(batch[key], default[key])
+    dropped = [bool(torch.equal(row, data.text[data.empty_text])) for row in batch["text"]]
+    assert 0 < sum(dropped) < len(dropped)
+
+
+def test_the_readings_of_issue_25_train_together(world: dict[str, Any], trained: dict[str, Any], tmp_path: Path):
+    """Every reading on at once (text target, constraint, high-noise weighting, guided prediction with empty and
+    action-free captions, S-Ad as a correction, cross-pose term): it trains and logs what each adds."""
+    from posescene.models import load_adapter
+    from posescene.train import train
+
+    params = tiny_params(
+        world,
+        tmp_path,
+        steps=3,
+        balance_reading="distill",
+        balance="constraint",
+        constraint_epsilon=0.05,
+        diff_target="text",
+        diff_timestep_power=1.0,
+        guided_diff=True,
+        empty_caption_share=0.25,
+        caption_actions=False,
+        secondary_role="correct",
+        cross_pose_weight=0.5,
+    )
+    result = train(params, progress=False)
+    rows = read_loss_csv(result.out_dir / "loss.csv")
+    assert len(rows) == 3 and all(r["l_cross"] and r["mu"] and r["pose_frac"] for r in rows)
+    first = {k: float(v) for k, v in rows[0].items() if v}
+    assert first["l_bal"] < 1e-9  # S-Ad starts at zero output: P-Ad + S-Ad is its own teacher (up to batching)
+    assert first["mu"] == 0.0  # no pose lost yet: the constraint holds, mu stays at 0
+    assert float(rows[0]["l_diff"]) != float(read_loss_csv(trained["result"].out_dir / "loss.csv")[0]["l_diff"])
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    assert {"l_cross", "mu", "pose_frac", "l_diff_drop", "final_effective_primary_scale"} <= set(metrics)
+    # the saved correction is a plain T2IAdapter, not P-Ad: the `both` arm adds it to the primary
+    saved = load_adapter(str(result.adapter_dir))
+    primary = load_adapter(params.model.primary_adapter)
+    assert not torch.equal(saved.adapter.conv_in.weight, primary.adapter.conv_in.weight)
 
 
 def test_saved_adapter_loads_in_stock_diffusers(trained: dict[str, Any]):
