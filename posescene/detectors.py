@@ -219,9 +219,11 @@ PERSON_PROPOSALS = ("landmarker", "faces", "hog")
 # child's whole body and an adult's head to knees, with the face in its top fifth. Measured on the photo set
 # (benchmarks/bench_person_recall.py, README): larger squares (4.6 x 14, MediaPipe's full-body ROI for an
 # adult) let the model lock onto the neighbour in front in a crowd; 2.5 x 7 to 4 x 12 found 17-19 of the
-# 26 multi-person people. The ROI may reach past the frame (zero padding, as in MediaPipe): a person cut at
-# the waist keeps the upper body's points. Unlike a crop given to the whole PoseLandmarker, no second
-# person detector runs (it cost ~11 ms per crop and picked a neighbour for 4 of the crowd's children).
+# 26 multi-person people (with the other heads hidden, _MASK_GROW: 2 x 6 to 4 x 12 find 21-22, 3 x 9 finds 23,
+# 3.5 x 10 finds 21 and adds a false person: the square is not on a knife edge). The ROI may reach past the
+# frame (zero padding, as in MediaPipe): a person cut at the waist keeps the upper body's points. Unlike a crop
+# given to the whole PoseLandmarker, no second person detector runs (it cost ~11 ms per crop and picked a
+# neighbour for 4 of the crowd's children).
 _ROI_BELOW = 3.0
 _ROI_SIDE = 9.0
 # The face detector sees the image at 192x192, where a face 1/20 of a 640 px photo's width shrinks to ~10 px and
@@ -239,6 +241,13 @@ _HEAD_SLACK = 0.25  # a nose this far (x the face's side) outside a face box sti
 # model locked onto a neighbour, on the set, both eyes were outside: 7 of 7) and its shoulders are at least
 # _MIN_SHOULDERS face sides apart (real shoulders span 1.3-2.5; a false face on a hand gave 0.6).
 _MIN_SHOULDERS = 1.0
+# Before the landmark stage runs on a face's ROI, the other heads in the image are hidden (each painted with its
+# own mean colour): every other face box, grown by _MASK_GROW, and the head of every person already found (a
+# box around its nose, eyes and ears, see :func:`_head_box`). The landmark model locks onto the most prominent
+# head in its square; in a crowd that is often a neighbour in front, whose body is whole where the target's is
+# hidden behind it (on the set, 4 children of the crowd's back row and a man leaning over a seated woman).
+# Hiding those heads leaves the target's head the only one in view, and the eye check still has the last word.
+_MASK_GROW = 0.1
 _HOG_HEAD = 0.25  # HOG boxes hold a standing person: the head is the top quarter
 _HOG_ROI = 1.25  # ... and the ROI, centred on the box, is this many box heights wide (MediaPipe's 1.25)
 
@@ -287,6 +296,37 @@ def _shoulders(person: PersonKeypoints) -> float:
 
 Roi = tuple[float, float, float]  # centre x, centre y, side (pixels)
 
+_HEAD_POINTS = [KEYPOINT_NAMES.index(n) for n in ("nose", "r_eye", "l_eye", "r_ear", "l_ear")]
+
+
+def _head_box(person: PersonKeypoints) -> Box | None:
+    """A box around a person's head from its nose, eyes and ears (raw points); None with fewer than two.
+
+    The points span about a face's width; the box is 1.5 spans wide and reaches 0.9 span above their centre
+    (the forehead and hair) and 0.75 below (the chin).
+    """
+    pts = person.xy[_HEAD_POINTS]
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) < 2:
+        return None
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    span = max(float(x1 - x0), float(y1 - y0), 1.0)
+    cx, cy = float(x0 + x1) / 2, float(y0 + y1) / 2
+    return cx - 0.75 * span, cy - 0.9 * span, cx + 0.75 * span, cy + 0.75 * span
+
+
+def hide_heads(image: np.ndarray, heads: Sequence[Box]) -> np.ndarray:
+    """A copy of ``image`` with each box (pixels, clipped to the frame) painted in its own mean colour."""
+    out = image.copy()
+    h, w = image.shape[:2]
+    for box in heads:
+        x0, y0 = max(int(round(box[0])), 0), max(int(round(box[1])), 0)
+        x1, y1 = min(int(round(box[2])), w), min(int(round(box[3])), h)
+        if x1 > x0 and y1 > y0:
+            region = out[y0:y1, x0:x1]
+            region[:] = region.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    return out
+
 
 def face_roi(face: Box) -> Roi:
     """The pose ROI (centre x, centre y, side in pixels; may reach past the frame) that a face box grows into."""
@@ -319,8 +359,10 @@ class MediaPipeDetector:
     ``max_persons`` people; alone it is the single-person path, whose detector proposes few boxes in a wide
     or crowded frame and none for people cut at the waist). ``faces`` runs the wheel's full-range face
     detector; every face whose box holds no found person's nose becomes a region of interest (:func:`face_roi`),
-    MediaPipe's landmark stage alone runs on it (``PoseLandmarkByRoiCpu``, the wheel's full landmark model), and
-    the pose is kept when both its eyes lie in that face and its shoulders span a face side. So each face gives
+    MediaPipe's landmark stage alone runs on it (``PoseLandmarkByRoiCpu``, the wheel's full landmark model) with
+    every other head in the image hidden (``mask_heads``, :func:`hide_heads`: the other faces and the heads of
+    the people already found, so the model cannot lock onto a neighbour), and the pose is kept when both its
+    eyes lie in that face and its shoulders span a face side. So each face gives
     at most one person, a person found twice is kept once, and a face the pose model cannot confirm gives
     nobody. The ROI stage's pose-presence threshold is MediaPipe's fixed 0.5, not ``min_presence_confidence``.
     ``hog`` does the same from OpenCV's HOG people boxes. Points out of
@@ -336,6 +378,8 @@ class MediaPipeDetector:
         min_presence_confidence: float,
         max_persons: int,
         proposals: Sequence[str] = ("landmarker",),
+        *,
+        mask_heads: bool = True,
     ) -> None:
         unknown = [p for p in proposals if p not in PERSON_PROPOSALS]
         if not proposals or unknown:
@@ -351,6 +395,7 @@ class MediaPipeDetector:
             ) from None
         self._mp = mp
         self.proposals = tuple(proposals)
+        self.mask_heads = mask_heads  # hide the other heads before each ROI's landmark stage (off: benchmark only)
         self._min_detection = min_detection_confidence
 
         def landmarker(num_poses: int) -> object:
@@ -461,11 +506,17 @@ class MediaPipeDetector:
 
     def _detect_one(self, image: np.ndarray) -> list[PersonKeypoints]:
         persons = drop_duplicates(self._landmarks(self._landmarker, image)) if self._landmarker is not None else []
-        for head, roi in self.head_proposals(image) if self._roi_landmarks is not None else []:
+        proposals = self.head_proposals(image) if self._roi_landmarks is not None else []
+        for k, (head, roi) in enumerate(proposals):
             zone = _grow(head, _HEAD_SLACK)
             if any(_inside(_head_point(p), zone) for p in persons) or roi[2] < 2:
                 continue  # this head already has its person (or the ROI is empty)
-            person = self._landmarks_in(image, roi)
+            source = image
+            if self.mask_heads:
+                others = [_grow(other, _MASK_GROW) for j, (other, _) in enumerate(proposals) if j != k]
+                found = [box for box in map(_head_box, persons) if box is not None and _overlap(box, head) < 0.5]
+                source = hide_heads(image, others + found)
+            person = self._landmarks_in(source, roi)
             side = max(head[2] - head[0], head[3] - head[1])
             if person is not None and _eyes_in(person, head) and _shoulders(person) >= _MIN_SHOULDERS * side:
                 persons.append(person)

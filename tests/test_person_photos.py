@@ -1,7 +1,8 @@
 """Issue 28: people in real photographs (tests/data/photos, hand-labelled head boxes), found offline.
 
 These pin what the default MediaPipe path finds on the committed set against the path before issue 28
-(the whole-image PoseLandmarker at max_persons 4). Speed is not tested here: benchmarks/bench_person_recall.py
+(the whole-image PoseLandmarker at max_persons 4), on all photos and on the five held out from tuning.
+Speed is not tested here: benchmarks/bench_person_recall.py
 measures both side by side (benchmarks/results/person_recall.json).
 """
 
@@ -17,7 +18,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from posescene.config import default_params
-from posescene.detectors import MediaPipeDetector, _eyes_in, face_roi, make_detector
+from posescene.detectors import MediaPipeDetector, _eyes_in, face_roi, hide_heads, make_detector
 from posescene.errors import ConfigError
 from posescene.poses import lattice_rows
 from posescene.topology import INDEX
@@ -43,7 +44,10 @@ def photo_set(bench) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     return bench.load_set(PHOTOS)
 
 
-def _run(photo_set, bench, **over: Any) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def _run(
+    photo_set, bench, mask_heads: bool = True, **over: Any
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Score params.yaml's poses settings (``over`` replaces some) on the set: all photos, plus ``held_out``."""
     p = default_params().poses.model_dump() | over
     detector = make_detector(
         "mediapipe",
@@ -53,6 +57,7 @@ def _run(photo_set, bench, **over: Any) -> tuple[dict[str, Any], dict[str, list[
         max_persons=p["max_persons"],
         person_proposals=p["person_proposals"],
     )
+    detector.mask_heads = mask_heads  # type: ignore[attr-defined]
     rows: dict[str, list[dict[str, Any]]] = {}
     try:
         for name, image, _ in photo_set:
@@ -63,7 +68,8 @@ def _run(photo_set, bench, **over: Any) -> tuple[dict[str, Any], dict[str, list[
         detector.close()
     labels = {name: label for name, _, label in photo_set}
     per_image = {name: bench.match_people(r, labels[name]) for name, r in rows.items()}
-    return bench.score(per_image, labels), rows
+    held_out = {name: r for name, r in per_image.items() if bench.split_of(labels[name]) == "held_out"}
+    return {**bench.score(per_image, labels), "held_out": bench.score(held_out, labels)}, rows
 
 
 def test_the_photo_set_is_labelled_licensed_and_small():
@@ -74,30 +80,67 @@ def test_the_photo_set_is_labelled_licensed_and_small():
     for name in files:  # every photo has its source and licence row
         row = next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
         assert any(lic in row for lic in ("CC BY", "CC0", "public domain")), row
-    assert sum((PHOTOS / f).stat().st_size for f in files) < 500_000
+    assert sum((PHOTOS / f).stat().st_size for f in files) < 650_000
     kinds = {label["kind"] for label in labels.values() if isinstance(label, dict) and "kind" in label}
     assert kinds == {"crowd", "group", "upper", "single", "small", "nobody"}
+    # five photos added after the method was frozen, never used to choose anything (see the set's README)
+    held_out = {name: labels[name]["kind"] for name in files if labels[name].get("split") == "held_out"}
+    assert len(held_out) == 5 and set(held_out.values()) == {"group", "small", "nobody"}
+    assert all(labels[name].get("split", "tuning") in ("tuning", "held_out") for name in files)
 
 
-def test_default_path_finds_the_people_today_missed(photo_set, bench):
-    default, rows = _run(photo_set, bench)
+@pytest.fixture(scope="module")
+def default_run(photo_set, bench) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    return _run(photo_set, bench)
+
+
+def test_default_path_finds_the_people_today_missed(photo_set, bench, default_run):
+    default, rows = default_run
     today, _ = _run(photo_set, bench, person_proposals=["landmarker"], max_persons=bench.TODAY_MAX_PERSONS)
-    # measured on this set (benchmarks/results/person_recall.json): default 19/26 multi-person, 16/18 upper
-    # body, 1 false person in 12 images; today 9/26 and 10/18. The targets of issue 28 are 0.8 / 0.8 / 0.1:
-    # the upper-body and false-people targets are met, multi-person recall is not (see the README).
-    assert today["multi_person"]["found"] <= 10 and today["upper_body"]["found"] <= 11
-    assert default["multi_person"]["recall"] >= 0.7
-    assert default["multi_person"]["found"] >= today["multi_person"]["found"] + 9
-    assert default["upper_body"]["recall"] >= 0.85
+    # measured on this set (benchmarks/results/person_recall.json), 17 photos: default 29/33 multi-person
+    # (0.88), 18/19 upper body (0.95), 1 false person in 17 images; today 14/33 and 11/19. The held-out five:
+    # default 6/7 multi-person, 1/1 upper body, no false person; today 5/7. Issue 28's targets: 0.8 / 0.8 / 0.1.
+    assert today["multi_person"]["found"] <= 15 and today["upper_body"]["found"] <= 12
+    assert default["multi_person"]["recall"] >= 0.85 and default["upper_body"]["recall"] >= 0.9
+    assert default["multi_person"]["found"] >= today["multi_person"]["found"] + 13
     assert default["false_people_per_image"] <= 0.1
-    for name in ("nobody_waiting_room.jpg", "nobody_storefront.jpg"):
+    held_out = default["held_out"]
+    assert held_out["multi_person"]["recall"] >= 0.8 and held_out["upper_body"]["recall"] >= 0.8
+    assert held_out["false_people"] == 0
+    for name in ("nobody_waiting_room.jpg", "nobody_storefront.jpg", "nobody_terrace.jpg"):
         assert [r["has_person"] for r in rows[name]] == [False]
     # every one of the six people cut at the thighs, where today's path found two
     assert sum(r["has_person"] for r in rows["group_six_meeting.jpg"]) >= 6
 
 
-def test_an_upper_body_person_gets_a_lattice_with_null_legs(photo_set, bench):
-    _, rows = _run(photo_set, bench)
+def test_hiding_the_other_heads_finds_the_people_behind(photo_set, bench, default_run):
+    """Without hiding, the landmark stage on a face's ROI reads the neighbour in front (the eye check drops it)."""
+    masked, masked_rows = default_run
+    unmasked, unmasked_rows = _run(photo_set, bench, mask_heads=False)
+    # measured: 29 against 25 of the 33 multi-person people, the same false people
+    assert masked["multi_person"]["found"] >= unmasked["multi_person"]["found"] + 3
+    assert masked["false_people"] <= unmasked["false_people"]
+
+    def found(rows: list[dict[str, Any]], name: str) -> list[bool]:
+        label = next(label for n, _, label in photo_set if n == name)
+        return bench.match_people(rows, label)["found"]
+
+    # the man leaning over the seated woman: his ROI holds the helmeted man's head until it is hidden
+    assert found(masked_rows["group_navy_clinic.jpg"], "group_navy_clinic.jpg") == [True, True, True]
+    assert found(unmasked_rows["group_navy_clinic.jpg"], "group_navy_clinic.jpg")[1] is False
+
+
+def test_hide_heads_paints_each_box_in_its_own_mean_colour():
+    image = np.zeros((10, 12, 3), np.uint8)
+    image[:, 6:] = 200
+    out = hide_heads(image, [(4.0, -3.0, 8.0, 4.0), (20.0, 20.0, 30.0, 30.0)])  # clipped; the second is outside
+    assert out[0, 4].tolist() == [100, 100, 100] and out[3, 7].tolist() == [100, 100, 100]
+    assert out[4, 4].tolist() == [0, 0, 0] and out[4, 7].tolist() == [200, 200, 200]
+    assert image[0, 4].tolist() == [0, 0, 0]  # the input is untouched
+
+
+def test_an_upper_body_person_gets_a_lattice_with_null_legs(default_run):
+    _, rows = default_run
     (astronaut,) = rows["upper_astronaut.jpg"]
     assert astronaut["has_person"] and astronaut["x"][INDEX["nose"]] is not None
     assert astronaut["x"][INDEX["r_shoulder"]] is not None and astronaut["x"][INDEX["l_shoulder"]] is not None
