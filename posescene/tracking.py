@@ -263,6 +263,34 @@ def log_batch(
     )
 
 
+def log_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts: Sequence[str | Path] = (),
+) -> str:
+    """One finished run in ``experiment`` at ``uri`` (created with its artifacts beside a SQLite store): params as
+    strings, metrics at step 0, then the files; for a stage that logs once, at its end (the world's bootstrap).
+    Returns the run id."""
+    from mlflow.entities import Metric, Param
+
+    mlflow_client = client(uri)
+    run_id = str(mlflow_client.create_run(experiment_id(mlflow_client, experiment, uri), run_name=run_name).info.run_id)
+    now = int(time.time() * 1000)
+    logged_params = [Param(k, str(v)) for k, v in params.items()]
+    logged_metrics = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for start in range(0, len(logged_params), 100):  # a request takes at most 100 params and 1000 metrics
+        mlflow_client.log_batch(run_id, params=logged_params[start : start + 100])
+    for start in range(0, len(logged_metrics), 1000):
+        mlflow_client.log_batch(run_id, metrics=logged_metrics[start : start + 1000])
+    for path in artifacts:
+        mlflow_client.log_artifact(run_id, str(path))
+    mlflow_client.set_terminated(run_id)
+    return run_id
+
+
 def version_by_alias(mlflow_client: Any, name: str, alias: str) -> Any | None:
     """The registered model version of ``name`` aliased ``alias``, None when the alias (or the model) does not exist."""
     from mlflow.exceptions import MlflowException

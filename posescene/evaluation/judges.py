@@ -156,6 +156,11 @@ def heatmap_targets(kp: torch.Tensor, h: int, w: int, sigma: float = 1.0) -> tor
     return g * visible[..., None, None]
 
 
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
 def images_to_tensor(images: torch.Tensor | np.ndarray | Sequence[Image.Image], resolution: int) -> torch.Tensor:
     """PIL images, a uint8 array (N, H, W, 3) or a float tensor in [0, 1] -> float (N, 3, res, res) in [0, 1]."""
     if isinstance(images, torch.Tensor):
@@ -163,12 +168,12 @@ def images_to_tensor(images: torch.Tensor | np.ndarray | Sequence[Image.Image], 
     elif isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise InputDataError(f"expected a (N, H, W, 3) uint8 array, got shape {images.shape}")
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        x = to_unit(images)
     else:
         arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
         if not arrays:
             raise InputDataError("no images to judge")
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        x = to_unit(np.stack(arrays))
     if x.ndim != 4 or x.shape[1] != 3:
         raise InputDataError(f"expected images (N, 3, H, W), got shape {tuple(x.shape)}")
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
@@ -177,19 +182,31 @@ def images_to_tensor(images: torch.Tensor | np.ndarray | Sequence[Image.Image], 
 
 
 @torch.no_grad()
+def scene_logits(
+    model: SceneClassifier, images: torch.Tensor | np.ndarray | Sequence[Image.Image], batch_size: int = 128
+) -> torch.Tensor:
+    """(N, classes) float logits of the scene judge, columns in ``model.config.class_names`` order, on the CPU."""
+    model.eval()
+    x = images_to_tensor(images, model.config.resolution)
+    device, dtype = model.device, model.dtype
+    logits = [model(x[i : i + batch_size].to(device, dtype)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(logits)
+
+
 def predict_scene(
     model: SceneClassifier, images: torch.Tensor | np.ndarray | Sequence[Image.Image], batch_size: int = 128
 ) -> list[str]:
     """Scene kind of each image (a name from ``model.config.class_names``)."""
-    model.eval()
-    x = images_to_tensor(images, model.config.resolution)
-    device, dtype = model.device, model.dtype
     names = list(model.config.class_names)
-    out: list[str] = []
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size].to(device, dtype))
-        out += [names[j] for j in logits.argmax(-1).tolist()]
-    return out
+    return [names[j] for j in scene_logits(model, images, batch_size).argmax(-1).tolist()]
+
+
+def scene_probabilities(
+    model: SceneClassifier, images: torch.Tensor | np.ndarray | Sequence[Image.Image], batch_size: int = 128
+) -> np.ndarray:
+    """(N, kinds) softmax of the scene judge, columns in ``SCENE_KINDS`` order (the pull's measures)."""
+    order = [list(model.config.class_names).index(k) for k in SCENE_KINDS]
+    return scene_logits(model, images, batch_size).softmax(-1)[:, order].numpy()
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """The one sampler: prompt(s) + pose(s) + seed -> images (the patent's "any scene + any person + any pose").
 
 Every image the library draws comes from :meth:`ModelBank.sample`: the evaluation's arms, training's validation
-grid (:meth:`ModelBank.from_components` over the models being trained), ``posescene generate`` and the served
-model (:meth:`ModelBank.generate`, one model's rows). Models: the base model alone, the primary adapter, the
+grid (:meth:`ModelBank.from_components` over the models being trained), the built-in world's measures
+(:mod:`posescene.world.measure`), ``posescene generate`` and the served model (:meth:`ModelBank.generate`, one
+model's rows). Models: the base model alone, the primary adapter, the
 secondary adapter, several adapters summed with weights (``both``, as diffusers' ``MultiAdapter``), any other
 adapter directory (ablations), each with an :class:`Injection` (how its features enter the U-Net); optional identity
 weights (LoRA / DreamBooth-style, diffusers' ``load_lora_weights``). A :class:`ModelBank` loads the base model and
@@ -357,6 +358,7 @@ class ModelBank:
         progress: bool | None = True,
         store: BatchStore | None = None,
         shard: Shard | None = None,
+        noise: Callable[[int], torch.Tensor] | None = None,
     ) -> np.ndarray | None:
         """Images (N, res, res, 3) uint8 for ``jobs``, batching rows of *different* arms in one U-Net call.
 
@@ -384,7 +386,14 @@ class ModelBank:
         (i % world == rank) into the store; after a barrier rank 0 returns every image and the other ranks None.
         The batches are the same in every case (the whole job list in chunks of ``batch_size``), so the images are
         the same bytes with or without a store, resumed or not, in one process or several (:mod:`posescene.shards`).
+
+        ``noise(seed)``: the (1, C, h, w) initial latent of a job's seed instead of :meth:`initial_noise`, for a
+        caller whose noise streams are its own (the world's measures draw a batch's noise from one generator, as
+        diffusers' pipelines do). A store's keys do not cover it, so it takes no store.
         """
+        if noise is not None and store is not None:
+            raise ConfigError("a sampler with its own initial noise has no store keys for it: pass one or the other")
+        initial_noise = noise or self.initial_noise
         jobs, where = distinct_rows(jobs)
         for j in jobs:
             if j.is_base:
@@ -467,7 +476,7 @@ class ModelBank:
             inside = {row: region_at(j, tuple(self.latent_shape[1:]), "max") for row, j in blend}
             scheduler = self.sampling_scheduler(sampler)
             scheduler.set_timesteps(steps, device=self.device)
-            latents = torch.cat([self.initial_noise(j.seed) for j in batch]).to(self.device, self.dtype)
+            latents = torch.cat([initial_noise(j.seed) for j in batch]).to(self.device, self.dtype)
             latents = latents * scheduler.init_noise_sigma
             trajectory = []
             for k, t in enumerate(scheduler.timesteps):
