@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 from bench_train_step import EXTRA_FORWARDS, Steps, make_batch, sd15_configs, set_checkpointing  # noqa: E402
 
 from posescene.io import write_json_atomic  # noqa: E402
-from posescene.world import tiny_architecture, training_scheduler, world_architecture  # noqa: E402
+from posescene.world.architectures import tiny_architecture, training_scheduler, world_architecture  # noqa: E402
 
 READINGS = ("whole", "distill")
 TEXT_TOKENS = 77  # CLIP's context length (SD-1.5)

@@ -57,7 +57,7 @@ from diffusers import T2IAdapter, UNet2DConditionModel
 from posescene import objective
 from posescene.io import write_json_atomic
 from posescene.train import predict_teacher, predict_two_branches
-from posescene.world import tiny_architecture, training_scheduler, world_architecture
+from posescene.world.architectures import tiny_architecture, training_scheduler, world_architecture
 
 
 def sd15_configs() -> tuple[dict[str, Any], dict[str, Any], int, int, int]:

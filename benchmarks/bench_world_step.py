@@ -2,7 +2,7 @@
 
 The from-scratch bootstrap spends most of its hours in the diffusion stages, above all ``joint`` (U-Net +
 primary adapter, batch 32). This times one full optimiser step of a stage (``--stage``) - batch drawn as
-``posescene.bootstrap`` draws it, adapter features (with adapter dropout in ``joint``), U-Net forward, min-SNR
+``posescene.world.train`` draws it, adapter features (with adapter dropout in ``joint``), U-Net forward, min-SNR
 loss, backward, clip, AdamW, EMA - for:
 
 - ``fp32``: no autocast;
@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from diffusers import T2IAdapter, UNet2DConditionModel
 
-from posescene.bootstrap import Ema, _adapter_features, _diffusion_batch, diffusion_loss
 from posescene.config import load_params
 from posescene.io import write_json_atomic
-from posescene.world import WORLD_MAX_TOKENS, world_architecture
+from posescene.world.architectures import WORLD_MAX_TOKENS, world_architecture
+from posescene.world.loop import Ema
+from posescene.world.train import adapter_features, diffusion_batch, diffusion_loss
 
 N_ROWS = 512  # latents / maps / captions the batches are drawn from (any number; only shapes matter)
 
@@ -67,14 +68,14 @@ def make_step(
     def step(i: int) -> float:
         gen = torch.Generator().manual_seed(i)
         idx = torch.randint(0, N_ROWS, (batch,), generator=gen)
-        zt, t, states, noise = _diffusion_batch(data["latents"], data["text"], data["text_idx"], idx, 0.1, gen, cpu)
+        zt, t, states, noise = diffusion_batch(data["latents"], data["text"], data["text_idx"], idx, 0.1, gen, cpu)
         keep = torch.rand(batch, generator=gen) >= dropout if stage == "joint" else None
         if channels_last:
             zt = zt.contiguous(memory_format=torch.channels_last)
         start = time.perf_counter()
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
         with autocast:
-            features = None if stage == "unet" else _adapter_features(run_adapter, data["maps"], idx, keep)
+            features = None if stage == "unet" else adapter_features(run_adapter, data["maps"], idx, keep)
             pred = run_unet(zt, t, states, down_intrablock_additional_residuals=features).sample
         loss = diffusion_loss(pred, noise, t, gamma)
         opt.zero_grad(set_to_none=True)

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from posescene.bootstrap import bootstrap
 from posescene.config import Params
+from posescene.world.bootstrap import bootstrap
 
 
 @task(name="bootstrap")

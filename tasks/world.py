@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from posescene.world import assemble_world_pipeline
+from posescene.world.architectures import assemble_world_pipeline
 from tasks._cache import stage_cache_key
 
 

@@ -198,7 +198,7 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
     from posescene.poses import run_poses
     from posescene.render import render_maps
     from posescene.synth import generate
-    from posescene.world import build_tiny_models
+    from posescene.world.architectures import build_tiny_models
 
     p = default_params()  # the stages' settings as params.yaml has them, but for the paths and sizes below
     pipeline, adapter = build_tiny_models(root / "models", seed=0)

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from posescene.bootstrap import make_data
 from posescene.evaluation import frontier as fr
 from posescene.evaluation.pull import (
     masked_sq_error,
@@ -28,6 +27,7 @@ from posescene.synth import (
     scene_specs,
     without_scene,
 )
+from posescene.world.data import make_data
 
 # sha256 of the images and captions of scenes 100000..100007 (seed 0, 6 poses, 64 px) as the world drew them
 # before synth.coupling existed (checked against that commit's synth.py): coupling 0 is that world, bit for bit
@@ -158,9 +158,9 @@ def test_a_coupled_world_continues_a_world_keeps_its_judges_and_records_its_poli
     import torch
     from diffusers import T2IAdapter
 
-    from posescene.bootstrap import bootstrap
     from posescene.config import load_params
     from posescene.evaluation.judges import SceneClassifier
+    from posescene.world.bootstrap import bootstrap
     from tests.conftest import REPO_ROOT
     from tests.test_world import TINY
 

@@ -46,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from posescene.pairs import write_pairs
     from posescene.poses import run_poses
     from posescene.synth import generate
-    from posescene.world import build_tiny_models
+    from posescene.world.architectures import build_tiny_models
 
     root = tmp_path_factory.mktemp("evaluate")
     synth = generate(

@@ -17,7 +17,7 @@ from posescene.errors import ConfigError, InputDataError, ModelLoadError
 from posescene.sampling.maps import condition_maps
 from posescene.sampling.pose import pose_from_pixels, poses_from_images, poses_from_json, poses_from_lattice_rows
 from posescene.sampling.sampler import Job, ModelBank, ModelSpec, standard_spec
-from posescene.world import build_tiny_models, tiny_architecture
+from posescene.world.architectures import build_tiny_models, tiny_architecture
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the stock pipelines, the peer the sampler is compared with

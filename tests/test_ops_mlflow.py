@@ -112,7 +112,7 @@ def _registry_workflow(
     from posescene.evaluation.evaluate import champion_adapter_dir
     from posescene.evaluation.promotion import CANDIDATE_ALIAS, CHAMPION_ALIAS
     from posescene.pyfunc import log_and_register
-    from posescene.world import build_tiny_models
+    from posescene.world.architectures import build_tiny_models
 
     mlflow_server = server.url
     t0 = time.monotonic()

@@ -45,7 +45,7 @@ def _register_champion(tmp_path: Path) -> str:
     from posescene import tracking
     from posescene.config import load_params
     from posescene.pyfunc import log_and_register
-    from posescene.world import build_tiny_models
+    from posescene.world.architectures import build_tiny_models
 
     pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models", seed=0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

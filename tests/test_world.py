@@ -50,10 +50,11 @@ def test_tiny_bootstrap_end_to_end(tmp_path: Path) -> None:
     """The real code path at test size: every part is written, loads with stock diffusers, and is measured."""
     from diffusers import AutoencoderKL, T2IAdapter, UNet2DConditionModel
 
-    from posescene.bootstrap import bootstrap, measure_world
     from posescene.config import load_params
     from posescene.errors import ConfigError
     from posescene.evaluation.judges import KeypointEstimator, SceneClassifier
+    from posescene.world.bootstrap import bootstrap
+    from posescene.world.measure import measure_world
 
     out = tmp_path / "world"
     tiny = TINY | {"bootstrap.checkpoint_dir": str(tmp_path / "ckpt")}
@@ -133,7 +134,7 @@ def test_shipped_world_in_stock_diffusers(tmp_path: Path) -> None:
     """Assemble, then load and sample with no posescene code: just diffusers, as any consumer would."""
     from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
 
-    from posescene.world import assemble_world_pipeline
+    from posescene.world.architectures import assemble_world_pipeline
 
     pipeline_dir = assemble_world_pipeline(SHIPPED, tmp_path / "pipeline")
     adapter = T2IAdapter.from_pretrained(SHIPPED / "primary_adapter", torch_dtype=torch.float32)
@@ -172,8 +173,9 @@ def _weights(world: Path) -> dict[str, bytes]:
 def test_bootstrap_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run killed mid-stage and continued with resume=True ends with exactly the weights of a run that was
     never interrupted (per-step random streams + checkpointed optimiser/EMA state)."""
-    from posescene import bootstrap as bs
     from posescene.config import load_params
+    from posescene.world import bootstrap as bs
+    from posescene.world import loop
 
     tiny = TINY | {"bootstrap.checkpoint_minutes": 0, "bootstrap.joint_steps": 4, "bootstrap.judge_steps": 4}
     whole = bs.bootstrap(
@@ -189,12 +191,12 @@ def test_bootstrap_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypat
             raise Killed(f"{stage} {step}")
 
     p2 = load_params(REPO_ROOT / "params.yaml", tiny | {"bootstrap.checkpoint_dir": str(tmp_path / "ck2")})
-    monkeypatch.setattr(bs, "after_step", kill)
+    monkeypatch.setattr(loop, "after_step", kill)
     with pytest.raises(Killed, match="judges 2"):
         bs.bootstrap(p2, out_dir=tmp_path / "resumed", log_mlflow=False)
     with pytest.raises(Killed, match="joint 3"):
         bs.bootstrap(p2, out_dir=tmp_path / "resumed", log_mlflow=False, resume=True)
-    monkeypatch.setattr(bs, "after_step", lambda stage, step: None)
+    monkeypatch.setattr(loop, "after_step", lambda stage, step: None)
     resumed = bs.bootstrap(p2, out_dir=tmp_path / "resumed", log_mlflow=False, resume=True)
 
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
@@ -217,9 +219,10 @@ def test_bootstrap_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypat
 def test_bootstrap_continues_a_world_and_records_its_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """init_from: vae/unet/adapter continue from an earlier world; the record lists every range ever seen;
     held-out scenes that overlap training data are refused; --only trains one stage and writes no world."""
-    from posescene import bootstrap as bs
     from posescene.config import load_params
     from posescene.errors import ConfigError
+    from posescene.world import bootstrap as bs
+    from posescene.world import loop
 
     first = tmp_path / "first"
     base = TINY | {"bootstrap.joint_steps": 0, "bootstrap.decoder_steps": 0, "bootstrap.checkpoint_dir": ""}
@@ -251,10 +254,10 @@ def test_bootstrap_continues_a_world_and_records_its_data(tmp_path: Path, monkey
             raise Killed
 
     early = cont | {"bootstrap.checkpoint_dir": str(tmp_path / "ck3"), "bootstrap.checkpoint_minutes": 0}
-    monkeypatch.setattr(bs, "after_step", kill)
+    monkeypatch.setattr(loop, "after_step", kill)
     with pytest.raises(Killed):
         bs.bootstrap(load_params(REPO_ROOT / "params.yaml", early), out_dir=tmp_path / "early", log_mlflow=False)
-    monkeypatch.setattr(bs, "after_step", lambda stage, step: None)
+    monkeypatch.setattr(loop, "after_step", lambda stage, step: None)
     stopped = bs.bootstrap(load_params(REPO_ROOT / "params.yaml", early), out_dir=tmp_path / "early",
                            log_mlflow=False, resume=True, stop_early=True)  # fmt: skip
     assert stopped["stages"]["joint"]["stopped_early_at_step"] == 2
@@ -271,9 +274,9 @@ def test_bootstrap_continues_a_world_and_records_its_data(tmp_path: Path, monkey
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_measure_world_refuses_a_world_without_its_training_record(tmp_path: Path) -> None:
     """A world that does not say what it trained on cannot be measured on "fresh" scenes: a clear error."""
-    from posescene.bootstrap import measure_world
     from posescene.config import load_params
     from posescene.errors import InputDataError, ModelLoadError
+    from posescene.world.measure import measure_world
 
     params = load_params(REPO_ROOT / "params.yaml", TINY)
     with pytest.raises(ModelLoadError, match="training_data.json: missing"):
@@ -299,8 +302,8 @@ def test_bootstrap_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
 def test_fidelity_interval_resamples_scenes() -> None:
     """The normalised fidelity's interval: a generator that draws the asked pose sits at 1, one that ignores
     the pose at 0 (the interval covers it), and one right on half the scenes between, inside its interval."""
-    from posescene.bootstrap import fidelity_norm_ci, normalised_fidelity, other_pose
     from posescene.evaluation.metrics import batch_pck
+    from posescene.world.measure import fidelity_norm_ci, normalised_fidelity, other_pose
 
     rng = np.random.default_rng(0)
     poses, n_scenes = 4, 30
@@ -315,3 +318,59 @@ def test_fidelity_interval_resamples_scenes() -> None:
     lo, hi = fidelity_norm_ci(half, *rest)
     point = normalised_fidelity(batch_pck(half, own, 0.1, "bbox"), batch_pck(half, other, 0.1, "bbox"), 1.0)
     assert lo < point < hi and 0.2 < lo and hi < 0.8
+
+
+def test_the_worlds_images_are_the_stock_pipelines_with_its_noise(tmp_path: Path) -> None:
+    """The world's measures draw with the one sampler, and keep the random streams they had with diffusers' stock
+    pipelines: the batch starting at row i takes its noise from one generator seeded seed + i. Each image is the
+    stock pipeline's (up to float rounding), base and primary; a repeated caption still gets its own noise."""
+    from diffusers import StableDiffusionAdapterPipeline, StableDiffusionPipeline, T2IAdapter
+
+    from posescene.sampling.sampler import ModelBank
+    from posescene.world.architectures import build_tiny_models
+    from posescene.world.measure import draw
+
+    torch.set_num_threads(1)
+    pipeline, adapter_dir = build_tiny_models(tmp_path, seed=0)
+    bank = ModelBank(str(pipeline), {"primary": str(adapter_dir)}, resolution=32, device="cpu")
+    captions = ["a person running on a beach", "a person sitting in a forest", "a person running on a beach"]
+    maps = np.full((3, 32, 32), 255, dtype=np.uint8)
+    maps[:, 8:24:3, 10:20:2] = 0
+    adapter = T2IAdapter.from_pretrained(adapter_dir, torch_dtype=torch.float32)
+    for name, conditions in (("base", None), ("primary", maps)):
+        ours = draw(bank, captions, conditions, steps=3, guidance=4.0, seed=5, batch_size=2)
+        if conditions is None:
+            pipe = StableDiffusionPipeline.from_pretrained(pipeline, torch_dtype=torch.float32)
+        else:
+            pipe = StableDiffusionAdapterPipeline.from_pretrained(pipeline, adapter=adapter, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        for i in range(0, len(captions), 2):
+            kwargs: dict = dict(
+                prompt=captions[i : i + 2], num_inference_steps=3, guidance_scale=4.0, height=32, width=32,
+                generator=torch.Generator().manual_seed(5 + i), output_type="np",
+            )  # fmt: skip
+            if conditions is not None:
+                kwargs["image"] = torch.from_numpy(conditions[i : i + 2]).float()[:, None] / 255.0
+            stock = (np.clip(pipe(**kwargs).images, 0, 1) * 255).round().astype(np.uint8)
+            assert np.abs(stock.astype(int) - ours[i : i + 2].astype(int)).max() <= 1, (name, i)
+        assert not np.array_equal(ours[0], ours[2]), name  # same caption, another row's noise
+
+
+def test_the_bootstrap_logs_one_run_through_the_tracking_module(tmp_path: Path) -> None:
+    """The world's MLflow run (experiment posescene-bootstrap) goes through posescene.tracking: params of the
+    bootstrap section and the seed, numeric metrics ('@' spelt '_at_'), the metrics file as an artifact."""
+    from posescene.config import load_params
+    from posescene.tracking import client
+    from posescene.world.bootstrap import MLFLOW_EXPERIMENT, log_to_mlflow
+
+    params = load_params(REPO_ROOT / "params.yaml", TINY)
+    (tmp_path / "bootstrap_metrics.json").write_text("{}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = log_to_mlflow(params, {"primary_pck@0.1img": 0.5, "stages": {}, "resumed": False}, tmp_path, uri)
+    c = client(uri)
+    run = c.get_run(run_id)
+    assert c.get_experiment(run.info.experiment_id).name == MLFLOW_EXPERIMENT
+    assert run.data.params["bootstrap.n_scenes"] == "16" and run.data.params["seed"] == str(params.seed)
+    assert run.data.metrics == {"primary_pck_at_0.1img": 0.5, "resumed": 0.0}
+    assert [a.path for a in c.list_artifacts(run_id)] == ["bootstrap_metrics.json"]
+    assert run.info.status == "FINISHED"

@@ -3,7 +3,7 @@
     python benchmarks/gpu_bootstrap/assemble.py /work/.device/1 gpu2200
 
 re-joins the finished joint checkpoint into ``checkpoints/<name>/joint.pt``, copies the shipped judges into
-``build/<name>/`` and runs ``posescene.bootstrap`` with ``resume``: every stage is finished, so nothing trains
+``build/<name>/`` and runs ``posescene.world.bootstrap`` with ``resume``: every stage is finished, so nothing trains
 and the world is written and measured exactly as the CLI's ``bootstrap --resume`` would (without MLflow).
 """
 
@@ -15,9 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from posescene.bootstrap import bootstrap
 from posescene.config import load_params, parse_set_option
 from posescene.io import atomic_path
+from posescene.world.bootstrap import bootstrap
 
 
 def main(device_out: Path, name: str) -> None:

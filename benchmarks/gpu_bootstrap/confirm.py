@@ -1,7 +1,7 @@
 """Measure candidate worlds on *fresh* held-out scenes that no training run used.
 
 The bootstrap's own metrics (scenes [n_scenes, n_scenes + n_heldout)) are what one would pick a world by, so
-they are optimistic for the one picked. This re-runs ``posescene.bootstrap.measure`` on scenes
+they are optimistic for the one picked. This re-runs ``posescene.world.measure.measure`` on scenes
 [--first, --first + --scenes) (by default [1240, 1320): after the held-out range, before the extra scenes,
 never trained on), for each world given, with the same seed, sampler and judges.
 
@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from posescene.bootstrap import measure_world
 from posescene.config import load_params
 from posescene.io import write_json_atomic
+from posescene.world.measure import measure_world
 
 KEYS = ("primary_fidelity_norm@0.1bbox", "primary_fidelity_norm@0.1bbox_ci95", "base_fidelity_norm@0.1bbox",
         "base_fidelity_norm@0.1bbox_ci95", "primary_fidelity_norm@0.1img", "primary_scene_acc", "base_scene_acc",

@@ -2,7 +2,7 @@
 
 Run on a lent GPU machine by ``run_device.sh``. A short probe run times the joint step on this device; the
 real run then gets as many steps as fit ``--train-seconds`` (the cosine schedule needs its length up front).
-Everything else is ``posescene.bootstrap`` unchanged: ``bootstrap.init_from=models/world``, judges reused,
+Everything else is ``posescene.world.bootstrap`` unchanged: ``bootstrap.init_from=models/world``, judges reused,
 decoder not retrained, the run's record (device, steps, seconds) in its finished checkpoint.
 
 The finished checkpoint (final EMA weights) comes back in <= 15 MB pieces; re-assemble and measure it on
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from posescene import bootstrap as bs
 from posescene.config import load_params
+from posescene.world import bootstrap as bs
 
 
 def overrides(steps: int, batch: int, ckpt: Path, device: str = "cuda", extra: dict | None = None) -> dict:

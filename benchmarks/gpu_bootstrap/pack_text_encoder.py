@@ -37,7 +37,7 @@ def world_captions() -> list[str]:
 
 
 def pack(dest: Path) -> None:
-    from posescene.world import minilm_dir, world_tokenizer
+    from posescene.world.architectures import minilm_dir, world_tokenizer
 
     src = minilm_dir()
     tok = world_tokenizer()
@@ -78,7 +78,7 @@ def check(packed_dir: Path) -> None:
 
     from transformers import BertModel
 
-    from posescene.world import minilm_dir, world_tokenizer
+    from posescene.world.architectures import minilm_dir, world_tokenizer
 
     captions = world_captions()
     tok = world_tokenizer()

@@ -36,8 +36,8 @@ def bootstrap(
     device: str | None = typer.Option(None, help="auto | cpu | cuda[:N] (default: bootstrap.device)."),
 ) -> None:
     """Train the built-in world (VAE, U-Net, primary adapter, judges) on PoseScenes and measure it."""
-    from posescene.bootstrap import bootstrap as run_bootstrap
     from posescene.config import load_params, parse_set_option
+    from posescene.world.bootstrap import bootstrap as run_bootstrap
 
     try:
         overrides = parse_set_option(set_)
@@ -59,7 +59,7 @@ def world(
 ) -> None:
     """Assemble the standard diffusers pipeline directory from the shipped world weights (seconds)."""
     from posescene.config import load_params, parse_set_option
-    from posescene.world import assemble_world_pipeline
+    from posescene.world.architectures import assemble_world_pipeline
 
     try:
         p = load_params(params, parse_set_option(set_))
@@ -80,11 +80,11 @@ def measure_worlds(
     params: Path = typer.Option(Path("params.yaml"), help="params.yaml to read (bootstrap.eval_* settings)."),
 ) -> None:
     """Measure worlds side by side on the same held-out scenes: quality and the pose's pull on the scene."""
-    from posescene.bootstrap import measure_world
     from posescene.config import load_params
     from posescene.errors import ConfigError
     from posescene.evaluation.heldout import load_training_ranges
     from posescene.io import write_json_atomic
+    from posescene.world.measure import measure_world
 
     try:
         p = load_params(params)

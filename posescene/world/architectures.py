@@ -53,56 +53,27 @@ class Architecture:
     adapter: dict[str, Any]
 
 
-def world_architecture() -> Architecture:
-    """The built-in world: 64 px images, VAE factor 4 -> 16 x 16 x 4 latents, 3-level U-Net."""
-    widths = [64, 128, 128]
+def _sd_architecture(
+    resolution: int, vae_widths: list[int], widths: list[int], vae_groups: int, groups: int,
+    cross_attention_dim: int, head_dim: int,
+) -> Architecture:  # fmt: skip
+    """SD 1.x's topology at small widths: a 3-level VAE with factor 4, a 3-level U-Net (two cross-attention
+    levels), a full T2I-Adapter on 1-channel maps with the U-Net's widths."""
     return Architecture(
-        resolution=64,
+        resolution=resolution,
         vae=dict(
             in_channels=3,
             out_channels=3,
             down_block_types=["DownEncoderBlock2D"] * 3,
             up_block_types=["UpDecoderBlock2D"] * 3,
-            block_out_channels=[32, 64, 64],
+            block_out_channels=vae_widths,
             layers_per_block=1,
             latent_channels=4,
-            norm_num_groups=16,
-            sample_size=64,
+            norm_num_groups=vae_groups,
+            sample_size=resolution,
         ),
         unet=dict(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            block_out_channels=widths,
-            layers_per_block=1,
-            cross_attention_dim=384,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        ),
-        adapter=dict(in_channels=1, channels=widths, num_res_blocks=1, downscale_factor=4, adapter_type="full_adapter"),
-    )
-
-
-def tiny_architecture(cross_attention_dim: int = 32) -> Architecture:
-    """Tiny models for tests: 32 px, same topology as the world (and as SD: VAE, U-Net, adapter)."""
-    widths = [16, 32, 32]
-    return Architecture(
-        resolution=32,
-        vae=dict(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 3,
-            up_block_types=["UpDecoderBlock2D"] * 3,
-            block_out_channels=[8, 16, 16],
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=32,
-        ),
-        unet=dict(
-            sample_size=8,
+            sample_size=resolution // 4,
             in_channels=4,
             out_channels=4,
             down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
@@ -110,11 +81,23 @@ def tiny_architecture(cross_attention_dim: int = 32) -> Architecture:
             block_out_channels=widths,
             layers_per_block=1,
             cross_attention_dim=cross_attention_dim,
-            attention_head_dim=4,
-            norm_num_groups=8,
+            attention_head_dim=head_dim,
+            norm_num_groups=groups,
         ),
         adapter=dict(in_channels=1, channels=widths, num_res_blocks=1, downscale_factor=4, adapter_type="full_adapter"),
     )
+
+
+def world_architecture() -> Architecture:
+    """The built-in world: 64 px images, VAE factor 4 -> 16 x 16 x 4 latents, 3-level U-Net."""
+    return _sd_architecture(64, [32, 64, 64], [64, 128, 128], vae_groups=16, groups=32, cross_attention_dim=384,
+                            head_dim=8)  # fmt: skip
+
+
+def tiny_architecture(cross_attention_dim: int = 32) -> Architecture:
+    """Tiny models for tests: 32 px, same topology as the world (and as SD: VAE, U-Net, adapter)."""
+    return _sd_architecture(32, [8, 16, 16], [16, 32, 32], vae_groups=8, groups=8,
+                            cross_attention_dim=cross_attention_dim, head_dim=4)  # fmt: skip
 
 
 def training_scheduler() -> DDPMScheduler:
