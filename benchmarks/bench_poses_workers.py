@@ -6,8 +6,8 @@ output directory:
 
 - ``local-serial``: ``poses.workers: 1`` (batches in this process, the default);
 - ``local-pool-1`` / ``local-pool-2``: the spawn process pool that ``poses.workers: N`` uses;
-- ``dask-1`` / ``dask-2``: ``poses.runner: dask`` through the flow's own code (``tasks.poses.poses_task`` with
-  ``flows._dask.dask_runner``:
+- ``dask-1`` / ``dask-2``: ``poses.runner: dask`` through the flow's own code (the stage task
+  ``tasks.stage.stage_task("poses", posescene.poses.poses)`` with ``flows._dask.dask_runner``:
   the batches as ``client.map`` calls on a LocalCluster of N worker processes, the detector built once per
   worker by a WorkerPlugin before the batches start).
 
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ POSES_PER_SCENE = 4
 
 def make_images(root: Path, n_images: int, size: int) -> Path:
     """PoseScenes images, ingested (the poses stage reads the ingest manifest)."""
-    from posescene.ingest import ingest
+    from posescene.ingest import ingest_source
     from posescene.synth import generate
 
     n_scenes = -(-n_images // POSES_PER_SCENE)
@@ -51,32 +52,35 @@ def make_images(root: Path, n_images: int, size: int) -> Path:
     synth = generate(
         root / "synth", n_scenes, POSES_PER_SCENE, size, seed=0, first_scene=0, coupling=0.0, progress=False
     )
-    ingest(synth, root / "ingested", source_kind=p.source_kind, max_pixels=p.max_pixels, min_side=p.min_side,
+    ingest_source(synth, root / "ingested", source_kind=p.source_kind, max_pixels=p.max_pixels, min_side=p.min_side,
            progress=False)  # fmt: skip
     return root / "ingested"
 
 
 def runners(batch_size: int) -> dict[str, Callable[[Path, Path], dict[str, Any]]]:
     from flows._dask import dask_runner
-    from posescene.config import default_params
-    from posescene.poses import process_pool_map, run_poses_with
-    from tasks.poses import poses_task
+    from posescene.config import Params, default_params
+    from posescene.poses import Runner, poses, process_pool_map
+    from tasks.stage import stage_task
 
-    params = default_params({"poses.detector": "mediapipe", "poses.batch_size": batch_size}).poses
+    def params(manifest: Path, out: Path, **overrides: Any) -> Params:
+        settings = {"poses.detector": "mediapipe", "poses.batch_size": batch_size, **overrides}
+        return default_params({**settings, "ingest.out_dir": str(manifest), "poses.out_dir": str(out)})
 
     def local(workers: int | None, pool: bool) -> Callable[[Path, Path], dict[str, Any]]:
         def run(manifest: Path, out: Path) -> dict[str, Any]:
-            map_fn = process_pool_map(workers or 1) if pool else None
-            summary = run_poses_with(params, manifest, out, workers=workers or 1, map_fn=map_fn, progress=False)
-            return summary.to_dict()
+            runner: Runner | None = None
+            if pool:  # the pool even for one worker (``local-pool-1``): what a pool costs over this process
+                runner = lambda _: nullcontext({"map_fn": process_pool_map(workers or 1)})  # noqa: E731
+            on_host = params(manifest, out, **{"poses.workers": workers or 1})
+            return poses(on_host, progress=False, runner=runner).as_dict()
 
         return run
 
     def dask(workers: int) -> Callable[[Path, Path], dict[str, Any]]:
-        on_dask = params.model_copy(update={"runner": "dask", "dask_workers": workers})
-
         def run(manifest: Path, out: Path) -> dict[str, Any]:
-            return poses_task(on_dask, str(manifest), str(out), dask_runner(on_dask))
+            on_dask = params(manifest, out, **{"poses.runner": "dask", "poses.dask_workers": workers})
+            return stage_task("poses", poses)(on_dask, runner=dask_runner(on_dask.poses))
 
         return run
 

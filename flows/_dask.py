@@ -4,8 +4,8 @@ The library stays Prefect- and Dask-free: :func:`posescene.poses.run_poses` take
 and keeps the incremental bookkeeping (which images are new, the summary); here that map is
 ``client.map(posescene.poses.process_batch, batches)`` on a ``LocalCluster`` of ``poses.dask_workers``
 worker processes, or on an existing scheduler (``ops.dask_address``). The same code serves both.
-:func:`dask_runner` is what the poses flow passes to the stage's one task when ``poses.runner`` is ``dask``
-(the flow decides the runner, once).
+:func:`dask_runner` is what the poses flow passes to the stage (``posescene.poses.poses(params, runner=...)``, run
+by the one stage task) when ``poses.runner`` is ``dask`` (the flow decides the runner, once).
 
 Why it is built this way (it was 4x slower than the local pool and did not scale, measured in
 ``benchmarks/results/poses_workers.json`` before this change, with one Prefect task per batch):
@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from distributed import Client, LocalCluster, as_completed
@@ -120,9 +120,9 @@ def client_map(
     return run
 
 
-def dask_runner(params: PosesParams, address: str | None = None) -> Callable[[str], AbstractContextManager[dict]]:
+def dask_runner(params: PosesParams, address: str | None = None) -> poses.Runner:
     """The poses stage's runner on Dask: ``runner(manifest)`` opens the cluster (``address``, or a LocalCluster of
-    ``poses.dask_workers``) and yields the :func:`posescene.poses.run_poses_with` options that put the batches on
+    ``poses.dask_workers``) and yields the :func:`posescene.poses.run_poses` options that put the batches on
     it (``map_fn``, ``batch_size``, no bar); each finished batch is logged to the task run."""
 
     @contextmanager

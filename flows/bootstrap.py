@@ -8,7 +8,8 @@ from prefect import flow
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from tasks.bootstrap import bootstrap_task
+from posescene.world.bootstrap import bootstrap
+from tasks.stage import stage_task
 
 
 @flow(name="bootstrap", log_prints=True)
@@ -21,7 +22,7 @@ def bootstrap_flow(
     ``resume``: continue from the checkpoints in ``bootstrap.checkpoint_dir`` (``python -m flows.bootstrap
     --resume``; a stage checkpointed with other params is refused)."""
     params = load_params(params_path, overrides)
-    return bootstrap_task(params, params.bootstrap.out_dir, resume)
+    return stage_task("bootstrap", bootstrap)(params, out_dir=params.bootstrap.out_dir, resume=resume)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from tasks.ingest import ingest_task, is_hub_source
+from posescene.ingest import ingest
+from tasks.stage import stage_task
 
 
 def ingest_markdown(report: dict[str, Any]) -> str:
@@ -34,8 +35,7 @@ def ingest_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | No
     """Stage 1: captions + images -> manifest.parquet, images/, rejects.csv, report.json."""
     params = load_params(params_path, overrides)
     p = params.ingest
-    run = ingest_task.with_options(retries=2, retry_delay_seconds=30) if is_hub_source(p) else ingest_task
-    report = run(p, p.source, p.out_dir)
+    report = stage_task("ingest", ingest, params)(params)  # params: a hub source is retried (posescene/stages.py)
     print(
         f"ingest: {report['seen']} seen, {report['accepted']} accepted ({report['converted']} converted), "
         f"{report['rejected_total']} rejected {report['rejected']} -> {p.out_dir}"

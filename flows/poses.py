@@ -7,7 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import Params, load_params
-from tasks.poses import Runner, poses_task
+from posescene.poses import Runner, poses
+from tasks.stage import stage_task
 
 
 def poses_markdown(summary: dict[str, Any]) -> str:
@@ -49,7 +50,7 @@ def pose_runner(params: Params) -> Runner | None:
 def poses_flow(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stage 2: pose lattices of the ingested images (incremental Parquet dataset)."""
     params = load_params(params_path, overrides)
-    summary = poses_task(params.poses, params.ingest.out_dir, params.poses.out_dir, pose_runner(params))
+    summary = stage_task("poses", poses)(params, runner=pose_runner(params))
     print(
         f"poses ({summary['detector']}): {summary['images_processed']} images processed, "
         f"{summary['images_existing']} already done, {summary['persons_found']} persons found, "

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,9 @@ from tqdm.auto import tqdm
 from posescene.errors import InputDataError
 from posescene.io import atomic_path
 from posescene.topology import N_KEYPOINTS
+
+if TYPE_CHECKING:
+    from posescene.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ class IngestReport:
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "source_kind": self.source_kind,
@@ -558,7 +561,20 @@ def image_id_for(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def ingest(
+def ingest(params: Params, *, progress: bool = True) -> IngestReport:
+    """Stage ``ingest``: ``ingest.source`` validated into the manifest ``ingest.out_dir`` (params.yaml)."""
+    p = params.ingest
+    return ingest_source(
+        p.source, p.out_dir, source_kind=p.source_kind, max_pixels=p.max_pixels, min_side=p.min_side, progress=progress
+    )
+
+
+def is_hub_source(params: Params) -> bool:
+    """A hub id (not a local path) for an hf_dataset source: the one case where ingest does network I/O."""
+    return params.ingest.source_kind == "hf_dataset" and not Path(params.ingest.source).exists()
+
+
+def ingest_source(
     source: str | Path,
     out_dir: str | Path,
     *,
@@ -644,7 +660,7 @@ def ingest(
             writer = csv.writer(f)
             writer.writerow(REJECT_COLUMNS)
             writer.writerows((r.source_path, r.reason, r.detail) for r in rejects)
-        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     if report.accepted == 0:
         log.warning("ingest: no image of %s was accepted; see %s", source, out_dir / "rejects.csv")
     elif rejects:

@@ -39,6 +39,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,7 @@ from posescene.lattice import normalise
 from posescene.topology import KEYPOINT_NAMES, N_KEYPOINTS
 
 if TYPE_CHECKING:  # the library reads the settings off the object; workers never import the schema
-    from posescene.config import PosesParams
+    from posescene.config import Params, PosesParams
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ META_MIN_SCORE = "posescene.min_score"
 META_DETECTOR_OPTIONS = "posescene.detector_options"  # JSON: the detector's thresholds that change its output
 
 MapFn = Callable[[Callable[["BatchTask"], "BatchResult"], Sequence["BatchTask"]], Iterable["BatchResult"]]
+# Where the batches run, decided once by the caller (the poses flow): ``runner(manifest)`` is a context (a cluster
+# while it is open) that yields :func:`run_poses` options (``map_fn``, ``batch_size``, ``progress``).
+Runner = Callable[[str], AbstractContextManager[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ class PosesSummary:
     images_per_second: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -571,26 +575,35 @@ def run_poses(
     return summary
 
 
-def run_poses_with(params: PosesParams, manifest: str | Path, out_dir: str | Path, **overrides: Any) -> PosesSummary:
-    """:func:`run_poses` with the stage's settings from ``params`` (params.yaml ``poses``).
-
-    ``overrides`` replace or add :func:`run_poses` keywords (``batch_size``, ``workers``, ``device``,
-    ``map_fn``, ``progress``); one place maps the ``poses`` section onto the call, for the task, the CLI,
-    the Dask runner and the benchmarks.
-    """
-    options: dict[str, Any] = {
-        "detector": params.detector,
-        "weights": params.weights,
-        "beta": params.beta,
-        "min_score": params.min_score,
-        "min_detection_confidence": params.min_detection_confidence,
-        "min_presence_confidence": params.min_presence_confidence,
-        "max_persons": params.max_persons,
-        "person_proposals": params.person_proposals,
-        "batch_size": params.batch_size,
-        "workers": params.workers,
+def _stage_options(p: PosesParams) -> dict[str, Any]:
+    """The ``poses`` section as :func:`run_poses` keywords: one place maps it onto the call."""
+    return {
+        "detector": p.detector,
+        "weights": p.weights,
+        "beta": p.beta,
+        "min_score": p.min_score,
+        "min_detection_confidence": p.min_detection_confidence,
+        "min_presence_confidence": p.min_presence_confidence,
+        "max_persons": p.max_persons,
+        "person_proposals": p.person_proposals,
+        "batch_size": p.batch_size,
+        "workers": p.workers,
     }
-    return run_poses(manifest, out_dir, **{**options, **overrides})
+
+
+def poses(params: Params, *, progress: bool = True, runner: Runner | None = None) -> PosesSummary:
+    """Stage ``poses``: the lattices of every image of ``ingest.out_dir`` not yet in ``poses.out_dir`` (params.yaml).
+
+    ``runner``: where the batches run, decided once by the caller: None for the library's own (this process, or a
+    process pool of ``poses.workers``), else ``runner(manifest)``, a context that yields the :func:`run_poses`
+    options of another engine (``flows._dask.dask_runner``); they replace the section's (``batch_size``).
+    """
+    p, manifest = params.poses, params.ingest.out_dir
+    options = {**_stage_options(p), "progress": progress}
+    if runner is None:
+        return run_poses(manifest, p.out_dir, **options)
+    with runner(manifest) as engine:
+        return run_poses(manifest, p.out_dir, **{**options, **engine})
 
 
 def read_lattices(path: str | Path) -> pa.Table:

@@ -12,6 +12,7 @@ Plain data, no Prefect import, so reading the table (the CLI, the docs test) cos
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,20 @@ class TaskPolicy:
     ``cache``: the ``params.yaml`` keys (dotted) whose values decide the result; ``cache_paths``: the keys naming
     files and directories it reads and writes, fingerprinted (a hit means "same inputs, output intact"); no
     ``cache`` (None): never cached (a run that moves registry aliases or resumes from checkpoints by itself).
+    ``uncached_with``: options that make a call uncached (a pose runner on a cluster: its result is not a
+    function of the local files). ``retries`` after ``retry_delay_s``; ``retry_on``: ``"any"`` failure, or only
+    a crash of the ``"machinery"`` (a killed worker), never a posescene error; ``retry_when``: a predicate on
+    ``params`` (``"module:function"``) outside which the stage is not retried (ingest: only a hub download flakes).
     """
 
     entry: str
     cache: tuple[str, ...] | None = None
     cache_paths: tuple[str, ...] = ()
+    uncached_with: tuple[str, ...] = ()
     retries: int = 0  # deterministic local work: a failure is a bug or a bad input, a retry would fail the same way
+    retry_delay_s: float = 0.0
+    retry_on: Literal["any", "machinery"] = "any"
+    retry_when: str | None = None
     progress: bool = True  # a tqdm bar; False: the entry point's plain progress lines (the evaluation's)
 
 
@@ -38,15 +47,48 @@ class Stage:
     name: str
     outputs: tuple[str, ...]  # what dvc.yaml lists under outs/metrics/plots, default params
     summary: str
+    task: TaskPolicy  # the generic task's policy (tasks/stage.py)
     data: bool = False  # part of the data half (flows/data.py): runs on a CPU machine before training
     pipeline: bool = True  # run by the pipeline flow and `dvc repro`; False: frozen, run on request only
-    task: TaskPolicy | None = None  # the generic task's policy (tasks/stage.py); None: the stage has a task of its own
 
 
 REGISTRY: tuple[Stage, ...] = (
-    Stage("synth", ("data/synth",), "render the built-in PoseScenes world (images + captions)", data=True),
-    Stage("ingest", ("data/ingested",), "validate the image source into a manifest", data=True),
-    Stage("poses", ("data/lattices",), "detect keypoint lattices per image (incremental)", data=True),
+    Stage(
+        "synth",
+        ("data/synth",),
+        "render the built-in PoseScenes world (images + captions)",
+        data=True,
+        task=TaskPolicy("posescene.synth:synth", cache=("seed", "synth"), cache_paths=("synth.out_dir",)),
+    ),
+    Stage(
+        "ingest",
+        ("data/ingested",),
+        "validate the image source into a manifest",
+        data=True,
+        task=TaskPolicy(
+            "posescene.ingest:ingest",
+            cache=("ingest",),
+            cache_paths=("ingest.source", "ingest.out_dir"),
+            retries=2,  # a hub download can flake; local files fail the same way every time
+            retry_delay_s=30,
+            retry_when="posescene.ingest:is_hub_source",
+        ),
+    ),
+    Stage(
+        "poses",
+        ("data/lattices",),
+        "detect keypoint lattices per image (incremental)",
+        data=True,
+        task=TaskPolicy(
+            "posescene.poses:poses",
+            cache=("poses",),
+            cache_paths=("ingest.out_dir", "poses.out_dir"),
+            uncached_with=("runner",),
+            retries=1,  # incremental: a retry redoes only the batches a killed worker had not written
+            retry_delay_s=5,
+            retry_on="machinery",
+        ),
+    ),
     Stage(
         "pairs",
         ("data/pairs.parquet",),
@@ -71,8 +113,17 @@ REGISTRY: tuple[Stage, ...] = (
         "retrain the shipped world (frozen; about 3 hours from scratch on an idle 2-core CPU over resumed runs, "
         "an estimated half hour on one H200 with bootstrap.device / --device cuda; resumable)",
         pipeline=False,
+        # retraining is always deliberate (never cached) and a failure no flake (``resume`` continues instead)
+        task=TaskPolicy("posescene.world.bootstrap:bootstrap"),
     ),
-    Stage("world", ("build/world/pipeline",), "the shipped world as a diffusers pipeline directory"),
+    Stage(
+        "world",
+        ("build/world/pipeline",),
+        "the shipped world as a diffusers pipeline directory",
+        task=TaskPolicy(
+            "posescene.world.pipeline:world", cache=("world",), cache_paths=("world.shipped_dir", "world.pipeline_dir")
+        ),
+    ),
     Stage(
         "cache",
         ("data/cache",),

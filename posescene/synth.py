@@ -13,8 +13,9 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,6 +23,9 @@ from tqdm.auto import tqdm
 
 from posescene.io import atomic_path
 from posescene.topology import INDEX, N_KEYPOINTS
+
+if TYPE_CHECKING:
+    from posescene.config import Params
 
 SCENE_KINDS: tuple[str, ...] = (
     "beach", "forest", "city_street", "snowy_mountains", "desert", "park", "indoor_room", "lake",
@@ -527,3 +531,43 @@ def generate(
             for row in rows:
                 f.write(json.dumps(row) + "\n")
     return out_dir
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What the ``synth`` stage wrote, for logs, the Prefect artifact and the CLI."""
+
+    out_dir: str
+    seed: int
+    first_scene: int
+    scenes: int
+    images: int
+    size: int
+    coupling: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def synth(params: Params, *, progress: bool = True) -> SynthSummary:
+    """Stage ``synth``: the PoseScenes imagefolder ``synth.out_dir`` from the ``synth`` section and ``seed``."""
+    p = params.synth
+    path = generate(
+        p.out_dir,
+        p.n_scenes,
+        p.poses_per_scene,
+        p.size,
+        params.seed,
+        first_scene=p.first_scene,
+        coupling=p.coupling,
+        progress=progress,
+    )
+    return SynthSummary(
+        out_dir=str(path),
+        seed=params.seed,
+        first_scene=p.first_scene,
+        scenes=p.n_scenes,
+        images=p.n_scenes * p.poses_per_scene,
+        size=p.size,
+        coupling=p.coupling,
+    )

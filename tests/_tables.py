@@ -193,7 +193,7 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
 
     from posescene.cache import build_cache
     from posescene.config import default_params
-    from posescene.ingest import ingest
+    from posescene.ingest import ingest_source
     from posescene.pairs import write_pairs
     from posescene.poses import run_poses
     from posescene.render import render_maps
@@ -212,7 +212,7 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
         coupling=0.0,
         progress=False,
     )
-    ingest(root / "synth", root / "ingested", **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(root / "synth", root / "ingested", **stage_options(ingest_source, "ingest"), progress=False)
     run_poses(root / "ingested", root / "lattices", **stage_options(run_poses, "poses", detector="groundtruth"))
     write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", strategy=p.pairs.strategy,
                 heldout_fraction=0.25, max_pairs_per_group=p.pairs.max_pairs_per_group, seed=0)  # fmt: skip

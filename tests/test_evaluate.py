@@ -42,7 +42,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from diffusers import T2IAdapter
 
     from posescene.evaluation.judges import KeypointEstimator, SceneClassifier
-    from posescene.ingest import ingest
+    from posescene.ingest import ingest_source
     from posescene.pairs import write_pairs
     from posescene.poses import run_poses
     from posescene.synth import generate
@@ -52,7 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synth = generate(
         root / "synth", n_scenes=4, poses_per_scene=3, size=32, seed=0, first_scene=0, coupling=0.0, progress=False
     )
-    ingest(synth, root / "ingested", **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(synth, root / "ingested", **stage_options(ingest_source, "ingest"), progress=False)
     run_poses(root / "ingested" / "manifest.parquet", root / "lattices", **stage_options(run_poses, "poses"),
               progress=False)  # fmt: skip
     write_pairs(root / "lattices", root / "pairs.parquet", root / "ingested", strategy="scene", heldout_fraction=0.3,

@@ -17,7 +17,7 @@ from _params import stage_options
 from PIL import Image
 
 from posescene.errors import InputDataError
-from posescene.ingest import MANIFEST_SCHEMA, image_id_for, ingest
+from posescene.ingest import MANIFEST_SCHEMA, image_id_for, ingest_source
 from posescene.topology import N_KEYPOINTS
 
 
@@ -67,7 +67,7 @@ def _manifest(out: Path) -> list[dict]:
 
 def test_synth_round_trip_keeps_scene_ids_and_keypoints(synth_dir, tmp_path):
     out = tmp_path / "ingested"
-    report = ingest(synth_dir, out, **stage_options(ingest, "ingest"), progress=False)
+    report = ingest_source(synth_dir, out, **stage_options(ingest_source, "ingest"), progress=False)
     meta = {r["file_name"]: r for r in map(json.loads, (synth_dir / "metadata.jsonl").read_text().splitlines())}
     rows = _manifest(out)
     assert report.accepted == len(rows) == len(meta) == 24 and report.rejected_total == 0
@@ -145,7 +145,7 @@ def test_every_bad_input_is_a_reject_with_its_reason(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", spy)
     out = tmp_path / "out"
-    report = ingest(root, out, **stage_options(ingest, "ingest", min_side=16), progress=False)
+    report = ingest_source(root, out, **stage_options(ingest_source, "ingest", min_side=16), progress=False)
 
     assert outside.resolve() not in opened, "a path outside the root was opened"
     rejects = _rejects(out)
@@ -187,7 +187,7 @@ def test_pixel_limit_is_exact_and_read_from_the_header(tmp_path):
         {"at.png": _png((100, 50)), "over.png": _png((101, 50), color=(1, 2, 3))},
         [{"file_name": "at.png", "text": "at the limit"}, {"file_name": "over.png", "text": "one column more"}],
     )
-    ingest(root, tmp_path / "out", **stage_options(ingest, "ingest", max_pixels=5000), progress=False)
+    ingest_source(root, tmp_path / "out", **stage_options(ingest_source, "ingest", max_pixels=5000), progress=False)
     assert [r["source_path"] for r in _manifest(tmp_path / "out")] == ["at.png"]
     reason, detail = _rejects(tmp_path / "out")["over.png"]
     assert reason == "too_many_pixels" and "5050" in detail
@@ -221,7 +221,7 @@ def test_modes_are_converted_to_rgb_not_rejected(tmp_path):
         "exif.jpg": _encoded(Image.new("RGB", (40, 20), (0, 200, 0)), "JPEG", exif=exif),
     }
     root = _folder(tmp_path / "src", images, [{"file_name": n, "text": f"image {n}"} for n in images])
-    report = ingest(root, tmp_path / "out", **stage_options(ingest, "ingest"), progress=False)
+    report = ingest_source(root, tmp_path / "out", **stage_options(ingest_source, "ingest"), progress=False)
     assert report.rejected_total == 0 and report.accepted == len(images)
     assert report.converted == 8 and report.converted_from["CMYK"] == 2 and report.converted_from["I;16"] == 1
     rows = {r["source_path"]: r for r in _manifest(tmp_path / "out")}
@@ -253,7 +253,7 @@ def test_metadata_csv_variant(tmp_path):
         w.writerow(["file_name", "caption", "scene_id", "keypoints"])
         w.writerow(["a.png", "a person waving", "s1", kp])
         w.writerow(["b.png", "a person running", "s1", "", "an extra cell"])
-    ingest(root, tmp_path / "out", **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(root, tmp_path / "out", **stage_options(ingest_source, "ingest"), progress=False)
     (row,) = _manifest(tmp_path / "out")
     assert (row["source_path"], row["caption"], row["scene_id"]) == ("a.png", "a person waving", "s1")
     assert row["gt_x"][:2] == [5.0, None] and row["gt_y"][0] == 6.0
@@ -276,8 +276,11 @@ def test_hf_dataset_saved_to_disk(tmp_path):
         ),
     )
     ds.save_to_disk(str(tmp_path / "ds"))
-    report = ingest(
-        tmp_path / "ds", tmp_path / "out", **stage_options(ingest, "ingest", source_kind="hf_dataset"), progress=False
+    report = ingest_source(
+        tmp_path / "ds",
+        tmp_path / "out",
+        **stage_options(ingest_source, "ingest", source_kind="hf_dataset"),
+        progress=False,
     )
     rows = _manifest(tmp_path / "out")
     assert [(r["source_path"], r["scene_id"]) for r in rows] == [("#0", "a"), ("#1", "a")]
@@ -290,10 +293,10 @@ def test_hf_dataset_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(InputDataError, match="no-such-user/no-such-dataset"):
-        ingest(
+        ingest_source(
             "no-such-user/no-such-dataset",
             tmp_path / "out",
-            **stage_options(ingest, "ingest", source_kind="hf_dataset"),
+            **stage_options(ingest_source, "ingest", source_kind="hf_dataset"),
             progress=False,
         )
     assert not (tmp_path / "out").exists()
@@ -303,9 +306,9 @@ def test_source_without_metadata_names_the_directory_and_the_fix(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").write_bytes(_png())
     with pytest.raises(InputDataError, match=r"photos: no metadata\.jsonl.*file_name.*text"):
-        ingest(tmp_path / "photos", tmp_path / "out", **stage_options(ingest, "ingest"), progress=False)
+        ingest_source(tmp_path / "photos", tmp_path / "out", **stage_options(ingest_source, "ingest"), progress=False)
     with pytest.raises(InputDataError, match="does not exist"):
-        ingest(tmp_path / "nowhere", tmp_path / "out", **stage_options(ingest, "ingest"), progress=False)
+        ingest_source(tmp_path / "nowhere", tmp_path / "out", **stage_options(ingest_source, "ingest"), progress=False)
 
 
 def test_failure_midway_keeps_the_previous_output(tmp_path, monkeypatch):
@@ -314,7 +317,7 @@ def test_failure_midway_keeps_the_previous_output(tmp_path, monkeypatch):
     files = {f"{i}.png": _noise_png(i) for i in range(4)}
     root = _folder(tmp_path / "src", files, [{"file_name": n, "text": "a person"} for n in files])
     out = tmp_path / "out"
-    ingest(root, out, **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(root, out, **stage_options(ingest_source, "ingest"), progress=False)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     (root / "9.png").write_bytes(_noise_png(9))
@@ -330,7 +333,7 @@ def test_failure_midway_keeps_the_previous_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ingest_mod, "_decode", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        ingest(root, out, **stage_options(ingest, "ingest"), progress=False)
+        ingest_source(root, out, **stage_options(ingest_source, "ingest"), progress=False)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temp dir left

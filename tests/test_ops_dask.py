@@ -56,11 +56,11 @@ def _rows(table: object) -> list[tuple]:
 @e2e
 def test_dask_runner_matches_local(prefect_api: str, synth_dir: Path, tmp_path: Path) -> None:
     from flows.poses import poses_flow
-    from posescene.ingest import ingest
+    from posescene.ingest import ingest_source
     from posescene.poses import read_lattices, run_poses
 
     ingested = tmp_path / "ingested"
-    ingest(synth_dir, ingested, **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(synth_dir, ingested, **stage_options(ingest_source, "ingest"), progress=False)
     local = run_poses(
         ingested,
         tmp_path / "local",
@@ -145,11 +145,11 @@ def test_dask_runner_on_remote_scheduler(
     from distributed import Client
 
     from flows.poses import poses_flow
-    from posescene.ingest import ingest
+    from posescene.ingest import ingest_source
     from posescene.poses import read_lattices, run_poses
 
     ingested = tmp_path / "ingested"
-    ingest(synth_dir, ingested, **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(synth_dir, ingested, **stage_options(ingest_source, "ingest"), progress=False)
     local = run_poses(
         ingested, tmp_path / "local", **stage_options(run_poses, "poses", detector="groundtruth"), progress=False
     )

@@ -184,7 +184,7 @@ def test_overlapping_runs_queue_on_slot_and_lock(api: str, tmp_path: Path, monke
     a_release.set()
     a.join(60)
     c.join(60)
-    assert outcome["a"] == str(out) and outcome["c"] == str(out), outcome
+    assert outcome["a"]["out_dir"] == str(out) and outcome["c"]["out_dir"] == str(out), outcome
     (_, _, a_end), (c_name, c_start, _) = spans
     assert c_name == "run-c" and c_start >= a_end  # C started writing only after A had finished
     lines = (out / "metadata.jsonl").read_text().splitlines()

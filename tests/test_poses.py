@@ -16,7 +16,7 @@ import posescene.poses as poses_mod
 from posescene.config import PROJECT_PARAMS, default_params
 from posescene.detectors import DetectorUnavailableError, PersonKeypoints, drop_duplicates, make_detector
 from posescene.errors import InputDataError
-from posescene.ingest import ingest
+from posescene.ingest import ingest_source
 from posescene.poses import lattice_rows, read_lattices, run_poses
 from posescene.topology import INDEX, KEYPOINT_NAMES, N_KEYPOINTS
 
@@ -29,7 +29,7 @@ def synth_ingested(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _ingest(src: Path, factory: pytest.TempPathFactory) -> Path:
     out = factory.mktemp("ingest") / "ingested"
-    ingest(src, out, **stage_options(ingest, "ingest"), progress=False)
+    ingest_source(src, out, **stage_options(ingest_source, "ingest"), progress=False)
     return out
 
 
@@ -410,14 +410,26 @@ def test_map_fn_runs_every_batch(synth_ingested, tmp_path):
     assert read_lattices(tmp_path / "lat").num_rows == 24
 
 
-def test_run_poses_with_maps_the_poses_section_onto_the_call(monkeypatch):
+def test_the_stage_maps_the_poses_section_onto_the_call(monkeypatch):
+    """``poses(params)`` runs ``run_poses`` on ingest.out_dir with every poses setting; a runner's options win."""
+    from contextlib import contextmanager
+
     calls = []
     monkeypatch.setattr(poses_mod, "run_poses", lambda manifest, out, **kw: calls.append((manifest, out, kw)))
-    params = default_params().poses
-    poses_mod.run_poses_with(params, "m", "o")
-    poses_mod.run_poses_with(params, "m", "o", batch_size=3, progress=False)
-    assert calls[0] == ("m", "o", stage_options(run_poses, "poses"))  # every required keyword, as params.yaml sets it
-    assert calls[1][2] == {**stage_options(run_poses, "poses", batch_size=3), "progress": False}
+    params = default_params({"ingest.out_dir": "m", "poses.out_dir": "o"})
+    opened = []
+
+    @contextmanager
+    def runner(manifest):
+        opened.append(manifest)
+        yield {"batch_size": 3, "progress": False, "map_fn": "cluster"}
+
+    poses_mod.poses(params)
+    poses_mod.poses(params, progress=False, runner=runner)
+    # every required keyword, as params.yaml sets it
+    assert calls[0] == ("m", "o", {**stage_options(run_poses, "poses"), "progress": True})
+    assert calls[1][2] == {**stage_options(run_poses, "poses", batch_size=3), "progress": False, "map_fn": "cluster"}
+    assert opened == ["m"]
 
 
 def test_read_lattices_edges(tmp_path):

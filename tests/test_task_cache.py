@@ -74,5 +74,48 @@ def test_a_stage_task_runs_the_registry_entry_point() -> None:
     assert stage_task("render", render).name == "render"
     with pytest.raises(ValueError, match="posescene.render:render"):
         stage_task("render", pairs)
-    with pytest.raises(ValueError, match="task of its own"):
-        stage_task("poses", render)
+
+
+def test_every_stage_has_one_entry_point_of_the_contract() -> None:
+    """Each registry stage names ``<module>:<stage>``, defined as ``<stage>(params, *, progress, ...)`` (read, not run:
+    importing the world's and training's modules costs seconds)."""
+    import ast
+
+    from posescene.stages import REGISTRY
+
+    root = Path(__file__).resolve().parents[1]
+    for stage in REGISTRY:
+        module, _, name = stage.task.entry.partition(":")
+        assert name == stage.name, stage.task.entry
+        tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+        (fn,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
+        assert [a.arg for a in fn.args.args] == ["params"], stage.name
+        assert "progress" in [a.arg for a in fn.args.kwonlyargs], stage.name
+
+
+def test_a_cluster_run_of_poses_is_never_cached(tmp_path: Path) -> None:
+    from posescene.config import default_params
+    from posescene.stages import BY_NAME
+    from tasks.stage import _cache_key
+
+    key = _cache_key(BY_NAME["poses"].task)
+    assert key is not None
+    (tmp_path / "a.txt").write_text("1")
+    params = default_params({"ingest.out_dir": str(tmp_path), "poses.out_dir": str(tmp_path)})
+    context: Any = SimpleNamespace(task=SimpleNamespace(name="poses"))
+    assert key(context, {"params": params, "options": {"runner": lambda manifest: None}}) is None
+    local = key(context, {"params": params, "options": {"runner": None}})
+    assert local is not None and local == key(context, {"params": params, "options": {"runner": None}})
+
+
+def test_ingest_retries_only_a_hub_download(tmp_path: Path) -> None:
+    from posescene.config import default_params
+    from posescene.ingest import ingest
+    from tasks.stage import stage_task
+
+    local = default_params({"ingest.source": str(tmp_path)})
+    hub = default_params({"ingest.source_kind": "hf_dataset", "ingest.source": "someone/some-dataset"})
+    assert stage_task("ingest", ingest, local).retries == 0
+    assert stage_task("ingest", ingest).retries == 0
+    on_hub = stage_task("ingest", ingest, hub)
+    assert on_hub.retries == 2 and on_hub.retry_delay_seconds == 30

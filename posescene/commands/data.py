@@ -36,23 +36,13 @@ def synth(
     synth.n_scenes scene instances from index synth.first_scene, each rendered with synth.poses_per_scene
     poses on the same background, synth.size pixels square; the same seed gives byte-identical output.
     """
-    from posescene.synth import generate
+    from posescene.synth import synth as run_synth
 
-    all_params = _params(params, set_)
-    p = all_params.synth
     try:
-        path = generate(
-            p.out_dir,
-            p.n_scenes,
-            p.poses_per_scene,
-            p.size,
-            all_params.seed,
-            first_scene=p.first_scene,
-            progress=progress,
-        )
+        summary = run_synth(_params(params, set_), progress=progress)
     except PosesceneError as exc:
         fail(exc)
-    typer.echo(f"wrote {p.n_scenes * p.poses_per_scene} images to {path}")
+    typer.echo(f"wrote {summary.images} images to {summary.out_dir}")
 
 
 @app.command()
@@ -73,17 +63,10 @@ def ingest(
     """
     from posescene.ingest import ingest as run_ingest
 
-    p = _params(params, set_).ingest
-    out_dir = Path(p.out_dir)
+    all_params = _params(params, set_)
+    out_dir = Path(all_params.ingest.out_dir)
     try:
-        report = run_ingest(
-            p.source,
-            out_dir,
-            source_kind=p.source_kind,
-            max_pixels=p.max_pixels,
-            min_side=p.min_side,
-            progress=progress,
-        )
+        report = run_ingest(all_params, progress=progress)
     except PosesceneError as exc:
         fail(exc)
     rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(report.rejected.items())) or "none"
@@ -107,12 +90,12 @@ def poses(
     rest; lattices made with another detector or beta are replaced (with a warning). Runs locally with
     poses.workers processes (the Dask runner is the flow's: python -m flows.poses).
     """
-    from posescene.poses import run_poses_with
+    from posescene.poses import poses as run_poses
 
     all_params = _params(params, set_)
     p = all_params.poses
     try:
-        summary = run_poses_with(p, all_params.ingest.out_dir, p.out_dir, progress=progress)
+        summary = run_poses(all_params, progress=progress)
     except PosesceneError as exc:
         fail(exc)
     for warning in summary.warnings:
@@ -136,20 +119,12 @@ def pairs(
     pose/action words are removed) or random (a seeded baseline); pairs.heldout_fraction of the groups are
     held out whole; at most pairs.max_pairs_per_group ordered pairs per group; each pair yields two rows.
     """
-    from posescene.pairs import write_pairs
+    from posescene.pairs import pairs as run_pairs
 
     all_params = _params(params, set_)
     p = all_params.pairs
     try:
-        summary = write_pairs(
-            all_params.poses.out_dir,
-            p.out,
-            all_params.ingest.out_dir,
-            strategy=p.strategy,
-            heldout_fraction=p.heldout_fraction,
-            max_pairs_per_group=p.max_pairs_per_group,
-            seed=all_params.seed,
-        )
+        summary = run_pairs(all_params)
     except PosesceneError as exc:
         fail(exc)
     typer.echo(
@@ -170,12 +145,12 @@ def render(
     OpenPose-style limbs are 0, the rest 255. Incremental: maps whose lattice and parameters are unchanged
     (recorded in render.json) are kept.
     """
-    from posescene.render import render_maps
+    from posescene.render import render as run_render
 
     all_params = _params(params, set_)
     p = all_params.render
     try:
-        summary = render_maps(all_params.poses.out_dir, p.out_dir, radius=p.radius, limbs=p.limbs, progress=progress)
+        summary = run_render(all_params, progress=progress)
     except PosesceneError as exc:
         fail(exc)
     typer.echo(

@@ -59,14 +59,13 @@ def world(
 ) -> None:
     """Assemble the standard diffusers pipeline directory from the shipped world weights (seconds)."""
     from posescene.config import load_params, parse_set_option
-    from posescene.world.architectures import assemble_world_pipeline
+    from posescene.world.pipeline import world as run_world
 
     try:
-        p = load_params(params, parse_set_option(set_))
-        path = assemble_world_pipeline(p.world.shipped_dir, p.world.pipeline_dir)
+        summary = run_world(load_params(params, parse_set_option(set_)))
     except PosesceneError as exc:
         fail(exc)
-    typer.echo(f"assembled the world pipeline in {path}")
+    typer.echo(f"assembled the world pipeline in {summary.pipeline_dir}")
 
 
 @app.command("measure-worlds")

@@ -12,5 +12,6 @@ agreement and pose fidelity without CLIP/OpenPose weights.
 - :mod:`~posescene.world.parts`: the shipped parts (save, load) and their training record;
 - :mod:`~posescene.world.measure`: held-out quality and the pose's pull, images drawn by the one sampler;
 - :mod:`~posescene.world.report`: the targets and the world's README;
-- :mod:`~posescene.world.bootstrap`: the stage, ``bootstrap(params)``, which runs them in order.
+- :mod:`~posescene.world.bootstrap`: the stage, ``bootstrap(params)``, which runs them in order;
+- :mod:`~posescene.world.pipeline`: the ``world`` stage, ``world(params)``: the shipped parts as a pipeline directory.
 """

@@ -51,6 +51,8 @@ MLFLOW_EXPERIMENT = "posescene-bootstrap"
 
 def bootstrap(
     params: Params,
+    *,
+    progress: bool = True,
     out_dir: str | Path | None = None,
     reuse: Sequence[str] = (),
     tracking_uri: str | None = None,
@@ -74,6 +76,7 @@ def bootstrap(
 
     Returns the metrics written to ``bootstrap_metrics.json`` (empty with ``only``).
     """
+    del progress  # hours of work: the trainers' bars always show (the stage contract's keyword)
     run = _Run.start(params, out_dir, reuse, resume, only, stop_early)
     bp = run.bp
     with run.timed("data"):
