@@ -14,8 +14,9 @@ as in the stage. A labelled person counts as found when a detection's nose or ne
 box (one detection per person); a detection that matches nobody, and no ``ignore`` box of a person too cut by
 the frame to label, is a false person. Speed: the seconds of ``detect`` per image, every variant timed on
 every image in turn in the same process (round-robin, after one untimed pass), reported as images/s and as
-the ratio of each variant's time per image to ``today``'s; the same for the process's CPU time
-(``cpu_vs_today``), which a machine shared with other jobs disturbs less than the wall clock.
+the ratio of each variant's time per image to ``today``'s (medians over the passes; ``*_per_pass``: the ratio
+in each pass, its spread); the same for the process's CPU time (``cpu_vs_today``), which a machine shared with
+other jobs disturbs less than the wall clock.
 
     python benchmarks/bench_person_recall.py [--repeats 3] [--out benchmarks/results/person_recall.json]
 """
@@ -40,7 +41,9 @@ PHOTOS = REPO / "tests" / "data" / "photos"
 TODAY_MAX_PERSONS = 4  # params.yaml's max_persons before issue 28
 MULTI_KINDS = ("crowd", "group")  # images with several labelled people
 SETTINGS = ("person_proposals", "max_persons", "min_detection_confidence", "min_presence_confidence", "min_score",
-            "mask_heads")  # fmt: skip
+            "mask_heads", "landmarker_persons", "crop_rois")  # fmt: skip
+# the detector's own options (MediaPipeDetector keywords), not params.yaml's: None is the detector's choice
+DETECTOR_OPTIONS = {"mask_heads": True, "landmarker_persons": None, "crop_rois": True}
 
 
 def load_set(root: Path = PHOTOS) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
@@ -110,10 +113,17 @@ def variants(poses: Any) -> dict[str, dict[str, Any]]:
     """name -> the detector settings that differ from params.yaml's ``poses`` section.
 
     ``mask_heads: False`` is the ROI stage without hiding the other heads (the path of commit f569c75).
+    ``landmarker_persons``: how many people the whole-image PoseLandmarker proposes (the default: one with face
+    proposals, as of issue 28's speed work; ``max_persons`` before). ``crop_rois: False`` gives the ROI stage the
+    whole (copied, heads hidden) frame instead of its square's part. ``default_2dfda34`` is the default of commit
+    2dfda34 (both changes undone), the other two ``default_*`` undo one each.
     """
     return {
         "today": {"person_proposals": ["landmarker"], "max_persons": TODAY_MAX_PERSONS},
         "default": {},
+        "default_2dfda34": {"landmarker_persons": poses.max_persons, "crop_rois": False},
+        "default_landmarker_16": {"landmarker_persons": poses.max_persons},
+        "default_uncropped": {"crop_rois": False},
         "default_unmasked": {"mask_heads": False},
         "today_uncapped": {"person_proposals": ["landmarker"]},
         "faces_only": {"person_proposals": ["faces"]},
@@ -135,25 +145,24 @@ def main() -> None:
     args = ap.parse_args()
 
     from posescene.config import default_params
-    from posescene.detectors import make_detector
+    from posescene.detectors import MediaPipeDetector, check_detector
     from posescene.io import write_json_atomic
     from posescene.poses import lattice_rows
 
     poses = default_params().poses
     photos = load_set()
     labels = {name: label for name, _, label in photos}
-    settings = {name: {**poses.model_dump(), "mask_heads": True, **over} for name, over in variants(poses).items()}
+    settings = {name: {**poses.model_dump(), **DETECTOR_OPTIONS, **over} for name, over in variants(poses).items()}
+    check_detector("mediapipe")
     detectors = {}
-    for name, s in settings.items():
-        detectors[name] = make_detector(
-            "mediapipe",
-            None,
-            min_detection_confidence=s["min_detection_confidence"],
-            min_presence_confidence=s["min_presence_confidence"],
-            max_persons=s["max_persons"],
-            person_proposals=s["person_proposals"],
+    for name, s in settings.items():  # what make_detector("mediapipe", ...) builds, with the detector's options
+        detectors[name] = MediaPipeDetector(
+            s["min_detection_confidence"],
+            s["min_presence_confidence"],
+            s["max_persons"],
+            s["person_proposals"],
+            **{k: s[k] for k in DETECTOR_OPTIONS},
         )
-        detectors[name].mask_heads = s["mask_heads"]  # type: ignore[attr-defined]
     seconds: dict[str, list[float]] = {name: [] for name in detectors}
     cpu: dict[str, list[float]] = {name: [] for name in detectors}
     detections: dict[str, dict[str, Any]] = {name: {} for name in detectors}
@@ -197,9 +206,12 @@ def main() -> None:
             "cpu_seconds_per_image": statistics.median(cpu[name]) / len(photos),
         }
     today, today_cpu = results["today"]["seconds_per_image"], results["today"]["cpu_seconds_per_image"]
-    for r in results.values():
+    for name, r in results.items():
         r["time_vs_today"] = r["seconds_per_image"] / today
         r["cpu_vs_today"] = r["cpu_seconds_per_image"] / today_cpu
+        # the same ratios pass by pass (each pass times every variant on every image in turn): their spread
+        r["time_vs_today_per_pass"] = [a / b for a, b in zip(seconds[name], seconds["today"], strict=True)]
+        r["cpu_vs_today_per_pass"] = [a / b for a, b in zip(cpu[name], cpu["today"], strict=True)]
     out = {
         "benchmark": "bench_person_recall",
         "photos": len(photos),
@@ -223,8 +235,10 @@ def main() -> None:
                 f"  false/img {r['false_people_per_image']:.2f}")  # fmt: skip
 
     for name, r in results.items():
+        wall, cpu_ = r["time_vs_today_per_pass"], r["cpu_vs_today_per_pass"]
         print(f"{name:22s} all: {line(r)}  {r['images_per_s']:.1f} img/s  "
-              f"x{r['time_vs_today']:.2f} today's time (CPU x{r['cpu_vs_today']:.2f})")  # fmt: skip
+              f"x{r['time_vs_today']:.2f} today's time ({min(wall):.2f}-{max(wall):.2f} by pass; "
+              f"CPU x{r['cpu_vs_today']:.2f}, {min(cpu_):.2f}-{max(cpu_):.2f})")  # fmt: skip
         if r["held_out"] is not None:
             print(f"{'':22s} held out: {line(r['held_out'])}")
     print(f"wrote {args.out}")

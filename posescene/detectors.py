@@ -5,9 +5,10 @@
 - ``mediapipe``: MediaPipe's PoseLandmarker (``mediapipe.tasks``) on the pose detector and *full*
   landmark model that the mediapipe wheel bundles (offline; see :func:`mediapipe_pose_bundle`), top-down
   from person proposals (the whole image, and the wheel's full-range face detector, each face grown into
-  a region for the landmark stage alone; :class:`MediaPipeDetector`), up to ``max_persons`` people per
-  image, 33 landmarks mapped by :data:`posescene.topology.MEDIAPIPE_TO_OPENPOSE`, the neck being the
-  shoulder midpoint with the smaller of the two scores; score = landmark visibility.
+  a region for the landmark stage alone; the whole-image pass then proposes its most prominent person only;
+  :class:`MediaPipeDetector`), up to ``max_persons`` people per image, 33 landmarks mapped by
+  :data:`posescene.topology.MEDIAPIPE_TO_OPENPOSE`, the neck being the shoulder midpoint
+  with the smaller of the two scores; score = landmark visibility.
 - ``openpose``: the OpenPose body estimator of ``controlnet_aux`` (``body_pose_model.pth`` from a
   local directory, or a hub id such as ``lllyasviel/Annotators`` already in the HF cache / with
   network); its ``candidate``/``subset`` output already is the 18-point order, with per-point scores.
@@ -248,6 +249,15 @@ _MIN_SHOULDERS = 1.0
 # hidden behind it (on the set, 4 children of the crowd's back row and a man leaning over a seated woman).
 # Hiding those heads leaves the target's head the only one in view, and the eye check still has the last word.
 _MASK_GROW = 0.1
+# With face proposals, the whole-image PoseLandmarker proposes _LANDMARKER_WITH_FACES person (its most prominent;
+# alone, ``landmarker`` keeps ``max_persons``). Its further candidates in a group mostly re-read a person already
+# found or one between two neighbours, each for a full landmark run (~16 ms): on the tuning photos 1 person
+# instead of 16 finds the same 28 / 32 people, drops the one false person and saves ~4 ms per image
+# (benchmarks/bench_person_recall.py, variant ``default_landmarker_16``); the faces find the others, one ROI each.
+_LANDMARKER_WITH_FACES = 1
+# The landmark stage samples only its ROI square: it is given that part of the image (the hidden heads painted
+# on a copy of that part alone) rather than the whole frame, with a margin for the bilinear resampling.
+_ROI_PAD = 2
 _HOG_HEAD = 0.25  # HOG boxes hold a standing person: the head is the top quarter
 _HOG_ROI = 1.25  # ... and the ROI, centred on the box, is this many box heights wide (MediaPipe's 1.25)
 
@@ -315,17 +325,33 @@ def _head_box(person: PersonKeypoints) -> Box | None:
     return cx - 0.75 * span, cy - 0.9 * span, cx + 0.75 * span, cy + 0.75 * span
 
 
-def hide_heads(image: np.ndarray, heads: Sequence[Box]) -> np.ndarray:
-    """A copy of ``image`` with each box (pixels, clipped to the frame) painted in its own mean colour."""
-    out = image.copy()
+def hide_heads(image: np.ndarray, heads: Sequence[Box], window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A copy of ``image`` with each box (pixels, clipped to the frame) painted in its own mean colour.
+
+    ``window`` (x0, y0, x1, y1 in pixels, inside the frame): return only that part of the image (the colours are
+    still each whole box's mean), which is all the landmark stage reads of a ROI (:func:`roi_window`).
+    """
     h, w = image.shape[:2]
+    wx0, wy0, wx1, wy1 = window if window is not None else (0, 0, w, h)
+    out = image[wy0:wy1, wx0:wx1].copy()
     for box in heads:
         x0, y0 = max(int(round(box[0])), 0), max(int(round(box[1])), 0)
         x1, y1 = min(int(round(box[2])), w), min(int(round(box[3])), h)
-        if x1 > x0 and y1 > y0:
-            region = out[y0:y1, x0:x1]
-            region[:] = region.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+        cx0, cy0, cx1, cy1 = max(x0, wx0), max(y0, wy0), min(x1, wx1), min(y1, wy1)
+        if x1 > x0 and y1 > y0 and cx1 > cx0 and cy1 > cy0:
+            colour = image[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0).astype(np.uint8)
+            out[cy0 - wy0 : cy1 - wy0, cx0 - wx0 : cx1 - wx0] = colour
     return out
+
+
+def roi_window(roi: Roi, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The part of a ``width`` x ``height`` image (x0, y0, x1, y1) that an upright ROI square covers, with
+    _ROI_PAD pixels to spare for the resampling; None when the square lies outside the frame."""
+    cx, cy, side = roi
+    half = side / 2 + _ROI_PAD
+    x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
+    x1, y1 = min(int(np.ceil(cx + half)), width), min(int(np.ceil(cy + half)), height)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def face_roi(face: Box) -> Roi:
@@ -355,9 +381,10 @@ node {
 class MediaPipeDetector:
     """MediaPipe pose, top-down: person proposals, then the pose model on each one's region (all offline).
 
-    ``proposals`` (:data:`PERSON_PROPOSALS`): ``landmarker`` runs PoseLandmarker on the whole image (up to
-    ``max_persons`` people; alone it is the single-person path, whose detector proposes few boxes in a wide
-    or crowded frame and none for people cut at the waist). ``faces`` runs the wheel's full-range face
+    ``proposals`` (:data:`PERSON_PROPOSALS`): ``landmarker`` runs PoseLandmarker on the whole image (alone, up
+    to ``max_persons`` people: the single-person path, whose detector proposes few boxes in a wide or crowded
+    frame and none for people cut at the waist; with ``faces``, its most prominent person only,
+    ``landmarker_persons``). ``faces`` runs the wheel's full-range face
     detector; every face whose box holds no found person's nose becomes a region of interest (:func:`face_roi`),
     MediaPipe's landmark stage alone runs on it (``PoseLandmarkByRoiCpu``, the wheel's full landmark model) with
     every other head in the image hidden (``mask_heads``, :func:`hide_heads`: the other faces and the heads of
@@ -380,6 +407,8 @@ class MediaPipeDetector:
         proposals: Sequence[str] = ("landmarker",),
         *,
         mask_heads: bool = True,
+        landmarker_persons: int | None = None,
+        crop_rois: bool = True,
     ) -> None:
         unknown = [p for p in proposals if p not in PERSON_PROPOSALS]
         if not proposals or unknown:
@@ -396,6 +425,10 @@ class MediaPipeDetector:
         self._mp = mp
         self.proposals = tuple(proposals)
         self.mask_heads = mask_heads  # hide the other heads before each ROI's landmark stage (off: benchmark only)
+        self.crop_rois = crop_rois  # give the ROI stage only its square's part of the image (off: benchmark only)
+        if landmarker_persons is None:  # people the whole-image pass proposes (set: benchmark only)
+            landmarker_persons = _LANDMARKER_WITH_FACES if "faces" in proposals else max_persons
+        self.landmarker_persons = landmarker_persons
         self._min_detection = min_detection_confidence
 
         def landmarker(num_poses: int) -> object:
@@ -408,7 +441,7 @@ class MediaPipeDetector:
             )
             return vision.PoseLandmarker.create_from_options(options)
 
-        self._landmarker = landmarker(max_persons) if "landmarker" in proposals else None
+        self._landmarker = landmarker(landmarker_persons) if "landmarker" in proposals else None
         self._roi_landmarks = None
         if "faces" in proposals or "hog" in proposals:
             from google.protobuf import text_format
@@ -454,15 +487,27 @@ class MediaPipeDetector:
         result = landmarker.detect(data)  # type: ignore[attr-defined]
         return [self._person(landmarks, w, h, x0, y0) for landmarks in result.pose_landmarks]
 
-    def _landmarks_in(self, image: np.ndarray, roi: Roi) -> PersonKeypoints | None:
-        """The landmark stage alone on one ROI (upright square, pixels); None when it sees no pose there."""
+    def _landmarks_in(self, image: np.ndarray, roi: Roi, hide: Sequence[Box] = ()) -> PersonKeypoints | None:
+        """The landmark stage alone on one ROI (upright square, pixels) with the boxes ``hide`` hidden
+        (:func:`hide_heads`); None when it sees no pose there (or the square lies outside the image)."""
         from mediapipe.framework.formats import rect_pb2
 
         h, w = image.shape[:2]
+        window = roi_window(roi, w, h) if self.crop_rois else (0, 0, w, h)
+        if window is None:
+            return None
+        x0, y0, x1, y1 = window
+        if hide:
+            part = hide_heads(image, hide, window)
+        else:
+            part = np.ascontiguousarray(image[y0:y1, x0:x1])
+        cw, ch = x1 - x0, y1 - y0
         cx, cy, side = roi
-        rect = rect_pb2.NormalizedRect(x_center=cx / w, y_center=cy / h, width=side / w, height=side / h, rotation=0.0)
-        result = self._roi_landmarks.process({"image": image, "roi": rect})  # type: ignore[union-attr]
-        return None if result.landmarks is None else self._person(result.landmarks.landmark, w, h)
+        rect = rect_pb2.NormalizedRect(
+            x_center=(cx - x0) / cw, y_center=(cy - y0) / ch, width=side / cw, height=side / ch, rotation=0.0
+        )
+        result = self._roi_landmarks.process({"image": part, "roi": rect})  # type: ignore[union-attr]
+        return None if result.landmarks is None else self._person(result.landmarks.landmark, cw, ch, x0, y0)
 
     def _face_boxes(self, image: np.ndarray) -> list[Box]:
         """Face boxes in pixels from the whole image and/or its corner tiles, one box per face (surest first)."""
@@ -511,12 +556,12 @@ class MediaPipeDetector:
             zone = _grow(head, _HEAD_SLACK)
             if any(_inside(_head_point(p), zone) for p in persons) or roi[2] < 2:
                 continue  # this head already has its person (or the ROI is empty)
-            source = image
+            hidden: list[Box] = []
             if self.mask_heads:
                 others = [_grow(other, _MASK_GROW) for j, (other, _) in enumerate(proposals) if j != k]
                 found = [box for box in map(_head_box, persons) if box is not None and _overlap(box, head) < 0.5]
-                source = hide_heads(image, others + found)
-            person = self._landmarks_in(source, roi)
+                hidden = others + found
+            person = self._landmarks_in(image, roi, hidden)
             side = max(head[2] - head[0], head[3] - head[1])
             if person is not None and _eyes_in(person, head) and _shoulders(person) >= _MIN_SHOULDERS * side:
                 persons.append(person)
