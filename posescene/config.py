@@ -153,6 +153,9 @@ class BootstrapParams(_Section):
     sceneless_captions: float = Field(ge=0, le=1)
     mismatched_captions: float = Field(ge=0, le=1)  # captions naming another kind: the text is unreliable
     caption_actions: bool  # false: no training caption names the action (as the evaluation's captions)
+    # which joint-stage rows read the sceneless/mismatched captions: all, or only those with the adapter (the base
+    # model's rows read the true caption: a base trained on captions that name the place, an adapter on web ones)
+    caption_policy_rows: Literal["all", "adapter"]
     checkpoint_dir: str  # "" disables checkpoints
     checkpoint_minutes: float = Field(ge=0)  # a killed run loses at most this much training
 

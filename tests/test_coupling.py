@@ -169,7 +169,9 @@ def test_a_coupled_world_continues_a_world_keeps_its_judges_and_records_its_poli
     first = tmp_path / "independent"
     bootstrap(load_params(REPO_ROOT / "params.yaml", independent), out_dir=first, log_mlflow=False)
     coupled = TINY | {"bootstrap.init_from": str(first), "bootstrap.coupling": 1.0,
-                      "bootstrap.sceneless_captions": 0.5, "bootstrap.judge_steps": 0, "bootstrap.decoder_steps": 0,
+                      "bootstrap.sceneless_captions": 0.5, "bootstrap.mismatched_captions": 0.25,
+                      "bootstrap.caption_policy_rows": "adapter", "bootstrap.judge_steps": 0,
+                      "bootstrap.decoder_steps": 0,
                       "bootstrap.extra_first_scene": 200, "bootstrap.checkpoint_dir": "",
                       "bootstrap.n_heldout": 6, "bootstrap.poses_per_scene": 3}  # fmt: skip
     second = tmp_path / "coupled"
@@ -177,6 +179,7 @@ def test_a_coupled_world_continues_a_world_keeps_its_judges_and_records_its_poli
 
     record = json.loads((second / "training_data.json").read_text())
     assert record["coupling"] == 1.0 and record["sceneless_captions"] == 0.5
+    assert record["mismatched_captions"] == 0.25 and record["caption_policy_rows"] == "adapter"
     assert record["continued_from"] == str(first)
     # judge_steps 0: the judges are the first world's, unchanged
     a = SceneClassifier.from_pretrained(first / "scene_classifier", torch_dtype=torch.float32).state_dict()

@@ -94,7 +94,7 @@ def bootstrap(
     with run.timed("judges"):
         classifier, estimator = _judges(run, vae, fine, raw, decoder_done)
     with run.timed("text"):
-        text, text_idx = _text_states(run, fine, held)
+        text, text_idx, base_text_idx = _text_states(run, fine, held)
     n_train = len(train)
     with run.timed("unet"):
         unet = run.given("unet", "unet", "unet")
@@ -112,7 +112,7 @@ def bootstrap(
     with run.timed("joint"):
         if unet is not None and adapter is not None and run.wanted("joint", bp.joint_steps):
             unet, adapter = train_joint(unet, adapter, latents, fine.maps, text, text_idx, bp, run.seed, run.ckpt,
-                                        run.device)  # fmt: skip
+                                        run.device, base_text_idx=base_text_idx)  # fmt: skip
             run.record("joint", ["unet", "primary_adapter"], run.fine_scenes, bp.joint_steps,
                        f"U-Net + adapter together, adapter dropout {bp.adapter_dropout:g}")  # fmt: skip
 
@@ -332,16 +332,22 @@ def _judges(
     return classifier, estimator
 
 
-def _text_states(run: _Run, fine: WorldData, held: WorldData) -> tuple[torch.Tensor, torch.Tensor]:
-    """(states of the unique captions, the row of each fine-tuning caption), only when a diffusion stage will
+def _text_states(
+    run: _Run, fine: WorldData, held: WorldData
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(states of the unique captions, the row of each fine-tuning caption, the row of its true caption when the
+    base model's rows read those: ``caption_policy_rows: adapter``, else None), only when a diffusion stage will
     really train (finished ones load from their checkpoint); empty otherwise."""
     bp = run.bp
     diffusion = (("unet", bp.unet_steps), ("adapter", bp.adapter_steps), ("joint", bp.joint_steps))
     if not any(run.wanted(s, n) and not run.ckpt.finished(s, n) for s, n in diffusion):
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    text, unique = encode_texts(fine.captions + held.captions, device=run.device)
+        return torch.empty(0), torch.empty(0, dtype=torch.long), None
+    adapter_rows_only = bp.caption_policy_rows == "adapter"
+    text, unique = encode_texts(fine.captions + held.captions + (fine.true_captions if adapter_rows_only else []),
+                                device=run.device)  # fmt: skip
     row = {c: i for i, c in enumerate(unique)}
-    return text, torch.tensor([row[c] for c in fine.captions])
+    base = torch.tensor([row[c] for c in fine.true_captions]) if adapter_rows_only else None
+    return text, torch.tensor([row[c] for c in fine.captions]), base
 
 
 def _ship(
@@ -368,6 +374,7 @@ def _ship(
         # the data policy of the stages this run trained (issue 23); a continued world inherits nothing else
         "coupling": bp.coupling, "sceneless_captions": bp.sceneless_captions,
         "mismatched_captions": bp.mismatched_captions, "caption_actions": bp.caption_actions,
+        "caption_policy_rows": bp.caption_policy_rows,
         "caption_dropout": bp.caption_dropout, "continued_from": bp.init_from or None,
     }  # fmt: skip
     write_json_atomic(out / TRAINING_DATA_FILE, record)

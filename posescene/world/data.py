@@ -28,6 +28,9 @@ class WorldData:
     kinds: np.ndarray  # (N,) int64 index into SCENE_KINDS
     maps: np.ndarray  # (N, S, S) uint8 lattice maps (docs/method.md step 2)
     actions: list[str]  # the action of each image's person (synth.POSES)
+    # each image's caption naming its own scene (the caption policy's action rule only): what the base model's
+    # rows of the joint stage read under bootstrap.caption_policy_rows: adapter
+    true_captions: list[str]
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -55,7 +58,7 @@ def make_data(
     and pose disagree the image follows the pose; ``caption_actions=False``: no caption names the action (the
     form the evaluation's captions take), so the action's words cannot carry the scene either."""
     specs = scene_specs(first_scene + n_scenes, seed)[first_scene:]
-    images, kps, caps, kinds, maps, actions = [], [], [], [], [], []
+    images, kps, caps, kinds, maps, actions, true_caps = [], [], [], [], [], [], []
     for spec in tqdm(specs, desc=desc, unit="scene"):
         draw = np.random.default_rng([seed, int(spec.scene_id[1:]), 3]).random(poses)
         drop = draw < sceneless_captions
@@ -66,6 +69,7 @@ def make_data(
             images.append(np.asarray(image, dtype=np.uint8))
             kp = person.keypoints.astype(np.float32)
             kps.append(kp)
+            true_caps.append(caption if caption_actions else without_action(caption, person.action))
             if drop[k]:
                 caption = without_action(without_scene(caption, spec.kind), person.action)
             elif wrong[k]:
@@ -75,7 +79,7 @@ def make_data(
             actions.append(person.action)
             xn, yn = normalise(kp[:, 0], kp[:, 1], size, size, beta)
             maps.append(render_lattice(xn, yn, size, radius=radius, limbs=False))
-    return WorldData(np.stack(images), np.stack(kps), caps, np.asarray(kinds), np.stack(maps), actions)
+    return WorldData(np.stack(images), np.stack(kps), caps, np.asarray(kinds), np.stack(maps), actions, true_caps)
 
 
 def concat(*parts: WorldData | None) -> WorldData:
@@ -88,6 +92,7 @@ def concat(*parts: WorldData | None) -> WorldData:
         np.concatenate([p.kinds for p in ps]),
         np.concatenate([p.maps for p in ps]),
         [a for p in ps for a in p.actions],
+        [c for p in ps for c in p.true_captions],
     )
 
 

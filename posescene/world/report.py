@@ -161,7 +161,8 @@ reconstructions, augmentation); joint lr U-Net {bp.joint_unet_lr:g} / adapter {b
 Training data of this run's stages: coupling {bp.coupling:g} (the share of scenes showing only their kind's
 typical actions, `posescene.synth.TYPICAL_ACTIONS`), scene phrase left out of {bp.sceneless_captions:.0%} of the
 captions and naming another kind in {bp.mismatched_captions:.0%}, action phrase {"kept" if bp.caption_actions else
-"left out of every caption"}.
+"left out of every caption"}; the joint stage's rows without the adapter read
+{"each image's true caption" if bp.caption_policy_rows == "adapter" else "the same captions"}.
 The pull rows are measured on the held-out images whose action is *not* typical of their scene
 (`posescene.evaluation.pull`; {m.get("pull_images")} images, base and primary with the same captions and noise).
 Wall time of this (assembling) run (s): data {m.get("time_data_s")}, VAE {m.get("time_vae_s")}, judges

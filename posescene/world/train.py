@@ -321,10 +321,13 @@ def train_adapter(
 def train_joint(
     unet: UNet2DConditionModel, adapter: T2IAdapter, latents: torch.Tensor, maps: np.ndarray, text: torch.Tensor,
     text_idx: torch.Tensor, bp: BootstrapParams, seed: int, ckpt: Checkpoints, device: torch.device,
+    *, base_text_idx: torch.Tensor | None,
 ) -> tuple[UNet2DConditionModel, T2IAdapter]:  # fmt: skip
     """U-Net and primary adapter fine-tuned *together*: the U-Net learns to use the pose features. The adapter
     is dropped on ``bootstrap.adapter_dropout`` of the rows (zero features), so the bare U-Net (the base
-    model) keeps working; captions are dropped as before for classifier-free guidance."""
+    model) keeps working; captions are dropped as before for classifier-free guidance. With ``base_text_idx``
+    the rows without the adapter read each image's true caption instead (``caption_policy_rows: adapter``: a
+    base model trained on captions that name the place, an adapter on web captions that often do not)."""
     unet.requires_grad_(True)
     adapter.requires_grad_(True)
 
@@ -332,6 +335,11 @@ def train_joint(
         idx = _rows(len(latents), bp.batch_size, gen)
         zt, t, states, noise = diffusion_batch(latents, text, text_idx, idx, bp.caption_dropout, gen, device)
         keep = torch.rand(len(idx), generator=gen) >= bp.adapter_dropout
+        if base_text_idx is not None:  # drawn after keep, so the batches are those of the default policy
+            dropped = (states == text[0].to(device)).flatten(1).all(dim=1).cpu()
+            own = ~keep & ~dropped
+            states = states.clone()
+            states[own.to(device)] = text[base_text_idx[idx[own]]].to(device)
         with autocast(bp, "joint", device):
             features = adapter_features(adapter, maps, idx, keep)
             pred = unet(zt, t, states, down_intrablock_additional_residuals=features).sample
