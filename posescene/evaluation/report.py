@@ -352,8 +352,9 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
                 f"Text-scene agreement (the scene judge reads the kind the caption names): chance "
                 f"{_fmt(f.scene.get('chance'), 2)} (the judge's kind for a base image against other prompts' "
                 "captions), "
-                f"ceiling {_fmt(f.scene.get('ceiling'), 2)} (the judge on each prompt's real image). In a world whose "
-                "poses say nothing about the scene it stays at the ceiling for every arm.",
+                f"ceiling {_fmt(f.scene.get('ceiling'), 2)} (the judge on each prompt's real image). Where the data's "
+                "poses say nothing about the scene (`synth.coupling` 0) it stays near the ceiling for every arm; where "
+                "poses go with scenes, an adapter that learned the coupling lowers it on the atypical pairs.",
                 "",
             ]
         if "pull_atypical" in f.scene:
