@@ -14,7 +14,7 @@ memory do not depend on the weights):
   in training, so it is not part of the step).
 
 At 512 px in bf16 (U-Net, VAE and P-Ad in bf16, the trainable adapter in fp32 under bf16 autocast, as
-posescene.train does with ``mixed_precision: bf16``), batch 8, gradient checkpointing off and on:
+posescene.training.train does with ``mixed_precision: bf16``), batch 8, gradient checkpointing off and on:
 
 - training: samples/s and peak memory of the plain diffusers T2I-Adapter step, its floors (plain + 1 or 2
   no-grad forwards, see benchmarks/bench_train_step.py) and the two-branch step under the ``whole`` and
@@ -209,7 +209,7 @@ def main() -> None:
     for module in (unet, vae, adapter):
         module.requires_grad_(False).eval()
     trainable = ("plain", "floor_1", "floor_2", *READINGS, "distill_teacher_first")
-    # trainable copies in fp32 (made before the frozen models go to bf16), as posescene.train keeps S-Ad
+    # trainable copies in fp32 (made before the frozen models go to bf16), as posescene.training.train keeps S-Ad
     steps = Steps(unet, adapter, make_batch(unet, adapter, args.batch, res, tokens, factor, torch.device("cpu")),
                   trainable=trainable)  # fmt: skip
     for name in trainable:

@@ -9,7 +9,7 @@ detector with params.yaml's thresholds and a different ``poses.person_proposals`
 - the alternatives: face proposals alone, HOG people proposals, all three, and ``today`` with the default's
   ``max_persons`` (to tell the cap from the proposals).
 
-Each detection goes through :func:`posescene.poses.lattice_rows` (``min_score``, the frame, ``max_persons``)
+Each detection goes through :func:`posescene.data.poses.lattice_rows` (``min_score``, the frame, ``max_persons``)
 as in the stage. A labelled person counts as found when a detection's nose or neck lies in the person's head
 box (one detection per person); a detection that matches nobody, and no ``ignore`` box of a person too cut by
 the frame to label, is a false person. Speed: the seconds of ``detect`` per image, every variant timed on
@@ -145,9 +145,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from posescene.config import default_params
-    from posescene.detectors import MediaPipeDetector, check_detector
+    from posescene.data.detectors import MediaPipeDetector, check_detector
+    from posescene.data.poses import lattice_rows
     from posescene.io import write_json_atomic
-    from posescene.poses import lattice_rows
 
     poses = default_params().poses
     photos = load_set()

@@ -1,13 +1,13 @@
 """Throughput of the poses stage with 1 and 2 workers: the local process pool and Dask, same images.
 
-Every configuration runs ``posescene.poses.run_poses`` on the same ingested PoseScenes images (default:
+Every configuration runs ``posescene.data.poses.run_poses`` on the same ingested PoseScenes images (default:
 200 images at 256 px) with the MediaPipe detector (groundtruth is too cheap to measure), into a fresh
 output directory:
 
 - ``local-serial``: ``poses.workers: 1`` (batches in this process, the default);
 - ``local-pool-1`` / ``local-pool-2``: the spawn process pool that ``poses.workers: N`` uses;
 - ``dask-1`` / ``dask-2``: ``poses.runner: dask`` through the flow's own code (the stage task
-  ``tasks.stage.stage_task("poses", posescene.poses.poses)`` with ``flows._dask.dask_runner``:
+  ``tasks.stage.stage_task("poses", posescene.data.poses.poses)`` with ``flows._dask.dask_runner``:
   the batches as ``client.map`` calls on a LocalCluster of N worker processes, the detector built once per
   worker by a WorkerPlugin before the batches start).
 
@@ -42,8 +42,8 @@ POSES_PER_SCENE = 4
 
 def make_images(root: Path, n_images: int, size: int) -> Path:
     """PoseScenes images, ingested (the poses stage reads the ingest manifest)."""
-    from posescene.ingest import ingest_source
-    from posescene.synth import generate
+    from posescene.data.ingest import ingest_source
+    from posescene.data.synth import generate
 
     n_scenes = -(-n_images // POSES_PER_SCENE)
     from posescene.config import default_params
@@ -60,7 +60,7 @@ def make_images(root: Path, n_images: int, size: int) -> Path:
 def runners(batch_size: int) -> dict[str, Callable[[Path, Path], dict[str, Any]]]:
     from flows._dask import dask_runner
     from posescene.config import Params, default_params
-    from posescene.poses import Runner, poses, process_pool_map
+    from posescene.data.poses import Runner, poses, process_pool_map
     from tasks.stage import stage_task
 
     def params(manifest: Path, out: Path, **overrides: Any) -> Params:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from posescene.data.render import lattice_pixels, render_lattice
 from posescene.io import write_json_atomic
-from posescene.render import lattice_pixels, render_lattice
 
 
 def render_reference(x_norm: np.ndarray, y_norm: np.ndarray, u: int, radius: int) -> np.ndarray:

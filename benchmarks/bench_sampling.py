@@ -46,8 +46,8 @@ ARMS = ((None, 0.0), ("primary", 0.5), ("primary", 1.0))
 
 def held_out_sets(n_sets: int, n_poses: int, first_scene: int) -> tuple[list[str], list]:
     """Captions (action removed) and poses of PoseScenes scenes the world never trained on."""
+    from posescene.data.synth import generate
     from posescene.evaluation.heldout import without_action
-    from posescene.synth import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         out = generate(Path(tmp) / "s", n_scenes=n_sets + n_poses, poses_per_scene=1, size=64, seed=0,

@@ -10,11 +10,11 @@ backward, clip, AdamW - unless said otherwise):
   least a two-branch step can cost. It must produce eps_S with gradient (= the plain step's work) and, beside
   it, eps_P(A_0) under no_grad (``whole``, ``person``: 1 extra forward); ``distill`` also needs the teacher
   eps_P(B_0) under no_grad (2 extra forwards). Nothing else in the method needs a U-Net call;
-- ``two_branch_<reading>``: ours, as posescene.train.forward_losses/train_step compute it
+- ``two_branch_<reading>``: ours, as posescene.training.train.forward_losses/train_step compute it
   (``predict_two_branches``, ``predict_teacher`` for distill, ``objective.branch_losses``, the scale balance,
   J, backward, clip, AdamW);
 - ``two_branch_distill_teacher_first``: the distill step with its teacher forward run before the gradient
-  forward instead of after it (same values; a proposed change to posescene.train.forward_losses, measured);
+  forward instead of after it (same values; a proposed change to posescene.training.train.forward_losses, measured);
 - ``two_branch_batched`` (``--batched``): the alternative we did not choose for ``whole``: eps_P and eps_S
   from one U-Net call on a doubled batch (autograd then keeps and backpropagates the P half too).
 
@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import T2IAdapter, UNet2DConditionModel
 
-from posescene import objective
 from posescene.io import write_json_atomic
-from posescene.train import predict_teacher, predict_two_branches
+from posescene.training import objective
+from posescene.training.train import predict_teacher, predict_two_branches
 from posescene.world.architectures import tiny_architecture, training_scheduler, world_architecture
 
 
@@ -192,7 +192,7 @@ class Steps:
         return balance(losses.l_diff, losses.l_bal).j
 
     def two_branch(self, reading: objective.Reading) -> Callable[[], None]:
-        """posescene.train's step under ``reading`` (forward_losses -> J -> backward, clip, AdamW)."""
+        """posescene.training.train's step under ``reading`` (forward_losses -> J -> backward, clip, AdamW)."""
 
         def run() -> None:
             b = self.batch
@@ -272,7 +272,7 @@ def make_batch(unet: UNet2DConditionModel, primary: T2IAdapter, n: int, res: int
 
 
 def set_checkpointing(unet: UNet2DConditionModel, on: bool) -> None:
-    """As posescene.train.load_models does for train.gradient_checkpointing (no-grad forwards are unaffected)."""
+    """As posescene.training.train.load_models does for train.gradient_checkpointing (no-grad forwards: unaffected)."""
     if on:
         unet.enable_gradient_checkpointing()
     else:

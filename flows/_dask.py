@@ -1,10 +1,10 @@
 """Scale-out on Dask (``poses.runner: dask``): the pose batches on a ``distributed`` cluster.
 
-The library stays Prefect- and Dask-free: :func:`posescene.poses.run_poses` takes a ``map_fn(fn, batches)``
+The library stays Prefect- and Dask-free: :func:`posescene.data.poses.run_poses` takes a ``map_fn(fn, batches)``
 and keeps the incremental bookkeeping (which images are new, the summary); here that map is
-``client.map(posescene.poses.process_batch, batches)`` on a ``LocalCluster`` of ``poses.dask_workers``
+``client.map(posescene.data.poses.process_batch, batches)`` on a ``LocalCluster`` of ``poses.dask_workers``
 worker processes, or on an existing scheduler (``ops.dask_address``). The same code serves both.
-:func:`dask_runner` is what the poses flow passes to the stage (``posescene.poses.poses(params, runner=...)``, run
+:func:`dask_runner` is what the poses flow passes to the stage (``posescene.data.poses.poses(params, runner=...)``, run
 by the one stage task) when ``poses.runner`` is ``dask`` (the flow decides the runner, once).
 
 Why it is built this way (it was 4x slower than the local pool and did not scale, measured in
@@ -12,16 +12,16 @@ Why it is built this way (it was 4x slower than the local pool and did not scale
 
 - **Detectors live on the workers.** A :class:`~flows._dask_worker.DetectorPlugin` (a ``WorkerPlugin``,
   in a module without Prefect so that workers never import it), registered with the detector spec the batches
-  carry (the one :func:`~posescene.poses.run_poses` built), builds
+  carry (the one :func:`~posescene.data.poses.run_poses` built), builds
   the detector once per worker process when the worker joins (or when the plugin is registered) and
-  keeps it in :func:`posescene.poses.get_detector`'s per-process cache keyed by the detector settings;
+  keeps it in :func:`posescene.data.poses.get_detector`'s per-process cache keyed by the detector settings;
   each batch finds it there. A worker that joins a remote cluster later gets it too.
 - **Batches are plain function calls**, not Prefect task runs: a Prefect task run per batch made every
   worker import Prefect, open an API client and report several state transitions per batch, which
   serialised the work on the Prefect server. The whole stage is one Prefect task (``poses``, the same
   task as the local runner's, retried once on a crash of the machinery, never on a posescene error); each
   finished batch is logged to it. Distributed itself reschedules the batches of a worker that dies.
-- **Images are read on the workers** from their paths: a batch is a :class:`posescene.poses.BatchTask`
+- **Images are read on the workers** from their paths: a batch is a :class:`posescene.data.poses.BatchTask`
   (manifest rows and paths, a few kB), never pixels.
 - **Batches sized for throughput** (:func:`batch_size_for`): at most ``poses.batch_size``, and small
   enough that every worker slot gets several batches (load balance at the end of the run), but not so
@@ -43,9 +43,9 @@ from distributed import Client, LocalCluster, as_completed
 from prefect import get_run_logger
 
 from flows._dask_worker import DetectorPlugin
-from posescene import poses
 from posescene.config import PosesParams
-from posescene.ingest import read_manifest
+from posescene.data import poses
+from posescene.data.ingest import read_manifest
 
 BATCHES_PER_SLOT = 4  # the last batches finish unevenly; with 4 per worker the idle tail is <= 1/4 of a share
 MIN_BATCH = 8  # below this the per-task overhead (scheduling, one part file) starts to show
@@ -122,7 +122,7 @@ def client_map(
 
 def dask_runner(params: PosesParams, address: str | None = None) -> poses.Runner:
     """The poses stage's runner on Dask: ``runner(manifest)`` opens the cluster (``address``, or a LocalCluster of
-    ``poses.dask_workers``) and yields the :func:`posescene.poses.run_poses` options that put the batches on
+    ``poses.dask_workers``) and yields the :func:`posescene.data.poses.run_poses` options that put the batches on
     it (``map_fn``, ``batch_size``, no bar); each finished batch is logged to the task run."""
 
     @contextmanager

@@ -11,14 +11,14 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from posescene import poses
+from posescene.data import poses
 
 
 class DetectorPlugin(WorkerPlugin):
     """Builds the pose detector once per worker process, when the worker starts or the plugin arrives.
 
-    The detector goes into :func:`posescene.poses.get_detector`'s per-process cache under its
-    :class:`~posescene.poses.DetectorSpec` (the settings), so every batch with the same settings reuses
+    The detector goes into :func:`posescene.data.poses.get_detector`'s per-process cache under its
+    :class:`~posescene.data.poses.DetectorSpec` (the settings), so every batch with the same settings reuses
     it; another spec (a rerun with other thresholds on a long-lived cluster) simply adds one.
     """
 

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.pairs import summary_markdown
 from flows.run_lock import exclusive
-from posescene.cache import cache
 from posescene.config import load_params
+from posescene.data.cache import cache
 from tasks.stage import stage_task
 
 

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from posescene.pairs import pairs
+from posescene.data.pairs import pairs
 from tasks.stage import stage_task
 
 

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import Params, load_params
-from posescene.poses import Runner, poses
+from posescene.data.poses import Runner, poses
 from tasks.stage import stage_task
 
 

@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.pairs import summary_markdown
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from posescene.render import render
+from posescene.data.render import render
 from tasks.stage import stage_task
 
 

@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from posescene.synth import synth
+from posescene.data.synth import synth
 from tasks.stage import stage_task
 
 

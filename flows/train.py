@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.run_lock import exclusive
 from posescene.config import load_params
-from posescene.train import train
+from posescene.training.train import train
 from tasks.stage import stage_task
 
 

@@ -56,7 +56,7 @@ class PosesParams(_Section):
     min_detection_confidence: float = Field(ge=0.0, le=1.0)
     min_presence_confidence: float = Field(ge=0.0, le=1.0)
     max_persons: int = Field(ge=1)
-    # mediapipe's person proposals (posescene.detectors.MediaPipeDetector): "landmarker" alone is the
+    # mediapipe's person proposals (posescene.data.detectors.MediaPipeDetector): "landmarker" alone is the
     # whole-image single-person path; "faces" adds the face detector's body crops (multi-person, upper body)
     person_proposals: list[Literal["landmarker", "faces", "hog"]] = Field(min_length=1)
     batch_size: int = Field(ge=1)

@@ -44,7 +44,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 def hash_weight_file(h: Any, path: Path, name: str) -> None:
     """Feed ``h`` one weights file by ``name``, size and its first and last MiB: cheap for GB checkpoints, and
-    retrained weights differ there (shared with ``posescene.train``'s resume fingerprint)."""
+    retrained weights differ there (shared with ``posescene.training.train``'s resume fingerprint)."""
     size = path.stat().st_size
     h.update(f"{name}:{size}".encode())
     with path.open("rb") as f:
@@ -55,8 +55,8 @@ def hash_weight_file(h: Any, path: Path, name: str) -> None:
 
 def weights_fingerprint(source: str | Path) -> str:
     """What identifies the weights at ``source``: every weights file of a local directory by path, size and its
-    first and last MiB (cheap for GB checkpoints; retrained weights differ there, as ``posescene.train``'s resume
-    fingerprint reads them), plus its JSON configs, wherever the directory is (a copy is the same weights); a hub
+    first and last MiB (cheap for GB checkpoints; retrained weights differ there, as ``posescene.training.train``'s
+    resume fingerprint reads them), plus its JSON configs, wherever the directory is (a copy is the same weights); a hub
     id by its name."""
     h = hashlib.sha256()
     root = Path(source)

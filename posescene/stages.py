@@ -58,7 +58,7 @@ REGISTRY: tuple[Stage, ...] = (
         ("data/synth",),
         "render the built-in PoseScenes world (images + captions)",
         data=True,
-        task=TaskPolicy("posescene.synth:synth", cache=("seed", "synth"), cache_paths=("synth.out_dir",)),
+        task=TaskPolicy("posescene.data.synth:synth", cache=("seed", "synth"), cache_paths=("synth.out_dir",)),
     ),
     Stage(
         "ingest",
@@ -66,12 +66,12 @@ REGISTRY: tuple[Stage, ...] = (
         "validate the image source into a manifest",
         data=True,
         task=TaskPolicy(
-            "posescene.ingest:ingest",
+            "posescene.data.ingest:ingest",
             cache=("ingest",),
             cache_paths=("ingest.source", "ingest.out_dir"),
             retries=2,  # a hub download can flake; local files fail the same way every time
             retry_delay_s=30,
-            retry_when="posescene.ingest:is_hub_source",
+            retry_when="posescene.data.ingest:is_hub_source",
         ),
     ),
     Stage(
@@ -80,7 +80,7 @@ REGISTRY: tuple[Stage, ...] = (
         "detect keypoint lattices per image (incremental)",
         data=True,
         task=TaskPolicy(
-            "posescene.poses:poses",
+            "posescene.data.poses:poses",
             cache=("poses",),
             cache_paths=("ingest.out_dir", "poses.out_dir"),
             uncached_with=("runner",),
@@ -95,7 +95,7 @@ REGISTRY: tuple[Stage, ...] = (
         "same-scene, different-pose training tuples",
         data=True,
         task=TaskPolicy(
-            "posescene.pairs:pairs",
+            "posescene.data.pairs:pairs",
             cache=("seed", "pairs"),
             cache_paths=("poses.out_dir", "ingest.out_dir", "pairs.out"),
         ),
@@ -105,7 +105,9 @@ REGISTRY: tuple[Stage, ...] = (
         ("data/maps",),
         "grayscale pose maps from the lattices",
         data=True,
-        task=TaskPolicy("posescene.render:render", cache=("render",), cache_paths=("poses.out_dir", "render.out_dir")),
+        task=TaskPolicy(
+            "posescene.data.render:render", cache=("render",), cache_paths=("poses.out_dir", "render.out_dir")
+        ),
     ),
     Stage(
         "bootstrap",
@@ -129,7 +131,7 @@ REGISTRY: tuple[Stage, ...] = (
         ("data/cache",),
         "frozen VAE latents and text states",
         task=TaskPolicy(
-            "posescene.cache:cache",
+            "posescene.data.cache:cache",
             cache=("model.base", "model.resolution", "cache"),
             cache_paths=("pairs.out", "ingest.out_dir", "model.base", "cache.out_dir"),
         ),
@@ -138,7 +140,7 @@ REGISTRY: tuple[Stage, ...] = (
         "train",
         ("build/train/secondary_adapter", "build/train/validation", "build/train/metrics.json", "build/train/loss.csv"),
         "fine-tune the secondary adapter; registers @candidate",
-        task=TaskPolicy("posescene.train:train"),  # DVC decides when to retrain; a rerun resumes by itself
+        task=TaskPolicy("posescene.training.train:train"),  # DVC decides when to retrain; a rerun resumes by itself
     ),
     Stage(
         "evaluate",

@@ -119,9 +119,9 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
-from posescene import objective
-from posescene import train as T
-from posescene.cache import load_cache
+from posescene.training import objective
+from posescene.training import train as T
+from posescene.data.cache import load_cache
 from posescene.config import load_params
 from posescene.io import write_json_atomic
 from posescene.models import load_adapter

@@ -7,7 +7,7 @@
 #
 # Its U-Net and primary adapter are fine-tuned *together* (the bootstrap's joint stage) on scenes whose poses
 # go with their kind (bootstrap.coupling 1: every scene shows two actions typical of its kind,
-# posescene.synth.TYPICAL_ACTIONS), with captions as web captions are for a pose adapter's data: the scene phrase
+# posescene.data.synth.TYPICAL_ACTIONS), with captions as web captions are for a pose adapter's data: the scene phrase
 # left out of 40% of them and naming another kind in 25% (bootstrap.sceneless_captions, mismatched_captions), no
 # caption naming the action (caption_actions false: the action's words would carry the scene, and the
 # evaluation's captions carry none). Only the rows with the adapter read these captions; the rows without it

@@ -1,6 +1,6 @@
 """The one stage task: a stage's library entry point under the retry and cache policy the registry gives it.
 
-``stage_task("pairs", pairs)(params)`` runs ``posescene.pairs.pairs(params, progress=...)`` as the Prefect task
+``stage_task("pairs", pairs)(params)`` runs ``posescene.data.pairs.pairs(params, progress=...)`` as the Prefect task
 ``pairs`` and returns its summary as a dict (the flow's artifact and result). The flow imports the entry point
 itself (an import ``dvc.yaml``'s dependency test can read) and the registry checks it is the stage's. The policy
 is data in :mod:`posescene.stages` (``TaskPolicy``): nothing here is specific to a stage. A policy that depends on

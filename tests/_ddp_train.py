@@ -1,4 +1,4 @@
-"""Entry point of tests/test_ops_ddp.py: ``posescene.train.train`` under a multi-process launcher.
+"""Entry point of tests/test_ops_ddp.py: ``posescene.training.train.train`` under a multi-process launcher.
 
 Usage (what the test runs): ``ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 tests/_ddp_train.py
 overrides.json``. The overrides (dotted params.yaml keys) come from a JSON file; rank 0 writes the result beside it.
@@ -19,7 +19,7 @@ def main(overrides_path: str) -> None:
     from accelerate import PartialState
 
     from posescene.config import load_params
-    from posescene.train import train
+    from posescene.training.train import train
 
     torch.set_num_threads(1)  # two ranks on a shared 2-core box: more threads than cores is far slower
     overrides = json.loads(Path(overrides_path).read_text())

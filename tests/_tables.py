@@ -55,7 +55,7 @@ LATTICE_META = {
     "posescene.topology": json.dumps(list(KEYPOINT_NAMES)),
     "posescene.beta": "0.05",
     "posescene.detector": "groundtruth",
-    "posescene.weights": "",  # not in the contract, but written (and compared) by posescene.poses
+    "posescene.weights": "",  # not in the contract, but written (and compared) by posescene.data.poses
     "posescene.min_score": "0.3",
 }
 
@@ -191,13 +191,13 @@ def tiny_trained_world(root: Path, resolution: int = 32) -> dict[str, Any]:
     """
     from _params import stage_options
 
-    from posescene.cache import build_cache
     from posescene.config import default_params
-    from posescene.ingest import ingest_source
-    from posescene.pairs import write_pairs
-    from posescene.poses import run_poses
-    from posescene.render import render_maps
-    from posescene.synth import generate
+    from posescene.data.cache import build_cache
+    from posescene.data.ingest import ingest_source
+    from posescene.data.pairs import write_pairs
+    from posescene.data.poses import run_poses
+    from posescene.data.render import render_maps
+    from posescene.data.synth import generate
     from posescene.world.architectures import build_tiny_models
 
     p = default_params()  # the stages' settings as params.yaml has them, but for the paths and sizes below

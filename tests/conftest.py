@@ -52,7 +52,7 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny PoseScenes imagefolder (6 scenes x 4 poses at 64 px), shared read-only by tests."""
-    from posescene.synth import generate
+    from posescene.data.synth import generate
 
     return generate(
         tmp_path_factory.mktemp("synth") / "synth", 6, 4, 64, seed=0, first_scene=0, coupling=0.0, progress=False

@@ -6,16 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from posescene.evaluation import frontier as fr
-from posescene.evaluation.pull import (
-    masked_sq_error,
-    mean_with_interval,
-    outside_people,
-    ratio_with_interval,
-    typical_chance,
-    typical_of_pose,
-)
-from posescene.synth import (
+from posescene.data.synth import (
     POSES,
     SCENE_KINDS,
     SCENE_PHRASES,
@@ -26,6 +17,15 @@ from posescene.synth import (
     render_scene,
     scene_specs,
     without_scene,
+)
+from posescene.evaluation import frontier as fr
+from posescene.evaluation.pull import (
+    masked_sq_error,
+    mean_with_interval,
+    outside_people,
+    ratio_with_interval,
+    typical_chance,
+    typical_of_pose,
 )
 from posescene.world.data import make_data
 
@@ -107,7 +107,7 @@ def test_mismatched_captions_name_another_kind_and_no_action_when_asked():
     assert np.mean(wrong) + np.mean(sceneless) <= 1
     assert all(len(n) <= 1 for n in named)
     # the action phrase stays on the named captions unless caption_actions is off
-    from posescene.synth import ACTION_PHRASES
+    from posescene.data.synth import ACTION_PHRASES
 
     has_action = [ACTION_PHRASES[a] in c for c, a in zip(data.captions, data.actions, strict=True)]
     assert has_action == [not s for s in sceneless]

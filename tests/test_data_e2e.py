@@ -21,11 +21,11 @@ import yaml
 from _params import write_params
 
 from posescene.config import load_params
-from posescene.render import STATE_FILE, map_path
+from posescene.data.render import STATE_FILE, map_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-DATA_STAGE_FILES = ("posescene/ingest.py", "posescene/poses.py", "flows/ingest.py", "flows/poses.py")
+DATA_STAGE_FILES = ("posescene/data/ingest.py", "posescene/data/poses.py", "flows/ingest.py", "flows/poses.py")
 TINY_SYNTH = {"n_scenes": 4, "poses_per_scene": 3, "size": 64}
 
 
@@ -80,7 +80,7 @@ def _check_pairs_and_maps(pairs_path: Path, maps_dir: Path) -> pa.Table:
 def test_data_flow_on_a_tiny_world(tmp_path, prefect_api):
     from flows.data import DATA_STAGES, data_flow
     from flows.pairs import pairs_flow
-    from posescene.poses import read_lattices
+    from posescene.data.poses import read_lattices
 
     params_path = _tiny_params(tmp_path)
     results = data_flow(params_path=str(params_path))

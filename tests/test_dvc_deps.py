@@ -25,7 +25,9 @@ PACKAGES = ("posescene", "tasks", "flows")  # first-party code
 
 # Code deps a stage uses without importing them, each with its reason.
 NOT_IMPORTED: dict[tuple[str, str], str] = {
-    ("train", "posescene/pyfunc_model.py"): "the registered MLflow model's code, logged by path (models from code)",
+    ("train", "posescene/serving/pyfunc_model.py"): (
+        "the registered MLflow model's code, logged by path (models from code)"
+    ),
 }
 
 _ENTRY = re.compile(r"\bpython\s+-m\s+([A-Za-z_][\w.]*)")

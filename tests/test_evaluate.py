@@ -41,11 +41,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny data, models and judges (shared read-only; each test writes its own reports/train dirs)."""
     from diffusers import T2IAdapter
 
+    from posescene.data.ingest import ingest_source
+    from posescene.data.pairs import write_pairs
+    from posescene.data.poses import run_poses
+    from posescene.data.synth import generate
     from posescene.evaluation.judges import KeypointEstimator, SceneClassifier
-    from posescene.ingest import ingest_source
-    from posescene.pairs import write_pairs
-    from posescene.poses import run_poses
-    from posescene.synth import generate
     from posescene.world.architectures import build_tiny_models
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -123,7 +123,7 @@ def _register(params: Params) -> str:
     import mlflow
 
     from posescene import tracking
-    from posescene.pyfunc import log_and_register
+    from posescene.serving.pyfunc import log_and_register
 
     tracking.configure(params.mlflow)
     with mlflow.start_run(run_name="train"):
@@ -311,7 +311,7 @@ def test_generate_cli_with_lattice_poses_and_both_adapters(world: dict[str, Path
     from typer.testing import CliRunner
 
     from posescene.cli import app
-    from posescene.poses import read_lattices
+    from posescene.data.poses import read_lattices
 
     image_ids = [r["image_id"] for r in read_lattices(world["root"] / "lattices").to_pylist() if r["has_person"]][:2]
     args = ["generate", str(tmp_path / "out"), "-p", "a person on a beach", "--params", str(world["params"]),

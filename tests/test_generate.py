@@ -256,7 +256,7 @@ def test_base_rows_are_drawn_once_per_prompt_and_seed(bank: ModelBank):
 def test_generate_images_library_call(tiny: dict[str, Path], tmp_path: Path):
     """The CLI's work as a plain function: a request in, the output directory and its index out."""
     from posescene.config import default_params
-    from posescene.generate_images import GenerateRequest, PoseSources, generate_images
+    from posescene.serving.generate_images import GenerateRequest, PoseSources, generate_images
 
     kp = [[8.0 + i, 4.0 + 1.5 * i] for i in range(18)]
     (tmp_path / "pose.json").write_text(json.dumps({"width": 32, "height": 32, "keypoints": kp}))

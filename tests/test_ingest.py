@@ -16,8 +16,8 @@ import pytest
 from _params import stage_options
 from PIL import Image
 
+from posescene.data.ingest import MANIFEST_SCHEMA, image_id_for, ingest_source
 from posescene.errors import InputDataError
-from posescene.ingest import MANIFEST_SCHEMA, image_id_for, ingest_source
 from posescene.topology import N_KEYPOINTS
 
 
@@ -312,7 +312,7 @@ def test_source_without_metadata_names_the_directory_and_the_fix(tmp_path):
 
 
 def test_failure_midway_keeps_the_previous_output(tmp_path, monkeypatch):
-    import posescene.ingest as ingest_mod
+    import posescene.data.ingest as ingest_mod
 
     files = {f"{i}.png": _noise_png(i) for i in range(4)}
     root = _folder(tmp_path / "src", files, [{"file_name": n, "text": "a person"} for n in files])

@@ -2,7 +2,9 @@
 
 ``tasks/`` wrap library calls, ``flows/`` compose tasks; the library must run without Prefect (the CLI
 under ``torchrun``, the MLflow pyfunc in a scoring server, other people's code). Imports inside functions
-count too: they are how a library module would reach up unnoticed. Also checked here: the stage registry
+count too: they are how a library module would reach up unnoticed. Inside the library, the phase folders
+(``data/``, ``world/``, ``training/``, ``evaluation/``, ``serving/``, ``sampling/``) sit on the shared core at the top
+level, which imports none of them, and the data stages import no later phase. Also checked here: the stage registry
 (``flows/stages.py``) and ``dvc.yaml`` list the same stages, in the same order, with the same outputs.
 """
 
@@ -80,6 +82,52 @@ def test_library_imports_no_orchestration() -> None:
         f"posescene/ must not import {FORBIDDEN} (orchestration lives in flows/ and tasks/): {offenders}. "
         "Move the code that needs them to flows/ (e.g. a command in flows/cli.py)."
     )
+
+
+PHASES = ("data", "world", "training", "evaluation", "serving", "sampling", "commands")
+
+
+def posescene_imports(source: str, filename: str = "<source>") -> set[str]:
+    """The ``posescene`` modules ``source`` imports, at any depth (absolute imports; the library uses no others)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "posescene"}
+
+
+def _phases_imported(path: Path) -> set[str]:
+    return {
+        name.split(".")[1]
+        for name in posescene_imports(path.read_text(encoding="utf-8"), str(path))
+        if len(name.split(".")) > 1 and name.split(".")[1] in PHASES
+    }
+
+
+def test_the_phase_folders_exist() -> None:
+    assert all((LIBRARY / phase / "__init__.py").is_file() for phase in PHASES)
+
+
+def test_the_core_imports_no_phase() -> None:
+    """Top-level modules are what every phase shares; only the CLI entry point reaches down (to its commands)."""
+    offenders = {
+        path.name: hits
+        for path in sorted(LIBRARY.glob("*.py"))
+        if (hits := _phases_imported(path) - ({"commands"} if path.name == "cli.py" else set()))
+    }
+    assert not offenders, f"posescene/*.py is the shared core and must not import the phase folders: {offenders}"
+
+
+def test_the_data_stages_import_no_later_phase() -> None:
+    offenders = {
+        str(path.relative_to(REPO_ROOT)): hits
+        for path in sorted((LIBRARY / "data").rglob("*.py"))
+        if (hits := _phases_imported(path) - {"data"})
+    }
+    assert not offenders, f"posescene/data/ runs first and must import only itself and the core: {offenders}"
 
 
 def test_orchestration_commands_live_in_flows() -> None:

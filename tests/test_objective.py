@@ -11,7 +11,7 @@ from torch import nn
 
 from posescene.config import default_params
 from posescene.errors import ConfigError
-from posescene.objective import (
+from posescene.training.objective import (
     ConstraintBalance,
     FixedBalance,
     Objective,

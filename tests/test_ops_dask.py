@@ -56,8 +56,8 @@ def _rows(table: object) -> list[tuple]:
 @e2e
 def test_dask_runner_matches_local(prefect_api: str, synth_dir: Path, tmp_path: Path) -> None:
     from flows.poses import poses_flow
-    from posescene.ingest import ingest_source
-    from posescene.poses import read_lattices, run_poses
+    from posescene.data.ingest import ingest_source
+    from posescene.data.poses import read_lattices, run_poses
 
     ingested = tmp_path / "ingested"
     ingest_source(synth_dir, ingested, **stage_options(ingest_source, "ingest"), progress=False)
@@ -145,8 +145,8 @@ def test_dask_runner_on_remote_scheduler(
     from distributed import Client
 
     from flows.poses import poses_flow
-    from posescene.ingest import ingest_source
-    from posescene.poses import read_lattices, run_poses
+    from posescene.data.ingest import ingest_source
+    from posescene.data.poses import read_lattices, run_poses
 
     ingested = tmp_path / "ingested"
     ingest_source(synth_dir, ingested, **stage_options(ingest_source, "ingest"), progress=False)
@@ -169,7 +169,7 @@ def test_dask_runner_on_remote_scheduler(
     assert a.schema.metadata == b.schema.metadata
 
     def worker_state() -> tuple[list[str], bool]:
-        import posescene.poses as p
+        import posescene.data.poses as p
 
         return [spec.name for spec in p._DETECTORS], "prefect" in sys.modules
 

@@ -111,7 +111,7 @@ def _registry_workflow(
     from posescene.evaluation import promotion as gate
     from posescene.evaluation.evaluate import champion_adapter_dir
     from posescene.evaluation.promotion import CANDIDATE_ALIAS, CHAMPION_ALIAS
-    from posescene.pyfunc import log_and_register
+    from posescene.serving.pyfunc import log_and_register
     from posescene.world.architectures import build_tiny_models
 
     mlflow_server = server.url

@@ -134,7 +134,7 @@ def test_overlapping_runs_queue_on_slot_and_lock(api: str, tmp_path: Path, monke
     """Run A is mid-write; B (short timeout) fails naming A; C (long timeout) waits for A, then runs."""
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    import posescene.synth
+    import posescene.data.synth
     from flows.deployments import ensure_concurrency_limit
     from flows.synth import synth_flow
 
@@ -145,7 +145,7 @@ def test_overlapping_runs_queue_on_slot_and_lock(api: str, tmp_path: Path, monke
     out = tmp_path / "synth"
     write_params(params, {**TINY, "synth.out_dir": str(out), "ops.lock_path": str(lock)})
 
-    real_generate = posescene.synth.generate
+    real_generate = posescene.data.synth.generate
     a_inside, a_release = threading.Event(), threading.Event()
     spans: list[tuple[str, float, float]] = []
 
@@ -159,7 +159,7 @@ def test_overlapping_runs_queue_on_slot_and_lock(api: str, tmp_path: Path, monke
         spans.append((name, t0, time.monotonic()))
         return result
 
-    monkeypatch.setattr(posescene.synth, "generate", generate)
+    monkeypatch.setattr(posescene.data.synth, "generate", generate)
     outcome: dict[str, Any] = {}
 
     def run(name: str, overrides: dict[str, Any]) -> None:

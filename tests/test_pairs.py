@@ -12,8 +12,8 @@ import pytest
 from _tables import image_id, lattice_row, lattice_table, make_dataset, write_lattice_dir
 
 from posescene.config import PROJECT_PARAMS
+from posescene.data.pairs import PAIRS_SCHEMA, RANDOM_GROUP_SIZE, build_pairs, caption_scene_key
 from posescene.errors import InputDataError
-from posescene.pairs import PAIRS_SCHEMA, RANDOM_GROUP_SIZE, build_pairs, caption_scene_key
 
 SCENES = {f"s{i:03d}": 6 for i in range(10)}
 
@@ -218,7 +218,7 @@ def test_unknown_strategy_and_no_pairs_are_errors():
 
 
 def test_write_pairs_and_cli(tmp_path, dataset):
-    pytest.importorskip("posescene.poses", reason="stage 2 (posescene/poses.py, read_lattices) not written yet")
+    pytest.importorskip("posescene.data.poses", reason="stage 2 (posescene/data/poses.py) not written yet")
     from typer.testing import CliRunner
 
     from posescene.cli import app

@@ -18,9 +18,9 @@ import pytest
 from conftest import REPO_ROOT
 
 from posescene.config import default_params
-from posescene.detectors import MediaPipeDetector, _eyes_in, face_roi, hide_heads, make_detector, roi_window
+from posescene.data.detectors import MediaPipeDetector, _eyes_in, face_roi, hide_heads, make_detector, roi_window
+from posescene.data.poses import lattice_rows
 from posescene.errors import ConfigError
-from posescene.poses import lattice_rows
 from posescene.topology import INDEX
 
 PHOTOS = REPO_ROOT / "tests" / "data" / "photos"

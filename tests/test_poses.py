@@ -12,12 +12,12 @@ import pytest
 from _params import stage_options
 from PIL import Image
 
-import posescene.poses as poses_mod
+import posescene.data.poses as poses_mod
 from posescene.config import PROJECT_PARAMS, default_params
-from posescene.detectors import DetectorUnavailableError, PersonKeypoints, drop_duplicates, make_detector
+from posescene.data.detectors import DetectorUnavailableError, PersonKeypoints, drop_duplicates, make_detector
+from posescene.data.ingest import ingest_source
+from posescene.data.poses import lattice_rows, read_lattices, run_poses
 from posescene.errors import InputDataError
-from posescene.ingest import ingest_source
-from posescene.poses import lattice_rows, read_lattices, run_poses
 from posescene.topology import INDEX, KEYPOINT_NAMES, N_KEYPOINTS
 
 
@@ -66,7 +66,7 @@ def photo_ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_mediapipe_keypoints_land_on_the_person(photo_ingested, tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="posescene.poses"):
+    with caplog.at_level("WARNING", logger="posescene.data.poses"):
         summary = run_poses(
             photo_ingested,
             tmp_path / "lat",
@@ -368,7 +368,7 @@ def test_crash_midway_then_rerun_completes_without_duplicates(synth_ingested, tm
 def test_other_beta_or_detector_starts_over(synth_ingested, tmp_path, caplog):
     out = tmp_path / "lat"
     run_poses(synth_ingested, out, **stage_options(run_poses, "poses", beta=0.05, batch_size=8), progress=False)
-    with caplog.at_level("WARNING", logger="posescene.poses"):
+    with caplog.at_level("WARNING", logger="posescene.data.poses"):
         summary = run_poses(
             synth_ingested, out, **stage_options(run_poses, "poses", beta=0.2, batch_size=8), progress=False
         )

@@ -13,7 +13,7 @@ from _tables import lattice_row, lattice_table, make_dataset, write_lattice_dir
 from PIL import Image
 
 from posescene.config import PROJECT_PARAMS
-from posescene.render import (
+from posescene.data.render import (
     STATE_FILE,
     load_map,
     load_maps,
@@ -218,7 +218,7 @@ def test_render_maps_is_incremental(tmp_path):
 
 
 def test_render_cli(tmp_path):
-    pytest.importorskip("posescene.poses", reason="stage 2 (posescene/poses.py, read_lattices) not written yet")
+    pytest.importorskip("posescene.data.poses", reason="stage 2 (posescene/data/poses.py) not written yet")
     from typer.testing import CliRunner
 
     from posescene.cli import app

@@ -39,8 +39,8 @@ def digests(root: Path, names: tuple[str, ...]) -> dict[str, str]:
 
 def run_cache_and_train(world: dict[str, Any], out: Path, caller_threads: int) -> dict[str, str]:
     """The cache stage's and the train stage's library calls, with torch at ``caller_threads`` when they start."""
-    from posescene.cache import build_cache
-    from posescene.train import train
+    from posescene.data.cache import build_cache
+    from posescene.training.train import train
 
     root = world["root"]
     torch.set_num_threads(caller_threads)

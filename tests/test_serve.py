@@ -44,7 +44,7 @@ def _register_champion(tmp_path: Path) -> str:
 
     from posescene import tracking
     from posescene.config import load_params
-    from posescene.pyfunc import log_and_register
+    from posescene.serving.pyfunc import log_and_register
     from posescene.world.architectures import build_tiny_models
 
     pipeline_dir, adapter_dir = build_tiny_models(tmp_path / "models", seed=0)

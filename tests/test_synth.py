@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from posescene.synth import POSES, SCENE_KINDS, generate, render_scene, scene_specs
+from posescene.data.synth import POSES, SCENE_KINDS, generate, render_scene, scene_specs
 from posescene.topology import N_KEYPOINTS
 
 

@@ -67,12 +67,12 @@ def test_a_stage_task_keys_on_its_params_and_files(tmp_path: Path) -> None:
 
 
 def test_a_stage_task_runs_the_registry_entry_point() -> None:
-    from posescene.pairs import pairs
-    from posescene.render import render
+    from posescene.data.pairs import pairs
+    from posescene.data.render import render
     from tasks.stage import stage_task
 
     assert stage_task("render", render).name == "render"
-    with pytest.raises(ValueError, match="posescene.render:render"):
+    with pytest.raises(ValueError, match="posescene.data.render:render"):
         stage_task("render", pairs)
 
 
@@ -110,7 +110,7 @@ def test_a_cluster_run_of_poses_is_never_cached(tmp_path: Path) -> None:
 
 def test_ingest_retries_only_a_hub_download(tmp_path: Path) -> None:
     from posescene.config import default_params
-    from posescene.ingest import ingest
+    from posescene.data.ingest import ingest
     from tasks.stage import stage_task
 
     local = default_params({"ingest.source": str(tmp_path)})

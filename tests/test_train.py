@@ -101,7 +101,7 @@ def trained(world: dict[str, Any]) -> Iterator[dict[str, Any]]:
     That check pays a cold ``import diffusers`` (~10-20 s on a busy box), so it runs in the background while
     the other tests run, and the last test collects it.
     """
-    from posescene.train import train
+    from posescene.training.train import train
 
     params = tiny_params(world, world["root"] / "run")
     result = train(params, progress=False)
@@ -129,8 +129,8 @@ def read_loss_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_cache_holds_every_paired_image_and_caption(world: dict[str, Any]):
-    from posescene.cache import caption_key, load_cache
-    from posescene.pairs import read_pairs
+    from posescene.data.cache import caption_key, load_cache
+    from posescene.data.pairs import read_pairs
 
     cache = load_cache(world["root"] / "cache", str(world["pipeline"]), RES)
     pairs = read_pairs(world["root"] / "pairs.parquet").to_pydict()
@@ -148,10 +148,10 @@ def test_cache_holds_every_paired_image_and_caption(world: dict[str, Any]):
 
 def fixed_batch_losses(params: Params, adapter_dirs: list[Path]) -> list[tuple[float, float]]:
     """(L_diff, L_bal) of each S-Ad on every training row at fixed noise and timesteps: no sampling noise."""
-    from posescene import objective
-    from posescene.cache import load_cache
+    from posescene.data.cache import load_cache
     from posescene.models import load_adapter, load_base
-    from posescene.train import load_train_set, person_boxes, predict_two_branches, read_pair_rows
+    from posescene.training import objective
+    from posescene.training.train import load_train_set, person_boxes, predict_two_branches, read_pair_rows
 
     base = load_base(params.model.base).freeze()
     primary = load_adapter(params.model.primary_adapter).eval()
@@ -243,8 +243,8 @@ def test_resume_equals_an_uninterrupted_run(world: dict[str, Any], trained: dict
     The first half also measures the diagnostics on every step (the shared run: at 1, 8 and 16): measuring
     them beside the step changes nothing in training.
     """
-    from posescene.checkpoints import checkpoints
-    from posescene.train import train
+    from posescene.training.checkpoints import checkpoints
+    from posescene.training.train import train
 
     half = train(tiny_params(world, tmp_path, steps=STEPS // 2, diagnose_every=1), progress=False)  # "crashes"
     assert half.resumed_from == 0
@@ -282,7 +282,7 @@ def test_a_retrained_frozen_model_is_not_resumed(world: dict[str, Any], tmp_path
     """The resume fingerprint reads the frozen weights, not only their paths: a primary adapter retrained in
     place (same path, new weights, as when the world is rebuilt) starts a new run instead of resuming one made
     against the old weights."""
-    from posescene.train import run_fingerprint
+    from posescene.training.train import run_fingerprint
 
     adapter = tmp_path / "adapter"
     shutil.copytree(world["adapter"], adapter)
@@ -301,7 +301,7 @@ def test_bad_params_fail_early_naming_the_key(world: dict[str, Any], tmp_path: P
     from typer.testing import CliRunner
 
     from posescene.cli import app
-    from posescene.train import train
+    from posescene.training.train import train
 
     with pytest.raises(ConfigError, match=r"train\.balance.*'scale', 'fixed', 'uncertainty'"):
         tiny_params(world, tmp_path, balance="foo")
@@ -353,8 +353,8 @@ def test_each_reading_and_balance_trains(
     world: dict[str, Any], trained: dict[str, Any], tmp_path: Path, reading, balance
 ):
     """The other readings train; fixed weighting applies lambda; uncertainty starts at 1 / L_i, at its own lr."""
-    from posescene.checkpoints import checkpoints
-    from posescene.train import train
+    from posescene.training.checkpoints import checkpoints
+    from posescene.training.train import train
 
     # gradient checkpointing on one of them: the gradient-norm diagnostics must work through recomputation
     params = tiny_params(
@@ -391,8 +391,8 @@ def test_each_reading_and_balance_trains(
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(world: dict[str, Any], tmp_path: Path):
-    from posescene.checkpoints import checkpoints
-    from posescene.train import train
+    from posescene.training.checkpoints import checkpoints
+    from posescene.training.train import train
 
     params = tiny_params(world, tmp_path, lr=1e30, checkpoint_every=1, steps=6)
     with pytest.raises(TrainingDivergedError, match=r"non-finite .*train\.lr") as info:
@@ -409,7 +409,7 @@ def test_zero_output_starts_the_correction_at_zero_and_every_zeroed_layer_learns
     """secondary_role correct: S-Ad starts at zero output (P-Ad + S-Ad = P-Ad) and still gets gradient."""
     from diffusers import T2IAdapter
 
-    from posescene.train import zero_output_
+    from posescene.training.train import zero_output_
 
     torch.manual_seed(0)
     adapter = T2IAdapter(in_channels=1, channels=[8, 16, 16], num_res_blocks=2, downscale_factor=4)
@@ -435,10 +435,16 @@ def test_zero_output_starts_the_correction_at_zero_and_every_zeroed_layer_learns
 def test_caption_readings_encode_action_free_captions_and_the_empty_caption(world: dict[str, Any], tmp_path: Path):
     """caption_actions false: every row's tau(y) is its caption without the action phrase; the empty-caption rows
     draw from a stream of their own, so the noise, timesteps and rows are the default reading's."""
-    from posescene.cache import load_cache
+    from posescene.data.cache import load_cache
+    from posescene.data.synth import without_actions
     from posescene.models import encode_prompts, load_base
-    from posescene.synth import without_actions
-    from posescene.train import draw_micro_batch, load_train_set, person_boxes, read_pair_rows, with_training_text
+    from posescene.training.train import (
+        draw_micro_batch,
+        load_train_set,
+        person_boxes,
+        read_pair_rows,
+        with_training_text,
+    )
 
     params = tiny_params(world, tmp_path, caption_actions=False, empty_caption_share=0.5)
     base = load_base(params.model.base).freeze()
@@ -466,7 +472,7 @@ def test_the_readings_of_issue_25_train_together(world: dict[str, Any], trained:
     """Every reading on at once (text target, constraint, high-noise weighting, guided prediction with empty and
     action-free captions, S-Ad as a correction, cross-pose term): it trains and logs what each adds."""
     from posescene.models import load_adapter
-    from posescene.train import train
+    from posescene.training.train import train
 
     params = tiny_params(
         world,

@@ -27,7 +27,7 @@ TOKENIZER_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_conf
 def world_captions() -> list[str]:
     """Every caption the bootstrap encodes with the default params (training, extra and held-out scenes)."""
     from posescene.config import load_params
-    from posescene.synth import render_scene, scene_specs
+    from posescene.data.synth import render_scene, scene_specs
 
     bp = load_params(Path("params.yaml")).bootstrap
     last = max(bp.n_scenes + bp.n_heldout, bp.extra_first_scene + bp.extra_scenes)

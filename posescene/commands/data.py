@@ -36,7 +36,7 @@ def synth(
     synth.n_scenes scene instances from index synth.first_scene, each rendered with synth.poses_per_scene
     poses on the same background, synth.size pixels square; the same seed gives byte-identical output.
     """
-    from posescene.synth import synth as run_synth
+    from posescene.data.synth import synth as run_synth
 
     try:
         summary = run_synth(_params(params, set_), progress=progress)
@@ -61,7 +61,7 @@ def ingest(
     small (ingest.min_side), uncaptioned and duplicate images, and metadata paths leaving the source folder,
     are rejected with a reason; CMYK, 16-bit, alpha, palette and grayscale images are converted to RGB.
     """
-    from posescene.ingest import ingest as run_ingest
+    from posescene.data.ingest import ingest as run_ingest
 
     all_params = _params(params, set_)
     out_dir = Path(all_params.ingest.out_dir)
@@ -90,7 +90,7 @@ def poses(
     rest; lattices made with another detector or beta are replaced (with a warning). Runs locally with
     poses.workers processes (the Dask runner is the flow's: python -m flows.poses).
     """
-    from posescene.poses import poses as run_poses
+    from posescene.data.poses import poses as run_poses
 
     all_params = _params(params, set_)
     p = all_params.poses
@@ -119,7 +119,7 @@ def pairs(
     pose/action words are removed) or random (a seeded baseline); pairs.heldout_fraction of the groups are
     held out whole; at most pairs.max_pairs_per_group ordered pairs per group; each pair yields two rows.
     """
-    from posescene.pairs import pairs as run_pairs
+    from posescene.data.pairs import pairs as run_pairs
 
     all_params = _params(params, set_)
     p = all_params.pairs
@@ -145,7 +145,7 @@ def render(
     OpenPose-style limbs are 0, the rest 255. Incremental: maps whose lattice and parameters are unchanged
     (recorded in render.json) are kept.
     """
-    from posescene.render import render as run_render
+    from posescene.data.render import render as run_render
 
     all_params = _params(params, set_)
     p = all_params.render

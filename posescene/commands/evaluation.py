@@ -55,7 +55,7 @@ def generate(
     by what the pose conditioning does; maps are rendered with the training renderer and render params.
     """
     from posescene.config import load_params, parse_set_option
-    from posescene.generate_images import GenerateRequest, PoseSources, generate_images
+    from posescene.serving.generate_images import GenerateRequest, PoseSources, generate_images
 
     try:
         request = GenerateRequest(

@@ -17,8 +17,8 @@ def cache(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a param, e.g. --set cache.batch_size=16."),
 ) -> None:
     """Encode every paired image (VAE latent) and caption (text state) once, into cache.out_dir."""
-    from posescene.cache import build_cache
     from posescene.config import load_params, parse_set_option
+    from posescene.data.cache import build_cache
 
     try:
         p = load_params(params, parse_set_option(set_))
@@ -53,7 +53,7 @@ def train(
     """Fine-tune the secondary adapter (docs/method.md steps 3-4); writes train.out_dir and registers `candidate`."""
     from posescene.config import load_params, parse_set_option
     from posescene.errors import ConfigError
-    from posescene.train import train as run_train
+    from posescene.training.train import train as run_train
 
     try:
         if resume_from is not None and not resume:

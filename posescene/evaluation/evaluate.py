@@ -106,9 +106,9 @@ def comparisons_of(arms: Sequence[tuple[str, float]], ablations: Sequence[str]) 
 
 def load_heldout(params: Params) -> ho.HeldOut:
     """Read pairs, manifest and lattices from the paths in ``params`` and select the held-out sets and poses."""
-    from posescene.ingest import read_manifest
-    from posescene.pairs import read_pairs
-    from posescene.poses import read_lattices
+    from posescene.data.ingest import read_manifest
+    from posescene.data.pairs import read_pairs
+    from posescene.data.poses import read_lattices
 
     lattice_dir = Path(params.poses.out_dir)
     if not lattice_dir.exists():

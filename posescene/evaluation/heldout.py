@@ -87,7 +87,7 @@ def round_robin(items: list[Any], key: Callable[[Any], Any], n: int) -> list[Any
 
 def without_action(caption: str, action: str | None) -> str:
     """The caption with the built-in world's phrase for ``action`` removed (unchanged if it is not there)."""
-    from posescene.synth import ACTION_PHRASES
+    from posescene.data.synth import ACTION_PHRASES
 
     phrase = ACTION_PHRASES.get(action or "")
     if not phrase:

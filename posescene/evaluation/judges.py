@@ -6,7 +6,7 @@
   diffusers ``ModelMixin`` + ``ConfigMixin`` classes, so they save/load like every other part of the world
   (``save_pretrained`` / ``from_pretrained`` with safetensors). Image inputs are float tensors (N, 3, H, W) in
   [0, 1] or PIL images / uint8 arrays.
-- A ``posescene.detectors`` detector (MediaPipe, OpenPose, DWPose) for real checkpoints.
+- A ``posescene.data.detectors`` detector (MediaPipe, OpenPose, DWPose) for real checkpoints.
 - The optional local CLIP score and LPIPS distance (never downloaded).
 """
 
@@ -25,9 +25,9 @@ from PIL import Image
 from torch import nn
 
 from posescene.config import Params, PosesParams
+from posescene.data.synth import SCENE_KINDS
 from posescene.errors import InputDataError, ModelLoadError
 from posescene.sampling.pose import person_arrays
-from posescene.synth import SCENE_KINDS
 from posescene.topology import N_KEYPOINTS
 
 Persons = list[tuple[np.ndarray, np.ndarray | None]]
@@ -279,14 +279,14 @@ class WorldPoseJudge:
 
 
 class DetectorPoseJudge:
-    """A ``posescene.detectors`` detector (MediaPipe for real checkpoints), run over the images in batches.
+    """A ``posescene.data.detectors`` detector (MediaPipe for real checkpoints), run over the images in batches.
 
     ``poses``: the poses stage's detector settings (MediaPipe's thresholds and ``poses.batch_size``), so
     the judge reads a generated image as the lattices stage reads a real one.
     """
 
     def __init__(self, name: str, weights: str | None, poses: PosesParams) -> None:
-        from posescene.detectors import make_detector
+        from posescene.data.detectors import make_detector
 
         self.name = name
         self.detector = make_detector(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from posescene.synth import POSES, SCENE_KINDS, kinds_typical_of
+from posescene.data.synth import POSES, SCENE_KINDS, kinds_typical_of
 
 POSE_NAMES = frozenset(POSES)
 

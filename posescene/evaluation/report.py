@@ -360,7 +360,7 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
         if "pull_atypical" in f.scene:
             lines += [
                 "**The pose's pull on the scene.** On the *atypical* pairs (the caption names a scene kind the pose is "
-                "not typical of, `posescene.synth.TYPICAL_ACTIONS`), the primary at scale 1 loses "
+                "not typical of, `posescene.data.synth.TYPICAL_ACTIONS`), the primary at scale 1 loses "
                 f"{_fmt(f.scene['pull_atypical'], 2)} of text-scene agreement against the base model on the same "
                 "sets, poses and noise (paired; 95% CI over prompts). Above 0: the pose pulls the scene away from the "
                 "caption, the failure the secondary adapter exists to remove; each arm's columns above say how much of "

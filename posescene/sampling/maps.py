@@ -1,7 +1,7 @@
 """Conditioning maps: poses drawn as the adapter's input, exactly as for training.
 
-:func:`posescene.render.render_lattice` at the pose's own map side u = min(w, h) with ``render.radius`` /
-``render.limbs``, resized to the model resolution with :func:`posescene.render.map_tensor` (min-pooling: no point
+:func:`posescene.data.render.render_lattice` at the pose's own map side u = min(w, h) with ``render.radius`` /
+``render.limbs``, resized to the model resolution with :func:`posescene.data.render.map_tensor` (min-pooling: no point
 vanishes), then put in the adapter's input convention by :func:`posescene.models.prepare_adapter_input`
 (``model.adapter_invert``, ``model.adapter_in_channels``), the function training uses.
 """
@@ -20,7 +20,7 @@ def condition_maps(
     poses: Sequence[Pose], resolution: int, radius: int, limbs: bool, in_channels: int, invert: bool
 ) -> torch.Tensor:
     """Adapter inputs (N, in_channels, res, res) in [0, 1], rendered as for training (module docstring)."""
-    from posescene.render import map_tensor, render_lattice
+    from posescene.data.render import map_tensor, render_lattice
 
     maps = []
     for pose in poses:

@@ -11,10 +11,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import BertModel
 
+from posescene.data.render import render_lattice
+from posescene.data.synth import SCENE_KINDS, SCENE_PHRASES, render_scene, scene_specs, without_scene
 from posescene.evaluation.heldout import without_action
 from posescene.lattice import normalise
-from posescene.render import render_lattice
-from posescene.synth import SCENE_KINDS, SCENE_PHRASES, render_scene, scene_specs, without_scene
 from posescene.world.architectures import minilm_dir, world_tokenizer
 
 

@@ -4,7 +4,7 @@ stream per step, and a checkpoint per stage that a resumed run continues from ex
 A stage's checkpoint is one file, ``<checkpoint_dir>/<stage>.pt`` (``torch.save`` of a dict: the modules,
 optimiser, schedule, EMA, step, running loss, the params it was made with and its run statistics), written
 atomically like every file of the project (:func:`posescene.io.atomic_path`). Its format differs from the secondary
-adapter's (:mod:`posescene.checkpoints`, a directory per step with RNG states) because the world needs no RNG
+adapter's (:mod:`posescene.training.checkpoints`, a directory per step with RNG states) because the world needs no RNG
 states: every step's randomness is a function of (seed, stage, step) (:func:`step_generator`).
 """
 

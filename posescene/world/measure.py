@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from posescene.config import BootstrapParams, Params
+from posescene.data.synth import SCENE_KINDS, without_scene
 from posescene.errors import ConfigError
 from posescene.evaluation.heldout import without_action
 from posescene.evaluation.judges import (
@@ -41,7 +42,6 @@ from posescene.evaluation.pull import (
 )
 from posescene.io import save_image_atomic
 from posescene.sampling.sampler import ArmJob, ModelBank
-from posescene.synth import SCENE_KINDS, without_scene
 from posescene.world.architectures import assemble_world_pipeline, copy_tree
 from posescene.world.data import HELD_OUT_POLICY, WorldData, make_data, merge_ranges, overlaps
 from posescene.world.parts import load_part, read_training_data

@@ -112,7 +112,7 @@ def readme(bp: BootstrapParams, m: dict[str, Any], seed: int, data: dict[str, An
     )
     return f"""# The built-in world (`posescene bootstrap`)
 
-A small Stable-Diffusion-architecture model trained on PoseScenes (posescene.synth), so the default
+A small Stable-Diffusion-architecture model trained on PoseScenes (posescene.data.synth), so the default
 pipeline demonstrates the method on a CPU with no network. Diffusers layout, fp16 safetensors (load with
 `torch_dtype=torch.float32`):
 
@@ -159,7 +159,7 @@ Batch {bp.batch_size} (decoder {bp.decoder_batch_size}), bf16 autocast in {bf16}
 reconstructions, augmentation); joint lr U-Net {bp.joint_unet_lr:g} / adapter {bp.joint_adapter_lr:g}, EMA
 {bp.joint_ema_decay}, adapter dropout {bp.adapter_dropout:.0%}, caption dropout {bp.caption_dropout:.0%}.
 Training data of this run's stages: coupling {bp.coupling:g} (the share of scenes showing only their kind's
-typical actions, `posescene.synth.TYPICAL_ACTIONS`), scene phrase left out of {bp.sceneless_captions:.0%} of the
+typical actions, `posescene.data.synth.TYPICAL_ACTIONS`), scene phrase left out of {bp.sceneless_captions:.0%} of the
 captions and naming another kind in {bp.mismatched_captions:.0%}, action phrase {"kept" if bp.caption_actions else
 "left out of every caption"}; the joint stage's rows without the adapter read
 {"each image's true caption" if bp.caption_policy_rows == "adapter" else "the same captions"}.
@@ -172,7 +172,7 @@ Wall time of this (assembling) run (s): data {m.get("time_data_s")}, VAE {m.get(
 {m.get("reused_parts") or "none"}.
 
 Scenes each part was ever trained on (`training_data.json`, half-open [start, stop) indices of
-`posescene.synth.scene_specs(n, seed={seed})`, including the runs it was continued from):
+`posescene.data.synth.scene_specs(n, seed={seed})`, including the runs it was continued from):
 
 | part | scenes |
 |---|---|

@@ -216,7 +216,7 @@ def render_maps(
 ) -> RenderSummary:
     """Render one map per lattice row with a person into ``out_dir`` (incremental, see module doc)."""
     if isinstance(lattices, str | Path):
-        from posescene.poses import read_lattices
+        from posescene.data.poses import read_lattices
 
         lattices = read_lattices(lattices)
     missing = [c for c in _LATTICE_COLUMNS if c not in lattices.column_names]

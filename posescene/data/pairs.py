@@ -362,8 +362,8 @@ def write_pairs(
     seed: int,
 ) -> PairsSummary:
     """Read the lattices and the manifest (a ``manifest.parquet`` or its directory), write ``out`` atomically."""
-    from posescene.ingest import read_manifest  # the stages' own readers; imported here so that
-    from posescene.poses import read_lattices  # build_pairs works without the detector stack
+    from posescene.data.ingest import read_manifest  # the stages' own readers; imported here so that
+    from posescene.data.poses import read_lattices  # build_pairs works without the detector stack
 
     table, summary = build_pairs(
         read_lattices(lattice_dir), read_manifest(manifest_path), strategy, heldout_fraction, max_pairs_per_group, seed

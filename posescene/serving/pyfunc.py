@@ -13,7 +13,7 @@ Input columns: ``prompt``; one of ``keypoints`` (JSON list of 18 ``[x, y]`` pixe
 ``width`` x ``height`` frame, default the model resolution) or ``pose_map`` (a grayscale map, points dark
 on white: base64 PNG or a local file path); ``seed`` (default 0). Output: column ``image``, base64 PNG.
 
-Logged as a *model from code* (``posescene/pyfunc_model.py`` calls ``mlflow.models.set_model``): loading
+Logged as a *model from code* (``posescene/serving/pyfunc_model.py`` calls ``mlflow.models.set_model``): loading
 executes that file and imports posescene, it never unpickles an object. The signature and an input example
 (:func:`input_example`) travel with the model, so ``mlflow models serve -m models:/<name>@champion`` answers
 REST requests (``dataframe_split`` rows; README, "Serve the champion").
@@ -104,8 +104,8 @@ class PoseSceneModel(PythonModel):
         )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from posescene.data.render import map_tensor
         from posescene.models import prepare_adapter_input
-        from posescene.render import map_tensor
         from posescene.sampling.maps import condition_maps
         from posescene.sampling.pose import Pose, pose_from_pixels
         from posescene.sampling.sampler import Job, standard_spec

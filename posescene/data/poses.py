@@ -1,6 +1,6 @@
 """Stage 2, ``poses``: pose lattices (docs/method.md step 1) of every ingested image, into a Parquet dataset.
 
-For each image of the manifest the detector (:mod:`posescene.detectors`) gives persons with 18 pixel
+For each image of the manifest the detector (:mod:`posescene.data.detectors`) gives persons with 18 pixel
 keypoints and scores. A point is *missing* (null in every list) when its score is below ``min_score``
 or it lies outside the image; a person with no point left is dropped; an image with no person is one
 row with ``has_person=false``. Present points are normalised with bias beta by
@@ -50,9 +50,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from posescene.detectors import Detector, ImageRecord, PersonKeypoints, check_detector, make_detector
+from posescene.data.detectors import Detector, ImageRecord, PersonKeypoints, check_detector, make_detector
 from posescene.errors import InputDataError
-from posescene.ingest import read_manifest
+from posescene.data.ingest import read_manifest
 from posescene.io import atomic_path
 from posescene.lattice import normalise
 from posescene.topology import KEYPOINT_NAMES, N_KEYPOINTS
@@ -488,7 +488,7 @@ def run_poses(
     ``manifest``: the ingest output directory or its ``manifest.parquet``. ``min_detection_confidence``,
     ``min_presence_confidence``: mediapipe's thresholds for a person box and its landmarks (lower finds
     more, less sure, people); ``max_persons``: people kept per image, most prominent first;
-    ``person_proposals``: where mediapipe looks for people (:class:`posescene.detectors.MediaPipeDetector`:
+    ``person_proposals``: where mediapipe looks for people (:class:`posescene.data.detectors.MediaPipeDetector`:
     ``landmarker`` the whole image, ``faces`` body crops grown from faces, ``hog`` HOG people boxes).
     ``map_fn(process_batch, tasks)`` overrides the runner (default: this process for ``workers == 1``, else a
     spawn process pool); it must yield one :class:`BatchResult` per task, in any order.

@@ -20,7 +20,7 @@ get it: there is no silent fallback to another detector, and nothing is download
 passes a hub id and has network.
 
 Detectors return raw pixel coordinates and scores; thresholding (``poses.min_score``), dropping points
-outside the image and normalisation happen in :mod:`posescene.poses`, identically for all detectors.
+outside the image and normalisation happen in :mod:`posescene.data.poses`, identically for all detectors.
 """
 
 from __future__ import annotations
@@ -781,7 +781,7 @@ def make_detector(
     (default: cuda when available). ``min_detection_confidence`` (a person box), ``min_presence_confidence``
     (the landmarks of a found box) and ``max_persons`` (people per image) are MediaPipe's own thresholds
     (``poses.*`` in params.yaml); the other detectors return every person they find and
-    :mod:`posescene.poses` keeps the ``max_persons`` most prominent. ``person_proposals``: mediapipe's
+    :mod:`posescene.data.poses` keeps the ``max_persons`` most prominent. ``person_proposals``: mediapipe's
     person proposals (``poses.person_proposals``, see :class:`MediaPipeDetector`); None is the whole-image
     PoseLandmarker alone, which is what callers reading one generated person per image (the evaluation's
     judge) want; the poses stage passes params.yaml's list.

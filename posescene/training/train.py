@@ -9,7 +9,7 @@ models, data, optimizer, resume, the loop, outputs; the method itself is :func:`
     eps_P = eps_theta(x_t, t, tau(y), F_P(A_0))   under no_grad (no graph, no backward)
     eps_S = eps_theta(x_t, t, tau(y), F_S(B_0))   gradient flows through the frozen U-Net into S-Ad only
     [distill reading only: eps_P(B_0) = eps_theta(x_t, t, tau(y), F_P(B_0)) under no_grad, the teacher]
-    L_diff, L_bal (posescene.objective, train.balance_reading) -> J (train.balance) -> backward -> clip -> AdamW
+    L_diff, L_bal (training.objective, train.balance_reading) -> J (train.balance) -> backward -> clip -> AdamW
 
 That is the default reading. The other readings of issue 25 (docs/method.md) change single lines of it, each
 behind one train.* key: the target of L_diff (``diff_target: text``: eps_theta(x_t, t, tau(y)), no adapter),
@@ -30,7 +30,7 @@ drawn), so the training step and its result are the same with or without them.
 
 Determinism: the batch rows and the noise of each micro-batch are pure functions of (seed, sample
 position, rank), so a checkpoint only needs the position, and a resumed run reproduces the loss curve
-of an uninterrupted one. The checkpoint (posescene.checkpoints) also keeps the global RNG states.
+of an uninterrupted one. The checkpoint (posescene.training.checkpoints) also keeps the global RNG states.
 """
 
 from __future__ import annotations
@@ -57,11 +57,9 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from posescene import checkpoints as ckpt
-from posescene import objective, pyfunc, tracking
-from posescene.cache import Cache, caption_key, load_cache, require_columns
-from posescene.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from posescene import tracking
 from posescene.config import Params, TrainParams
+from posescene.data.cache import Cache, caption_key, load_cache, require_columns
 from posescene.devices import reproducible_math
 from posescene.errors import ConfigError, InputDataError, TrainingDivergedError
 from posescene.io import atomic_path, save_image_atomic, write_json_atomic, write_text_atomic
@@ -74,7 +72,11 @@ from posescene.models import (
     prepare_adapter_input,
 )
 from posescene.sampling.sampler import ArmJob, ModelBank
+from posescene.serving import pyfunc
 from posescene.shards import WEIGHT_SUFFIXES, hash_weight_file
+from posescene.training import checkpoints as ckpt
+from posescene.training import objective
+from posescene.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 
 __all__ = ["checkpoints", "train", "train_step"]  # checkpoints: re-exported for callers of the old location
 
@@ -149,7 +151,7 @@ class TrainSet:
 
 def read_pair_rows(path: str | Path) -> dict[str, list]:
     """data/pairs.parquet as column lists (all splits), checked against the contract."""
-    from posescene.pairs import read_pairs
+    from posescene.data.pairs import read_pairs
 
     cols = require_columns(read_pairs(path), PAIR_COLUMNS, path, "Rerun the pairs stage.")
     bad = sorted({r for r in cols["row"] if r not in ("A", "B")})
@@ -160,7 +162,7 @@ def read_pair_rows(path: str | Path) -> dict[str, list]:
 
 def person_boxes(lattices_dir: str | Path) -> dict[tuple[str, int], np.ndarray]:
     """(image_id, person) -> keypoint box as fractions of the image (NaN when no person / no points)."""
-    from posescene.poses import lattice_arrays, read_lattices
+    from posescene.data.poses import lattice_arrays, read_lattices
 
     table = read_lattices(lattices_dir)
     xs, ys = lattice_arrays(table, "x"), lattice_arrays(table, "y")
@@ -173,7 +175,7 @@ def person_boxes(lattices_dir: str | Path) -> dict[tuple[str, int], np.ndarray]:
 
 def load_maps_for(keys: list[tuple[str, int]], maps_dir: str | Path, resolution: int) -> torch.Tensor:
     """Maps of (image_id, person) keys at the model resolution, as uint8 (n, 1, R, R)."""
-    from posescene.render import load_maps, map_path
+    from posescene.data.render import load_maps, map_path
 
     paths = [map_path(maps_dir, iid, p) for iid, p in keys]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -231,7 +233,7 @@ def with_training_text(data: TrainSet, base: FrozenBase, tp: TrainParams) -> Tra
     """The caption readings: action-free captions (``caption_actions: false``) and tau("") for the guided
     prediction and the empty-caption rows, encoded here with the frozen text encoder (the cache holds only the
     pairs' own captions). ``data`` itself when neither is on (the default reading)."""
-    from posescene.synth import without_actions
+    from posescene.data.synth import without_actions
 
     wants_empty = tp.guided_diff or tp.empty_caption_share > 0
     if tp.caption_actions and not wants_empty:

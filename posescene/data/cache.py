@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from posescene.devices import reproducible_math, resolve_device
 from posescene.errors import InputDataError
-from posescene.ingest import read_manifest
+from posescene.data.ingest import read_manifest
 from posescene.io import atomic_path, write_json_atomic
 from posescene.models import encode_images, encode_prompts, load_base
-from posescene.pairs import read_pairs
+from posescene.data.pairs import read_pairs
 
 if TYPE_CHECKING:
     from posescene.config import Params

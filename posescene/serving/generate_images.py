@@ -17,11 +17,11 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from posescene.config import Params
-from posescene.detectors import make_detector
+from posescene.data.detectors import make_detector
+from posescene.data.poses import read_lattices
 from posescene.errors import ConfigError, InputDataError
 from posescene.evaluation.report import make_grid
 from posescene.io import atomic_path, write_json_atomic
-from posescene.poses import read_lattices
 from posescene.sampling.maps import condition_maps
 from posescene.sampling.pose import Pose, poses_from_images, poses_from_json, poses_from_lattice_rows
 from posescene.sampling.sampler import STANDARD_MODELS, Job, ModelBank, ModelSpec, standard_spec

@@ -34,7 +34,7 @@ STATE_FILE = "trainer_state.json"
 def checkpoints(root: str | Path, fingerprint: str | None = None) -> list[tuple[int, Path]]:
     """Complete checkpoints (step_<n> dirs; temp dirs of an interrupted write are hidden), by step.
 
-    With ``fingerprint``, only those made by that setup (see ``posescene.train.run_fingerprint``).
+    With ``fingerprint``, only those made by that setup (see ``posescene.training.train.run_fingerprint``).
     """
     found = []
     for path in Path(root).glob("step_*"):
