@@ -11,7 +11,6 @@ a file of its own (tests, notebooks) uses :func:`default_params`: the project's 
 
 from __future__ import annotations
 
-import json
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +35,8 @@ class SynthParams(_Section):
     poses_per_scene: int = Field(ge=1)
     size: int = Field(ge=32, le=2048)
     # probability that a scene shows only actions typical of its kind (synth.TYPICAL_ACTIONS); 0 = independent;
-    # params.yaml may say null: the coupling the built-in world trained on (see Params._world_coupling)
-    coupling: float = Field(ge=0, le=1)
+    # null: the coupling the built-in world trained on, read by the synth stage (posescene.synth.data_coupling)
+    coupling: float | None = Field(ge=0, le=1)
 
 
 class IngestParams(_Section):
@@ -388,26 +387,6 @@ class Params(_Section):
             if "primary_adapter" in raw["model"] and world.get("shipped_dir"):
                 raw = {**raw, "model": {**raw["model"], "primary_adapter": f"{world['shipped_dir']}/primary_adapter"}}
         return raw
-
-    @model_validator(mode="before")
-    @classmethod
-    def _world_coupling(cls, raw: Any) -> Any:
-        """``synth.coupling: null`` is the coupling of the world's own training data (``training_data.json`` in
-        ``world.shipped_dir``; a world that records none trained on independent scenes), so the pipeline's data go
-        with the world's primary and the same one param switches both."""
-        if not (isinstance(raw, dict) and isinstance(raw.get("synth"), dict)):
-            return raw
-        if "coupling" not in raw["synth"] or raw["synth"]["coupling"] is not None:
-            return raw
-        world = raw.get("world") if isinstance(raw.get("world"), dict) else {}
-        record = Path(str(world.get("shipped_dir", ""))) / "training_data.json"
-        if not world.get("shipped_dir") or not record.is_file():
-            raise ValueError(
-                f"synth.coupling: null means the built-in world's coupling, read from {record}, which is missing: "
-                "set synth.coupling to a number in [0, 1] or world.shipped_dir to a world directory"
-            )
-        coupling = float(json.loads(record.read_text()).get("coupling", 0.0))
-        return {**raw, "synth": {**raw["synth"], "coupling": coupling}}
 
 
 def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -265,14 +265,17 @@ def test_pose_typical_cells_read_the_pull():
 def test_a_null_synth_coupling_is_the_worlds_so_the_same_param_switches_the_data(tmp_path):
     from posescene.config import default_params
     from posescene.errors import ConfigError
+    from posescene.synth import data_coupling
 
     coupled, independent = tmp_path / "coupled", tmp_path / "independent"
     for world, record in ((coupled, {"coupling": 1.0}), (independent, {})):
         world.mkdir()
         (world / "training_data.json").write_text(json.dumps({"parts": {}, **record}))
-    assert default_params({"synth.coupling": None, "world.shipped_dir": str(coupled)}).synth.coupling == 1.0
+    assert data_coupling(default_params({"synth.coupling": None, "world.shipped_dir": str(coupled)})) == 1.0
     # a world that records no coupling trained on independent scenes
-    assert default_params({"synth.coupling": None, "world.shipped_dir": str(independent)}).synth.coupling == 0.0
-    assert default_params({"synth.coupling": 0.5, "world.shipped_dir": str(coupled)}).synth.coupling == 0.5
+    assert data_coupling(default_params({"synth.coupling": None, "world.shipped_dir": str(independent)})) == 0.0
+    assert data_coupling(default_params({"synth.coupling": 0.5, "world.shipped_dir": str(coupled)})) == 0.5
+    # only the synth stage needs the record: params parse without it, the stage names the file and the fix
+    nowhere = default_params({"synth.coupling": None, "world.shipped_dir": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match="training_data.json, which is missing"):
-        default_params({"synth.coupling": None, "world.shipped_dir": str(tmp_path / "nowhere")})
+        data_coupling(nowhere)

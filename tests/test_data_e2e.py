@@ -111,6 +111,10 @@ def _copy_repo(dest: Path, synth: dict[str, int]) -> None:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["synth"].update(synth)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # synth.coupling null is the world's own coupling: the synth stage reads (and depends on) its training record
+    record = Path(params["world"]["shipped_dir"]) / "training_data.json"
+    (dest / record).parent.mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / record, dest / record)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> str:

@@ -20,7 +20,8 @@ from _params import write_params
 
 pytestmark = pytest.mark.e2e  # real servers, clusters and subprocesses: tens of seconds
 
-TINY = {"synth": {"out_dir": "out/synth", "n_scenes": 2, "poses_per_scene": 2, "size": 32}}
+# coupling 0: the project here has no world directory whose training record a null coupling would read
+TINY = {"synth": {"out_dir": "out/synth", "n_scenes": 2, "poses_per_scene": 2, "size": 32, "coupling": 0.0}}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from posescene.errors import ConfigError
 from posescene.io import atomic_path
 from posescene.topology import INDEX, N_KEYPOINTS
 
@@ -549,9 +550,32 @@ class SynthSummary:
         return asdict(self)
 
 
+def data_coupling(params: Params) -> float:
+    """``synth.coupling``, where ``null`` is the coupling of the world's own training data (``training_data.json``
+    in ``world.shipped_dir``; a world that records none trained on independent scenes), so the pipeline's data go
+    with the world's primary and one param (``world.shipped_dir``) switches both. Read when the synth stage runs,
+    not when params are parsed, so stages that draw no data need no world record."""
+    if params.synth.coupling is not None:
+        return params.synth.coupling
+    record = Path(params.world.shipped_dir) / "training_data.json"
+    if not record.is_file():
+        raise ConfigError(
+            f"synth.coupling: null means the built-in world's coupling, read from {record}, which is missing: "
+            "set synth.coupling to a number in [0, 1] or world.shipped_dir to a world directory"
+        )
+    try:
+        coupling = float(json.loads(record.read_text()).get("coupling", 0.0))
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"{record}: not a world's training record ({exc}); synth.coupling: null reads it") from None
+    if not 0.0 <= coupling <= 1.0:
+        raise ConfigError(f"{record}: coupling {coupling} is outside [0, 1]")
+    return coupling
+
+
 def synth(params: Params, *, progress: bool = True) -> SynthSummary:
     """Stage ``synth``: the PoseScenes imagefolder ``synth.out_dir`` from the ``synth`` section and ``seed``."""
     p = params.synth
+    coupling = data_coupling(params)
     path = generate(
         p.out_dir,
         p.n_scenes,
@@ -559,7 +583,7 @@ def synth(params: Params, *, progress: bool = True) -> SynthSummary:
         p.size,
         params.seed,
         first_scene=p.first_scene,
-        coupling=p.coupling,
+        coupling=coupling,
         progress=progress,
     )
     return SynthSummary(
@@ -569,5 +593,5 @@ def synth(params: Params, *, progress: bool = True) -> SynthSummary:
         scenes=p.n_scenes,
         images=p.n_scenes * p.poses_per_scene,
         size=p.size,
-        coupling=p.coupling,
+        coupling=coupling,
     )
