@@ -35,7 +35,7 @@ class SynthParams(_Section):
     poses_per_scene: int = Field(ge=1)
     size: int = Field(ge=32, le=2048)
     # probability that a scene shows only actions typical of its kind (synth.TYPICAL_ACTIONS); 0 = independent;
-    # null: the coupling the built-in world trained on, read by the synth stage (posescene.synth.data_coupling)
+    # null: the coupling the built-in world trained on, read by the synth stage (posescene.data.synth.data_coupling)
     coupling: float | None = Field(ge=0, le=1)
 
 

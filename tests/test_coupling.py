@@ -264,8 +264,8 @@ def test_pose_typical_cells_read_the_pull():
 
 def test_a_null_synth_coupling_is_the_worlds_so_the_same_param_switches_the_data(tmp_path):
     from posescene.config import default_params
+    from posescene.data.synth import data_coupling
     from posescene.errors import ConfigError
-    from posescene.synth import data_coupling
 
     coupled, independent = tmp_path / "coupled", tmp_path / "independent"
     for world, record in ((coupled, {"coupling": 1.0}), (independent, {})):
