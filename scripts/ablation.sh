@@ -279,17 +279,20 @@ log_grid() {  # $1 = lambda_eff -> 7 values lambda_eff * 30^(k/3), k = -3..3 (3 
 }
 
 # name|overrides
+# Every arm but steps-* is the first reading (L_diff against the primary on A_0, S-Ad replacing P-Ad) with its own
+# change, as when these arms were first run; steps-* is whatever params.yaml trains (its default).
+FIRST="train.diff_target=primary train.secondary_role=replace"
 EXPERIMENTS=()
 for reading in whole person distill; do
-  EXPERIMENTS+=("scale-$reading|train.balance=scale train.balance_reading=$reading train.lambda_diff=1.0")
+  EXPERIMENTS+=("scale-$reading|$FIRST train.balance=scale train.balance_reading=$reading train.lambda_diff=1.0")
 done
 for reading in $GRID_READINGS; do
   for lam in $(log_grid "$(lambda_eff "$reading")"); do
-    EXPERIMENTS+=("fixed-$reading-$lam|train.balance=fixed train.balance_reading=$reading train.lambda_diff=$lam")
+    EXPERIMENTS+=("fixed-$reading-$lam|$FIRST train.balance=fixed train.balance_reading=$reading train.lambda_diff=$lam")
   done
 done
 for reading in $READINGS; do
-  EXPERIMENTS+=("uncertainty-$reading|train.balance=uncertainty train.balance_reading=$reading train.lambda_diff=1.0")
+  EXPERIMENTS+=("uncertainty-$reading|$FIRST train.balance=uncertainty train.balance_reading=$reading train.lambda_diff=1.0")
 done
 
 for n in ${BUDGETS:-1000 3000}; do
@@ -297,12 +300,12 @@ for n in ${BUDGETS:-1000 3000}; do
 done
 
 # issue 25's readings (names in the header); the balance and its reading are set so no arm inherits another's
-DEFAULT_OBJECTIVE="train.balance=scale train.balance_reading=distill"
+DEFAULT_OBJECTIVE="$FIRST train.balance=scale train.balance_reading=distill"
 HIGH_NOISE="train.diff_timestep_power=${POWER:-2}"
 GUIDED="train.guided_diff=true train.empty_caption_share=${EMPTY_SHARE:-0.1}"
 READING_ARMS=("text-target|$DEFAULT_OBJECTIVE train.diff_target=text")
 for eps in ${EPSILONS:-0.03 0.1 0.3}; do
-  READING_ARMS+=("constraint-$eps|train.balance=constraint train.balance_reading=distill train.constraint_epsilon=$eps")
+  READING_ARMS+=("constraint-$eps|$FIRST train.balance=constraint train.balance_reading=distill train.constraint_epsilon=$eps")
 done
 READING_ARMS+=(
   "high-noise|$DEFAULT_OBJECTIVE $HIGH_NOISE"

@@ -125,6 +125,8 @@ def _registry_workflow(
         {
             "model": {"base": str(pipeline_dir), "primary_adapter": str(adapter_dir), "resolution": 32},
             "evaluate": {"steps": 2, "guidance_scale": 1.0, "device": "cpu"},
+            # a correction of the primary: the registered model carries the primary too, through the server
+            "train": {"secondary_role": "correct"},
             "mlflow": {"tracking_uri": mlflow_server, "experiment": "ops-test", "registered_model": MODEL_NAME},
         },
     )
@@ -158,8 +160,9 @@ def _registry_workflow(
     assert str(champion.version) == str(version) and champion.description == "how to load it"
     assert champion.tags["eval.verdict"] == "Pareto-better" and champion.tags["eval.decision"] == "promoted"
     # the next evaluation re-evaluates the champion: its adapter comes back through the server
-    adapter = champion_adapter_dir(MODEL_NAME, champion, None, mlflow_server)
-    assert adapter is not None and (adapter / "config.json").is_file()
+    found = champion_adapter_dir(MODEL_NAME, champion, None, mlflow_server)
+    assert found is not None and (found[0] / "config.json").is_file()
+    assert found[1] is True  # trained as a correction: the evaluation draws it added to the primary
     assert champion_adapter_dir(MODEL_NAME, champion, champion, mlflow_server) is None  # the candidate itself
     t_registry = time.monotonic() - t0
 

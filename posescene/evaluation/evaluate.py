@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from posescene import tracking
 from posescene.config import NEW_NOISE_SEED, Params
@@ -76,8 +77,14 @@ def arm_plan(params: Params, dirs: Mapping[str, str]) -> list[tuple[str, float]]
     return arms
 
 
-def arm_job(prompt: str, seed: int, pose: Any, family: str, knob: float) -> ArmJob:
-    """The sampler's job for one arm (docs/method.md, "The alternatives")."""
+def arm_job(
+    prompt: str, seed: int, pose: Any, family: str, knob: float, *, corrections: frozenset[str] = frozenset()
+) -> ArmJob:
+    """The sampler's job for one arm (docs/method.md, "The alternatives"). ``corrections``: the trained families
+    (``secondary``, ``champion``) whose adapter is a correction added to the primary (``train.secondary_role:
+    correct``), so the arm draws the model as trained: P-Ad at 1 plus the adapter at the knob."""
+    if family in corrections:
+        return ArmJob(prompt, seed, pose, family, knob, added=(("primary", 1.0),))
     if family == "base":
         return ArmJob(prompt, seed, pose, None, 0.0)
     if family == "placebo":
@@ -146,19 +153,31 @@ def adapter_dirs(params: Params) -> dict[str, str]:
     return dirs
 
 
-def champion_adapter_dir(name: str, champion: Any, candidate: Any, uri: str) -> Path | None:
-    """The champion's adapter from the registry (downloaded to a local cache), when it is not the candidate."""
+def champion_adapter_dir(name: str, champion: Any, candidate: Any, uri: str) -> tuple[Path, bool] | None:
+    """The champion's adapter from the registry (downloaded to a local cache), when it is not the candidate, and
+    whether it was trained as a correction added to the primary (its pyfunc's ``secondary_role``)."""
     if champion is None or (candidate is not None and str(champion.version) == str(candidate.version)):
         return None
     local = tracking.download_model_version(name, champion.version, uri)
-    configs = sorted(
-        p.parent for p in local.rglob("config.json") if (p.parent / "diffusion_pytorch_model.safetensors").exists()
+    pyfunc_flavor = {}
+    if (local / "MLmodel").is_file():
+        pyfunc_flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get(
+            "python_function", {}
+        )
+    correction = (pyfunc_flavor.get("model_config") or {}).get("secondary_role") == "correct"
+    adapter = (pyfunc_flavor.get("artifacts") or {}).get("adapter", {}).get("path")
+    configs = (
+        [local / adapter]
+        if adapter and (local / adapter / "config.json").is_file()
+        else sorted(
+            p.parent for p in local.rglob("config.json") if (p.parent / "diffusion_pytorch_model.safetensors").exists()
+        )
     )
     if not configs:
         raise ModelLoadError(
             f"champion v{champion.version} of {name!r}: no adapter (config.json + safetensors) in {local}"
         )
-    return configs[0]
+    return configs[0], correction
 
 
 def _persons_at(persons: list[Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -280,9 +299,10 @@ def evaluate(
         client, uri = tracking.open_registry(params)
         name = params.mlflow.registered_model
         candidate, champion = gate.registry_candidate(client, name)
-        champion_dir = champion_adapter_dir(name, champion, candidate, uri) if ev.compare_champion else None
-    if champion_dir is not None:
-        dirs["champion"] = str(champion_dir)
+        champion_found = champion_adapter_dir(name, champion, candidate, uri) if ev.compare_champion else None
+    champion_is_correction = False
+    if champion_found is not None:
+        dirs["champion"], champion_is_correction = str(champion_found[0]), champion_found[1]
     bank = ModelBank(
         params.model.base, dirs, resolution=res, in_channels=params.model.adapter_in_channels,
         device=shard.device(ev.device),
@@ -304,10 +324,14 @@ def evaluate(
     run_id = tracking.create_stage_run(client, params, uri, "evaluate") if shard.is_main else ""
     try:
         arms = arm_plan(params, dirs)
+        corrections = frozenset(
+            [*(["secondary"] if params.train.secondary_role == "correct" else []),
+             *(["champion"] if champion_is_correction else [])]
+        )  # fmt: skip
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
         scene = scene_mask(targets, res, ev.mask_margin, notices)
         jobs = [
-            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob)
+            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob, corrections=corrections)
             for s in heldout.sets
             for pose_ in heldout.poses
             for a, knob in arms
