@@ -95,6 +95,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "store": str(root / "store"),  # finished batches (posescene.shards), shared by this module's tests
         },
         "ops": {"lock_path": str(root / "posescene.lock")},
+        "train": {"secondary_role": "replace"},  # the adapter drawn alone; a correction has its own test
     }
     write_params(root / "params.yaml", params)  # params.yaml's defaults with the above
     return {"root": root, "params": root / "params.yaml", "primary": primary, "still": root / "still_adapter"}
@@ -242,6 +243,20 @@ def test_an_all_zero_adapter_is_not_promoted(world: dict[str, Path]) -> None:
     result = evaluate(params, progress=False)
     assert result.metrics["arms"]["secondary_s100"]["drift"] == pytest.approx(0.0, abs=1e-6)
     assert result.metrics["arms"]["primary_s100"]["drift"] > 1e-4
+    assert not result.promotion.promoted and _alias(params, "champion") is None
+
+
+def test_an_all_zero_correction_is_the_primary_and_is_not_promoted(world: dict[str, Path]) -> None:
+    """train.secondary_role correct: the candidate is P-Ad + S-Ad. A correction that adds nothing is the primary
+    itself, so it draws the primary's images and must not pass the gate."""
+    from posescene.evaluation.evaluate import evaluate
+
+    params = _params(world, "still-correction", world["still"], **{"train.secondary_role": "correct"})
+    _register(params)
+    result = evaluate(params, progress=False)
+    arms = result.metrics["arms"]
+    assert arms["secondary_s100"]["drift"] == pytest.approx(arms["primary_s100"]["drift"], abs=1e-6)
+    assert arms["secondary_s100"]["fidelity_norm"] == pytest.approx(arms["primary_s100"]["fidelity_norm"], abs=1e-6)
     assert not result.promotion.promoted and _alias(params, "champion") is None
 
 

@@ -67,6 +67,10 @@ def tiny_params(world: dict[str, Any], run_dir: Path, **train: Any) -> Params:
         # the shared run checks the loop with the reading whose losses are all non-zero at initialisation (its
         # diagnostics are all defined); the default reading, distill, has runs of its own below
         "train.balance_reading": "whole",
+        # ... and with the first reading (S-Ad a copy of P-Ad, L_diff against the primary on A_0); the default
+        # reading, text-correct, and each other reading have runs of their own
+        "train.diff_target": "primary",
+        "train.secondary_role": "replace",
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
         "mlflow.experiment": "test-train",
         "mlflow.registered_model": "tiny-secondary",

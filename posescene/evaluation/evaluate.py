@@ -164,7 +164,8 @@ def champion_adapter_dir(name: str, champion: Any, candidate: Any, uri: str) -> 
         pyfunc_flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get(
             "python_function", {}
         )
-    correction = (pyfunc_flavor.get("model_config") or {}).get("secondary_role") == "correct"
+    config = pyfunc_flavor.get("config") or pyfunc_flavor.get("model_config") or {}  # MLmodel names it `config`
+    correction = config.get("secondary_role") == "correct"
     adapter = (pyfunc_flavor.get("artifacts") or {}).get("adapter", {}).get("path")
     configs = (
         [local / adapter]
