@@ -90,19 +90,26 @@ def build_deployments(
     return out
 
 
-def ensure_concurrency_limit(name: str, limit: int = 1) -> bool:
+def ensure_concurrency_limit(name: str, limit: int = 1, *, fresh_server: bool = False) -> bool:
     """Create the global concurrency limit ``name`` on the configured server if missing; True if it exists now.
 
     Flows occupy it (``flows/run_lock.py``) so that the UI shows a run waiting for another one; without it they
-    fall back to the file lock alone.
+    fall back to the file lock alone. ``fresh_server``: the server was just started, so no run holds a slot on it
+    (its slot leases live in the server's memory and died with the previous server); slots the database still
+    counts were leaked by a run killed together with that server, and would make every later run wait for
+    ``ops.lock_timeout_s`` and fail, so they are freed.
     """
     from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            existing = client.read_global_concurrency_limit_by_name(name)
+            if fresh_server and existing.active_slots:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+                leaked = existing.active_slots
+                print(f"posescene: freed {leaked} leaked slot(s) of {name!r} (a run killed with a server)")
             return True
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))

@@ -27,6 +27,8 @@ if [ -z "${PREFECT_API_URL:-}" ]; then
 fi
 # The run lock's Prefect slot (ops.concurrency_limit, docs/operations.md): created here as `posescene serve`
 # does, so that every stage of the run occupies it instead of skipping it with a warning.
-.venv/bin/python -c 'from flows.deployments import ensure_concurrency_limit; from posescene.config import load_params
-ensure_concurrency_limit(load_params("params.yaml").ops.concurrency_limit)' \
+# A server started here has no live slot holders: slots its database still counts were leaked (fresh_server).
+POSESCENE_FRESH_SERVER=$([ -n "${_ps_pid:-}" ] && echo 1 || echo 0) \
+.venv/bin/python -c 'import os; from flows.deployments import ensure_concurrency_limit; from posescene.config import load_params
+ensure_concurrency_limit(load_params("params.yaml").ops.concurrency_limit, fresh_server=os.environ["POSESCENE_FRESH_SERVER"] == "1")' \
   || echo "posescene: could not create the Prefect concurrency limit; runs rely on the file lock alone" >&2

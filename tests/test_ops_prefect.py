@@ -196,3 +196,22 @@ def test_overlapping_runs_queue_on_slot_and_lock(api: str, tmp_path: Path, monke
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_fresh_server_frees_the_slots_a_killed_run_leaked(api: str) -> None:
+    """A run killed together with its server leaves the limit's slot counted in the database and no lease to
+    expire it: every later run would wait ops.lock_timeout_s. A server scripts/prefect_server.sh just started has
+    no live holders, so it frees them; on a server that was already up they are left alone (a run may hold them)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from flows.deployments import ensure_concurrency_limit
+
+    name = "posescene-leak-test"
+    ensure_concurrency_limit(name)
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=1))  # the leak
+        ensure_concurrency_limit(name)  # a server that was already up: a live run may hold it
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
+        ensure_concurrency_limit(name, fresh_server=True)
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
