@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from posescene import tracking
 from posescene.config import NEW_NOISE_SEED, Params
@@ -159,13 +158,12 @@ def champion_adapter_dir(name: str, champion: Any, candidate: Any, uri: str) -> 
     if champion is None or (candidate is not None and str(champion.version) == str(candidate.version)):
         return None
     local = tracking.download_model_version(name, champion.version, uri)
-    pyfunc_flavor = {}
+    pyfunc_flavor: dict[str, Any] = {}
     if (local / "MLmodel").is_file():
-        pyfunc_flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {}).get(
-            "python_function", {}
-        )
-    config = pyfunc_flavor.get("config") or pyfunc_flavor.get("model_config") or {}  # MLmodel names it `config`
-    correction = config.get("secondary_role") == "correct"
+        from mlflow.models import Model
+
+        pyfunc_flavor = Model.load(local).flavors.get("python_function", {})
+    correction = (pyfunc_flavor.get("config") or {}).get("secondary_role") == "correct"  # the pyfunc's model_config
     adapter = (pyfunc_flavor.get("artifacts") or {}).get("adapter", {}).get("path")
     configs = (
         [local / adapter]
