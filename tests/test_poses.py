@@ -313,33 +313,46 @@ def test_run_fails_before_work_on_missing_weights_or_ground_truth(photo_ingested
 # Incremental, crash-safe, parallel
 
 
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
 def test_incremental_rerun_adds_only_new_images(synth_ingested, tmp_path):
     out = tmp_path / "lat"
-    first = run_poses(
-        _subset_manifest(synth_ingested, 10, "first10.parquet"),
-        out,
-        **stage_options(run_poses, "poses", batch_size=4),
-        progress=False,
-    )
+    options = stage_options(run_poses, "poses", batch_size=4)
+    first = run_poses(_subset_manifest(synth_ingested, 10, "first10.parquet"), out, **options, progress=False)
     assert (first.images_processed, first.images_existing, first.parts_written) == (10, 0, 3)
     parts_before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    second = run_poses(synth_ingested, out, **stage_options(run_poses, "poses", batch_size=4), progress=False)
+    second = run_poses(synth_ingested, out, **options, progress=False)
     assert (second.images_processed, second.images_existing) == (14, 10)
-    for name, mtime in parts_before.items():  # earlier parts untouched
-        assert (out / name).stat().st_mtime_ns == mtime
-    third = run_poses(synth_ingested, out, **stage_options(run_poses, "poses", batch_size=4), progress=False)
-    assert (third.images_processed, third.images_existing, third.parts_written) == (0, 24, 0)
+    # the two full batches are untouched; the third (8-9 of 8-11) was merged with the new 10-11 into one part
+    assert second.parts_merged == 1
+    assert sum((out / name).exists() and (out / name).stat().st_mtime_ns == mtime
+               for name, mtime in parts_before.items()) == 2  # fmt: skip
+    third = run_poses(synth_ingested, out, **options, progress=False)
+    assert (third.images_processed, third.images_existing, third.parts_written, third.parts_merged) == (0, 24, 0, 0)
     table = read_lattices(out)
     keys = _key_rows(table)
     assert len(keys) == len(set(keys)) == 24
     # the manifest shrinks: lattices of images it no longer has are pruned
-    fourth = run_poses(
-        _subset_manifest(synth_ingested, 6, "first6.parquet"),
-        out,
-        **stage_options(run_poses, "poses", batch_size=4),
-        progress=False,
-    )
+    fourth = run_poses(_subset_manifest(synth_ingested, 6, "first6.parquet"), out, **options, progress=False)
     assert fourth.pruned_images == 18 and read_lattices(out).num_rows == 6
+
+
+def test_an_incremental_directory_is_byte_identical_to_a_fresh_one(synth_ingested, tmp_path):
+    """DVC hashes the directory: what a rerun leaves must not depend on the runs before it (issue 26)."""
+    options = stage_options(run_poses, "poses", batch_size=4)
+    table = pq.read_table(synth_ingested / "manifest.parquet")
+    later = synth_ingested / "later.parquet"  # images 3..20: some gone, some new, in the same order
+    pq.write_table(table.slice(3, 18), later)
+    history = tmp_path / "history"
+    run_poses(_subset_manifest(synth_ingested, 10, "first10b.parquet"), history, **options, progress=False)
+    run_poses(synth_ingested, history, **options, progress=False)
+    summary = run_poses(later, history, **options, progress=False)
+    assert summary.pruned_images == 6 and summary.images_processed == 0 and summary.parts_merged > 0
+    fresh = tmp_path / "fresh"
+    run_poses(later, fresh, **options, progress=False)
+    assert _files(history) == _files(fresh)
 
 
 def test_crash_midway_then_rerun_completes_without_duplicates(synth_ingested, tmp_path, monkeypatch):

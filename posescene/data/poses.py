@@ -23,6 +23,11 @@ docs/architecture.md). The work is:
   adding images, or rerunning after a crash, never recomputes or duplicates a row. Parts made with a
   different detector, weights, beta or min_score are cleared first (a warning says so), and rows of
   images no longer in the manifest are pruned.
+- laid out as a fresh run lays it out: the manifest, in its order, cut into ``batch_size`` chunks, is the
+  *canonical* batching; work is planned per canonical batch, and a batch whose rows ended up in several
+  parts (a crash, a manifest that grew or shrank) is rewritten into its one canonical part from the rows
+  already computed. So the directory's bytes depend only on the manifest and the settings, never on the
+  history of runs, and DVC's hash of an incremental rerun equals a fresh clone's.
 
 Part files are named by a hash of their image ids, so a batch that is recomputed overwrites itself.
 """
@@ -160,6 +165,7 @@ class PosesSummary:
     no_person_examples: list[str] = field(default_factory=list)  # up to 10 of their image ids
     persons_found: int = 0
     parts_written: int = 0
+    parts_merged: int = 0  # canonical parts rewritten from rows of earlier runs (no detection)
     pruned_images: int = 0
     restarted: bool = False
     restart_reason: str = ""
@@ -447,6 +453,42 @@ def _prune(existing: dict[Path, list[str]], keep: set[str]) -> int:
     return pruned
 
 
+def _merge_into_canonical(
+    out_dir: Path, batches: Sequence[Sequence[dict[str, Any]]], meta: dict[str, str]
+) -> int:
+    """Rewrite every canonical batch that has no part of its own from the rows the other parts hold.
+
+    A batch's rows are put in the order :func:`process_batch` writes them (records in manifest order, each
+    image's persons as detected), so the part is the one a fresh run writes, byte for byte. Parts that are
+    not canonical are removed once every canonical part is in place (a kill in between leaves repeated
+    rows, which :func:`read_lattices` reads once and the next run merges again). Returns the parts written.
+    """
+    canonical = {part_name(r["image_id"] for r in batch): batch for batch in batches}
+    strays = [p for p in _parts(out_dir) if p.name not in canonical]
+    missing = [name for name in canonical if not (out_dir / name).exists()]
+    if not strays:
+        return 0
+    rows_by_id: dict[str, list[dict[str, Any]]] = {}
+    for part in strays:
+        for row in pq.read_table(part).to_pylist():
+            rows_by_id.setdefault(row["image_id"], []).append(row)
+    written = 0
+    for name in missing:
+        batch = canonical[name]
+        if any(r["image_id"] not in rows_by_id for r in batch):
+            continue  # not computed yet (a failed batch): the next run does it
+        rows = [row for r in batch for row in rows_by_id[r["image_id"]]]
+        table = pa.Table.from_pylist(rows, schema=LATTICE_SCHEMA).replace_schema_metadata(meta)
+        with atomic_path(out_dir / name) as tmp:
+            pq.write_table(table, tmp)
+        written += 1
+    covered = {r["image_id"] for name, batch in canonical.items() if (out_dir / name).exists() for r in batch}
+    for part in strays:
+        if set(pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()) <= covered:
+            part.unlink()
+    return written
+
+
 def _manifest_records(manifest: str | Path) -> tuple[list[dict[str, Any]], Path]:
     table = read_manifest(manifest)
     path = Path(manifest)
@@ -530,21 +572,26 @@ def run_poses(
     if summary.pruned_images:
         log.info("poses: removed the lattices of %d images no longer in the manifest", summary.pruned_images)
     done = {i for ids in existing.values() for i in ids}
-    todo = [r for r in records if r["image_id"] not in done]
-    summary.images_existing = len(records) - len(todo)
+    # One task per canonical batch with images still to do (only those images), so a fresh run's tasks are
+    # the canonical parts themselves and a rerun's partial batches are merged afterwards.
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    todo_batches = [[r for r in batch if r["image_id"] not in done] for batch in batches]
+    summary.images_existing = len(records) - sum(len(b) for b in todo_batches)
     tasks = [
         BatchTask(
-            records=tuple(todo[i : i + batch_size]),
+            records=tuple(todo),
             manifest_dir=str(manifest_dir),
             out_dir=str(out_dir),
             detector=spec,
             beta=beta,
             min_score=min_score,
         )
-        for i in range(0, len(todo), batch_size)
+        for todo in todo_batches
+        if todo
     ]
+    n_todo = len(records) - summary.images_existing
     log.info("poses: %d images, %d already done, %d to do in %d batches", len(records), summary.images_existing,
-             len(todo), len(tasks))  # fmt: skip
+             n_todo, len(tasks))  # fmt: skip
     runner = map_fn or (serial_map if workers == 1 else process_pool_map(workers))
     bar = tqdm(total=len(tasks), desc=f"poses ({detector})", unit="batch", disable=not progress)
     t0 = time.perf_counter()
@@ -562,6 +609,7 @@ def run_poses(
     finally:
         bar.close()
     work = time.perf_counter() - t0
+    summary.parts_merged = _merge_into_canonical(out_dir, batches, wanted)
     if summary.images_without_person:
         msg = (
             f"poses: no person found in {summary.images_without_person} of {summary.images_processed} images "

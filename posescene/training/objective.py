@@ -325,8 +325,8 @@ class EffectiveScale:
         where = f"the primary turned down to scale {self.scale:.2f} (same pose fidelity on the probe)"
         gap = f"drift {self.drift_gap:+.0%}" if math.isfinite(self.drift_gap) else "no drift either"
         if self.turned_down:
-            return f"S-Ad is only a turned-down primary: {gap} against {where}"
-        return f"S-Ad is not a turned-down primary: {gap} against {where}"
+            return f"S-Ad is only a turned-down primary on the one-step probe: {gap} against {where}"
+        return f"S-Ad is not a turned-down primary on the one-step probe: {gap} against {where}"
 
 
 def effective_scale(
