@@ -246,7 +246,9 @@ def _alternatives_world(candidate: str, seed: int = 0) -> fr.Frontier:
 
     - ``masked``: an adapter that *is* the masked primary (the same images, so the same per-cell numbers);
     - ``placebo``: the primary itself at the off-grid scale 0.9;
-    - ``better``: the mask's pose fidelity at 30% less drift than the mask.
+    - ``better``: the mask's pose fidelity at 30% less drift than the mask;
+    - ``beyond``: the drift of the mask at margin 0 (the same pairs) with more pose than the primary at scale 1,
+      so no mask reaches its fidelity.
     """
     rng = np.random.default_rng(seed)
     prompt_effect = rng.normal(0, 0.002, S)  # shared by every arm of a set: paired comparisons remove it
@@ -271,12 +273,14 @@ def _alternatives_world(candidate: str, seed: int = 0) -> fr.Frontier:
         arms.append(("mask", m))
         drift[fr.arm_key("mask", m)] = pairs(0.5 * primary_drift(share))
         fidelity[fr.arm_key("mask", m)] = _cells(CHANCE + 0.5 * share, rng, 0.005)
-    key = {"masked": "secondary_s100", "placebo": "placebo_s90", "better": "secondary_s100"}[candidate]
+    key = "placebo_s90" if candidate == "placebo" else "secondary_s100"
     arms.append(("placebo", 0.9) if candidate == "placebo" else ("secondary", 1.0))
     if candidate == "masked":
         drift[key], fidelity[key] = drift["mask_m10"].copy(), {m: v.copy() for m, v in fidelity["mask_m10"].items()}
     elif candidate == "placebo":
         drift[key], fidelity[key] = pairs(primary_drift(0.9)), _cells(CHANCE + 0.5 * 0.9, rng, 0.005)
+    elif candidate == "beyond":
+        drift[key], fidelity[key] = drift["mask_m0"].copy(), _cells(CHANCE + 0.5 * 1.05, rng, 0.005)
     else:
         drift[key], fidelity[key] = pairs(0.7 * 0.5 * primary_drift(0.9)), _cells(CHANCE + 0.5 * 0.9, rng, 0.005)
     family = arms[-1][0]
@@ -326,6 +330,26 @@ def test_better_than_every_alternative_passes_and_the_gate_states_its_power() ->
     assert 0.0 <= power <= 1.0 and power > 0.8
     # a floor at the candidate's own fidelity is a coin flip, at most
     assert gate.gate_power(f, gate.GateRules(1.0, 0.0, 0.1)) < 0.5
+
+
+def test_head_to_head_shows_the_nearest_arm_that_the_matched_comparison_drops() -> None:
+    """A candidate with the mask's drift and more pose than any mask draws: at its fidelity only the scale curve
+    is left, so the matched comparison reports a large Δdrift against the primary turned up; the head-to-head
+    against the mask as drawn says what a user gains over it: the same drift, more pose (issue 25's full-power
+    run had exactly this shape)."""
+    f = _alternatives_world("beyond")
+    envelope = f.comparisons[f"secondary_vs_{fr.ENVELOPE}"]
+    assert envelope.best_alternative == "primary" and envelope.delta_drift.high < 0
+    h = f.head_to_head["secondary_s100_vs_mask_m0"]
+    assert h.delta_drift.value == 0 and h.delta_drift.low == 0 == h.delta_drift.high  # the very same pairs
+    assert h.delta_fidelity.low > 0
+    assert h.sentence() == "drift the same (CI across 0), pose fidelity more"
+    arms = ("mask_m0", "mask_m10", "mask_m25", "primary_s100")
+    assert set(f.head_to_head) == {f"secondary_s100_vs_{k}" for k in arms}
+    # the trivial answer: an adapter that is the masked primary is the same as that arm on both axes
+    same = _alternatives_world("masked").head_to_head["secondary_s100_vs_mask_m10"]
+    assert same.delta_drift.value == 0 == same.delta_fidelity.value
+    assert same.sentence() == "drift the same (CI across 0), pose fidelity the same (CI across 0)"
 
 
 def test_restat_redecides_a_finished_run_from_its_csvs(tmp_path) -> None:

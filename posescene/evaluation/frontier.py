@@ -257,6 +257,30 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class HeadToHead:
+    """A candidate against one training-free arm *as drawn* (no curve, no matching): the paired differences.
+
+    The matched-fidelity comparison reads an alternative's curve at the candidate's fidelity; where the candidate
+    is more faithful than every point of a curve (the mask's ends at the primary at scale 1), that curve drops out
+    and the envelope is whatever curve still reaches, so Δdrift can be large against a reference that is not the
+    closest arm. This says how the candidate stands against each arm itself: less or more drift, more or less
+    pose, with the same prompt-clustered bootstrap.
+    """
+
+    candidate: str
+    arm: str
+    delta_drift: Interval  # candidate - arm, drift
+    delta_fidelity: Interval  # candidate - arm, normalised fidelity
+
+    def sentence(self) -> str:
+        def side(i: Interval, less: str, more: str) -> str:
+            return less if i.high < 0 else more if i.low > 0 else "the same (CI across 0)"
+
+        return (f"drift {side(self.delta_drift, 'less', 'more')}, "
+                f"pose fidelity {side(self.delta_fidelity, 'less', 'more')}")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Frontier:
     measure: str
     chance: dict[str, Interval]
@@ -271,6 +295,7 @@ class Frontier:
     new_noise: Interval | None = None  # the base model's drift between two noises of one prompt: "a new scene"
     curves: dict[str, list[str]] = field(default_factory=dict)  # each family's arms in knob order
     scene: dict[str, Interval] = field(default_factory=dict)  # text-scene agreement's chance and ceiling
+    head_to_head: dict[str, HeadToHead] = field(default_factory=dict)  # "<candidate>_vs_<arm key>"
 
 
 # the knob's letter in an arm's key; families not listed are adapters swept over their scale ("s")
@@ -455,6 +480,19 @@ def summarise(
             best,
             ref_drift,
         )
+    head_to_head: dict[str, HeadToHead] = {}
+    drawn_free = [arm_key(a, k) for a, k in arms if a in ("mask", "steps")] + [arm_key("primary", 1.0)]
+    for adapter, reference in compare:
+        cand = arm_key(adapter, 1.0)
+        if reference != ENVELOPE or cand not in reps:
+            continue
+        for other in (k for k in drawn_free if k in reps):
+            head_to_head[f"{cand}_vs_{other}"] = HeadToHead(
+                cand,
+                other,
+                interval(reps[cand]["drift"] - reps[other]["drift"]),
+                interval(reps[cand]["norm"] - reps[other]["norm"]),
+            )
     scene_summary = {name: interval(set_mean(v, w)) for name, v in (scene or {}).items()}
     # the pose's pull (issue 23): how much text-scene agreement on atypical pairs the primary loses against the
     # base model on the same sets, poses and noise (paired, so the interval is the difference's)
@@ -482,4 +520,5 @@ def summarise(
         interval(noise) if noise is not None else None,
         {fam: keys for fam, (keys, _) in curves.items()},
         scene_summary,
+        head_to_head,
     )

@@ -93,6 +93,10 @@ def metrics_json(result: EvaluationResult, params: Params) -> dict[str, Any]:
             **{f"ceiling_{m}": _num(v.value) for m, v in f.ceiling.items() if m != f.measure},
         },
         "comparisons": comparisons,
+        "head_to_head": {
+            name: {**_interval(h.delta_drift, "delta_drift"), **_interval(h.delta_fidelity, "delta_fidelity")}
+            for name, h in f.head_to_head.items()
+        },
         "arms": arms,
         "new_noise_drift": _interval(f.new_noise, "drift"),
         "text_scene_agreement": {name: _num(i.value) for name, i in f.scene.items()},
@@ -312,6 +316,18 @@ def report_markdown(result: EvaluationResult, params: Params, grids: Sequence[Pa
             f"{_fmt(c.rel_fidelity)} | {_fmt(c.drift_ratio)} | {c.best_alternative or '–'} |"
         )
     lines.append("")
+    if f.head_to_head:
+        lines += [
+            "**Head to head** (the candidate against each training-free arm as drawn, paired, no matching: where the "
+            "candidate is more faithful than every point of a curve, that curve drops out of the matched comparison "
+            "above, and this table says how close the nearest arm still is):",
+            "",
+            "| candidate | arm | Δdrift | Δ normalised fidelity | in words |",
+            "|---|---|---|---|---|",
+            *(f"| {h.candidate} | {h.arm} | {_fmt(h.delta_drift, 4, True)} | {_fmt(h.delta_fidelity, 3, True)} | "
+              f"{h.sentence()} |" for h in f.head_to_head.values()),
+            "",
+        ]  # fmt: skip
     if placebo is not None and placebo.delta_drift is not None:
         d = placebo.delta_drift
         ok = d.low <= 0 <= d.high
