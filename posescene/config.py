@@ -263,6 +263,7 @@ class AlternativesParams(_Section):
     """What a user can do without training, drawn beside the adapters (sampling.sampler.Injection)."""
 
     mask_margins: list[float]  # the primary's features masked to the pose's region grown by each margin; [] = off
+    masked_scales: list[float]  # the primary masked at the smallest margin, at these scales too (both knobs); [] = off
     steps_fractions: list[float]  # the primary's features during the first fraction of steps only; [] = off
     both_weights: list[float]  # the secondary added to the primary at scale 1 with each weight; [] = off
     inpaint_margin: float | None = Field(ge=0, le=1)  # the inpainting bound's region margin; null = off
@@ -274,6 +275,19 @@ class AlternativesParams(_Section):
         if any(not 0 <= x <= 1 for x in v):
             raise ValueError("margins are fractions of the image side in [0, 1]")
         return sorted(set(v))
+
+    @field_validator("masked_scales")
+    @classmethod
+    def _masked_scales(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 or x == 1 for x in v):
+            raise ValueError("scales must be > 0 and not 1 (the masked primary at scale 1 is the mask's own arm)")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _masked_needs_a_mask(self) -> AlternativesParams:
+        if self.masked_scales and not self.mask_margins:
+            raise ValueError("masked_scales sweeps the mask at its smallest margin: set mask_margins too")
+        return self
 
     @field_validator("steps_fractions")
     @classmethod

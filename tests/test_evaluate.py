@@ -82,6 +82,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "secondary_scales": [0.5, 1.0],
             "alternatives": {
                 "mask_margins": [0.1],
+                "masked_scales": [1.5],
                 "steps_fractions": [0.5],
                 "both_weights": [0.5],
                 "inpaint_margin": 0.15,
@@ -156,11 +157,12 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     result = evaluate(params, progress=False)
     out = Path(params.evaluate.out_dir)
     arms = ["base", "primary_s50", "primary_s100", "secondary_s50", "secondary_s100", "still_s100", "mask_m10",
-            "steps_f50", "both_w50", "inpaint_m15", "placebo_s75"]  # fmt: skip
+            "masked_s150", "steps_f50", "both_w50", "inpaint_m15", "placebo_s75"]  # fmt: skip
     assert result.arm_keys == arms and result.images.shape[:3] == (2, 2, len(arms))
     # one prompt, two seeds: the bootstrap's outer unit is the prompt
     assert (result.frontier.n_prompts, result.frontier.n_sets) == (1, 2)
     assert result.frontier.curves["mask"] == ["mask_m10", "primary_s100"]
+    assert result.frontier.curves["masked"] == ["base", "mask_m10", "masked_s150"]  # the mask's arm is its scale 1
     assert result.frontier.curves["steps"] == ["base", "steps_f50", "primary_s100"]
 
     summary = json.loads((out / "metrics.json").read_text())
@@ -194,8 +196,8 @@ def test_evaluate_writes_the_frontier_verdict_gate_and_report(world: dict[str, P
     fidelity = pacsv.read_csv(out / "fidelity.csv").to_pylist()
     assert len(fidelity) == 4 * len(arms) and {"oks", "keypoint_error", "pck@0.1box"} <= set(fidelity[0])
     curves = sorted(p.name for p in (out / "plots" / "frontier").iterdir())
-    assert curves == [f"{c}.csv" for c in sorted(["primary", "secondary", "still", "mask", "steps", "both", "inpaint",
-                                                  "placebo"])]  # fmt: skip
+    assert curves == [f"{c}.csv" for c in sorted(["primary", "secondary", "still", "mask", "masked", "steps", "both",
+                                                  "inpaint", "placebo"])]  # fmt: skip
     assert result.frontier.comparisons["still"].delta_drift is not None  # on the primary's curve like the secondary
     frontier = pacsv.read_csv(out / "plots" / "frontier" / "primary.csv").to_pylist()
     assert [r["scale"] for r in frontier] == [0.0, 0.5, 1.0]  # the base model is every curve's scale-0 point
@@ -288,6 +290,8 @@ def test_bad_params_fail_early(world: dict[str, Path], tmp_path: Path) -> None:
         ("evaluate.promotion.metric", "lpips", "metric"),
         ("evaluate.pose_judge", "oracle", "pose_judge"),
         ("evaluate.nposes", 2, "nposes"),
+        ("evaluate.alternatives.masked_scales", [1.0], "masked_scales"),
+        ("evaluate.alternatives.mask_margins", [], "masked_scales"),
     ):
         with pytest.raises(ConfigError, match=where):
             load_params(world["params"], {key: value})

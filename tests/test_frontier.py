@@ -240,7 +240,7 @@ def test_power_shrinks_with_more_sets() -> None:
     assert fr.minimal_detectable(1.0) == pytest.approx(2.8016, abs=1e-3)
 
 
-def _alternatives_world(candidate: str, seed: int = 0) -> fr.Frontier:
+def _alternatives_world(candidate: str, seed: int = 0, masked: bool = False) -> fr.Frontier:
     """A primary whose drift is convex in its scale (as measured: slopes 0.039, 0.065, 0.091 above 0.5), a mask
     alternative that keeps the same pose with half the primary's drift, and a candidate:
 
@@ -249,6 +249,8 @@ def _alternatives_world(candidate: str, seed: int = 0) -> fr.Frontier:
     - ``better``: the mask's pose fidelity at 30% less drift than the mask;
     - ``beyond``: the drift of the mask at margin 0 (the same pairs) with more pose than the primary at scale 1,
       so no mask reaches its fidelity.
+
+    ``masked``: the mask at margin 0 is drawn at the primary's scales 0.5 and 1.25 too (``masked_scales``).
     """
     rng = np.random.default_rng(seed)
     prompt_effect = rng.normal(0, 0.002, S)  # shared by every arm of a set: paired comparisons remove it
@@ -273,6 +275,11 @@ def _alternatives_world(candidate: str, seed: int = 0) -> fr.Frontier:
         arms.append(("mask", m))
         drift[fr.arm_key("mask", m)] = pairs(0.5 * primary_drift(share))
         fidelity[fr.arm_key("mask", m)] = _cells(CHANCE + 0.5 * share, rng, 0.005)
+    if masked:  # the masked primary at other scales: the mask's share of drift, the scale's pose
+        for sc, share in ((0.5, 0.35), (1.25, 1.1)):
+            arms.append(("masked", sc))
+            drift[fr.arm_key("masked", sc)] = pairs(0.5 * primary_drift(share))
+            fidelity[fr.arm_key("masked", sc)] = _cells(CHANCE + 0.5 * share, rng, 0.005)
     key = "placebo_s90" if candidate == "placebo" else "secondary_s100"
     arms.append(("placebo", 0.9) if candidate == "placebo" else ("secondary", 1.0))
     if candidate == "masked":
@@ -350,6 +357,26 @@ def test_head_to_head_shows_the_nearest_arm_that_the_matched_comparison_drops() 
     same = _alternatives_world("masked").head_to_head["secondary_s100_vs_mask_m10"]
     assert same.delta_drift.value == 0 == same.delta_fidelity.value
     assert same.sentence() == "drift the same (CI across 0), pose fidelity the same (CI across 0)"
+
+
+def test_the_masked_primary_at_other_scales_reaches_past_the_mask_and_becomes_the_reference() -> None:
+    """With the mask also swept over the primary's scale, a curve of the mask reaches the candidate's fidelity,
+    so the matched comparison is against the mask turned up, not against the unmasked primary turned up."""
+    assert fr.family_curve("masked", [("base", 0), ("mask", 0.0), ("mask", 0.1), ("masked", 1.25), ("masked", 0.5)])
+    assert fr.family_curve("masked", [("base", 0), ("mask", 0.0), ("masked", 1.25)]) == (
+        ["base", "mask_m0", "masked_s125"],
+        [0.0, 1.0, 1.25],
+    )
+    assert fr.family_curve("masked", [("base", 0), ("masked", 1.25)]) == ([], [])  # no mask arm: no curve
+    scale_only = _alternatives_world("beyond").comparisons[f"secondary_vs_{fr.ENVELOPE}"]
+    both_knobs = _alternatives_world("beyond", masked=True).comparisons[f"secondary_vs_{fr.ENVELOPE}"]
+    assert scale_only.best_alternative == "primary" and both_knobs.best_alternative == "masked"
+    assert scale_only.delta_drift.value < both_knobs.delta_drift.value < 0  # a smaller, truer advantage
+    f = _alternatives_world("beyond", masked=True)
+    assert {"secondary_s100_vs_masked_s50", "secondary_s100_vs_masked_s125"} <= set(f.head_to_head)
+    # the trivial answer: an adapter that is the masked primary is no better than the alternatives
+    same = _alternatives_world("masked", masked=True).comparisons[f"secondary_vs_{fr.ENVELOPE}"]
+    assert same.delta_drift.high >= 0
 
 
 def test_restat_redecides_a_finished_run_from_its_csvs(tmp_path) -> None:

@@ -64,7 +64,8 @@ def arm_plan(params: Params, dirs: Mapping[str, str]) -> list[tuple[str, float]]
         grid = ev.ablation_scales if key in ablations else ev.secondary_scales if key == "secondary" else ev.scales
         arms += [(key, float(s)) for s in grid if s > 0]
     if "primary" in dirs:
-        arms += [("mask", m) for m in alt.mask_margins] + [("steps", f) for f in alt.steps_fractions]
+        arms += [("mask", m) for m in alt.mask_margins] + [("masked", s) for s in alt.masked_scales]
+        arms += [("steps", f) for f in alt.steps_fractions]
         if "secondary" in dirs:
             arms += [("both", w) for w in alt.both_weights]
         if alt.inpaint_margin is not None:
@@ -77,11 +78,19 @@ def arm_plan(params: Params, dirs: Mapping[str, str]) -> list[tuple[str, float]]
 
 
 def arm_job(
-    prompt: str, seed: int, pose: Any, family: str, knob: float, *, corrections: frozenset[str] = frozenset()
+    prompt: str,
+    seed: int,
+    pose: Any,
+    family: str,
+    knob: float,
+    *,
+    corrections: frozenset[str] = frozenset(),
+    masked_margin: float = 0.0,
 ) -> ArmJob:
     """The sampler's job for one arm (docs/method.md, "The alternatives"). ``corrections``: the trained families
     (``secondary``, ``champion``) whose adapter is a correction added to the primary (``train.secondary_role:
-    correct``), so the arm draws the model as trained: P-Ad at 1 plus the adapter at the knob."""
+    correct``), so the arm draws the model as trained: P-Ad at 1 plus the adapter at the knob. ``masked_margin``:
+    the region margin of the ``masked`` family (the primary masked at the smallest margin, at the knob's scale)."""
     if family in corrections:
         return ArmJob(prompt, seed, pose, family, knob, added=(("primary", 1.0),))
     if family == "base":
@@ -90,6 +99,8 @@ def arm_job(
         return ArmJob(prompt, seed, pose, "primary", knob)
     if family in ("mask", "steps", "inpaint"):
         return ArmJob(prompt, seed, pose, "primary", 1.0, Injection(family, knob))
+    if family == "masked":
+        return ArmJob(prompt, seed, pose, "primary", knob, Injection("mask", masked_margin))
     if family == "both":
         return ArmJob(prompt, seed, pose, "primary", 1.0, added=(("secondary", knob),))
     return ArmJob(prompt, seed, pose, family, knob)
@@ -329,8 +340,9 @@ def evaluate(
         )  # fmt: skip
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
         scene = scene_mask(targets, res, ev.mask_margin, notices)
+        margin = min(ev.alternatives.mask_margins, default=0.0)  # the masked family's region
         jobs = [
-            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob, corrections=corrections)
+            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob, corrections=corrections, masked_margin=margin)
             for s in heldout.sets
             for pose_ in heldout.poses
             for a, knob in arms

@@ -301,7 +301,7 @@ class Frontier:
 # the knob's letter in an arm's key; families not listed are adapters swept over their scale ("s")
 KNOB_LETTER = {"mask": "m", "steps": "f", "both": "w", "inpaint": "m", "placebo": "s"}
 # the alternatives a user has without training; their lower envelope is the reference of every trained adapter
-TRAINING_FREE = ("primary", "mask", "steps")
+TRAINING_FREE = ("primary", "mask", "masked", "steps")
 ENVELOPE = "alternatives"
 
 
@@ -334,7 +334,9 @@ def family_curve(family: str, arms: Sequence[tuple[str, float]]) -> tuple[list[s
     primary at scale 1 with a fraction of the steps between 0 (the base model) and 1 (the primary at scale 1), so
     its curve runs from one to the other. ``mask`` runs from its smallest margin to the primary at scale 1 (a
     region covering the image); it does not start at the base model, because no margin reaches between an empty
-    region and the person's own box: a chord there would claim points no mask draws.
+    region and the person's own box: a chord there would claim points no mask draws. ``masked`` is that smallest
+    margin's mask along the primary's scale, from the base model (scale 0) through the mask's own arm (scale 1)
+    to scales above 1, where the mask alone cannot go.
     """
     keys = {arm_key(a, s) for a, s in arms}
     own = sorted((s, arm_key(a, s)) for a, s in arms if a == family and arm_key(a, s) != "base")
@@ -348,6 +350,12 @@ def family_curve(family: str, arms: Sequence[tuple[str, float]]) -> tuple[list[s
             return [], []
         chain = [*(k for _, k in own), top]
         return chain, [float(k) for k in range(len(chain))]
+    if family == "masked":  # the mask at its smallest margin along the primary's scale: its scale-1 point is that arm
+        margins = sorted(k for a, k in arms if a == "mask")
+        if not own or not margins or "base" not in keys:
+            return [], []
+        points = sorted([*own, (1.0, arm_key("mask", margins[0]))])
+        return ["base", *(k for _, k in points)], [0.0, *(s for s, _ in points)]
     if family in KNOB_LETTER or len(own) < 2:
         return [], []
     start = ["base"] if "base" in keys else []
@@ -481,7 +489,7 @@ def summarise(
             ref_drift,
         )
     head_to_head: dict[str, HeadToHead] = {}
-    drawn_free = [arm_key(a, k) for a, k in arms if a in ("mask", "steps")] + [arm_key("primary", 1.0)]
+    drawn_free = [arm_key(a, k) for a, k in arms if a in ("mask", "masked", "steps")] + [arm_key("primary", 1.0)]
     for adapter, reference in compare:
         cand = arm_key(adapter, 1.0)
         if reference != ENVELOPE or cand not in reps:

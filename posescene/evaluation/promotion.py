@@ -36,6 +36,7 @@ from posescene.evaluation.frontier import CONFIDENCE, ENVELOPE, Comparison, Fron
 ALTERNATIVE_LABELS = {
     "primary": "the primary's scale knob",
     "mask": "the primary masked to the person",
+    "masked": "the primary masked to the person, at another scale",
     "steps": "the primary in the first steps only",
 }
 CANDIDATE_ALIAS = "candidate"

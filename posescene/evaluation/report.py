@@ -22,8 +22,8 @@ from posescene.sampling.maps import condition_maps
 from posescene.sampling.pose import Pose
 
 ADAPTER_COLOURS = {
-    "primary": "#4477aa", "secondary": "#ee6677", "champion": "#228833", "mask": "#66ccee", "steps": "#aa3377",
-    "both": "#ccbb44", "inpaint": "#222222", "placebo": "#bbbbbb",
+    "primary": "#4477aa", "secondary": "#ee6677", "champion": "#228833", "mask": "#66ccee", "masked": "#009988",
+    "steps": "#aa3377", "both": "#ccbb44", "inpaint": "#222222", "placebo": "#bbbbbb",
 }  # fmt: skip
 KNOB_NAMES = {"mask": "margin", "steps": "fraction of steps", "both": "secondary weight", "inpaint": "margin"}
 
