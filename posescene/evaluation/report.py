@@ -144,8 +144,8 @@ def _rules(params: Params) -> GateRules:
 
 def frontier_rows(result: EvaluationResult) -> list[dict[str, Any]]:
     """One row per arm of every curve (a family's arms in knob order, from the base model; the ``mask`` and
-    ``steps`` curves end at the primary at scale 1), and single arms (inpainting bound, placebo, ``both``) as
-    points: the plot's data, ``plots/frontier/<family>.csv``."""
+    ``steps`` curves end at the primary at scale 1, the ``masked`` curve passes through the mask's arm), and single
+    arms (inpainting bound, placebo, ``both``) as points: the plot's data, ``plots/frontier/<family>.csv``."""
     f = result.frontier
     rows = []
     families = list(dict.fromkeys(a for a, _ in result.arms if a != "base"))
@@ -186,7 +186,10 @@ def write_frontier_plot(result: EvaluationResult, path: Path, metric: str) -> No
         ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=style, color=colour, label=label,
                     capsize=2, lw=1.5, ms=6 if style != "-o" else 4, alpha=0.9)  # fmt: skip
         for r in pts:
-            if r["arm"] == "base" or (adapter in ("mask", "steps") and r["arm"].startswith("primary")):
+            borrowed = (adapter in ("mask", "steps") and r["arm"].startswith("primary")) or (
+                adapter == "masked" and r["arm"].startswith("mask_")  # the mask's arm: the masked curve's scale 1
+            )
+            if r["arm"] == "base" or borrowed:
                 continue
             ax.annotate(f"{r['scale']:g}", (r["fidelity_norm"], r["drift"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points", color=colour)  # fmt: skip
