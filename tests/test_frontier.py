@@ -311,6 +311,24 @@ def test_placebo_primary_off_the_grid_is_not_distinguishable_from_its_own_curve(
     assert gate.decide(f, lenient, candidate="placebo").status == "fail"  # the placebo is never promoted
 
 
+def test_the_report_reads_the_placebo_against_its_own_curve_and_only_warns_if_it_beats_the_alternatives() -> None:
+    """The placebo is the primary: worse than the mask is right; only a difference from its own scale curve, or a
+    win over the alternatives, is a false positive (the full-power run had +0.0265 [+0.0124, +0.0418] against the
+    alternatives and the report called that a bias)."""
+    from posescene.evaluation.report import placebo_sentence
+
+    f = _alternatives_world("placebo")
+    own, against_all = f.comparisons["placebo"], f.comparisons[f"placebo_vs_{fr.ENVELOPE}"]
+    assert against_all.delta_drift.low > 0  # significantly worse than the mask
+    text = placebo_sentence(own, against_all, 0.9)
+    assert "not distinguishable, as it must be" in text and "not better, as it must be" in text
+    assert "biased" not in text
+    win = fr.Interval(-0.02, -0.03, -0.01, 0.005)
+    better = fr.Comparison("placebo", fr.ENVELOPE, own.rel_fidelity, own.drift_ratio, win, None, 0.0, 0.0)
+    assert "better than them: the envelope is biased" in placebo_sentence(own, better, 0.9)
+    assert placebo_sentence(None, None, None) == ""
+
+
 def test_an_adapter_equal_to_the_masked_primary_is_not_better_than_the_alternatives() -> None:
     """Against the scale knob alone the masked primary looks Pareto-better; against the alternatives a user has
     (the envelope includes the mask), it is not, and the gate refuses it."""
