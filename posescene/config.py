@@ -283,6 +283,11 @@ class AlternativesParams(_Section):
             raise ValueError("scales must be > 0 and not 1 (the masked primary at scale 1 is the mask's own arm)")
         return sorted(set(v))
 
+    @property
+    def masked_margin(self) -> float:
+        """The ``masked`` family's region margin: the smallest of ``mask_margins`` (0 when there is none)."""
+        return min(self.mask_margins, default=0.0)
+
     @model_validator(mode="after")
     def _masked_needs_a_mask(self) -> AlternativesParams:
         if self.masked_scales and not self.mask_margins:

@@ -453,9 +453,7 @@ def _prune(existing: dict[Path, list[str]], keep: set[str]) -> int:
     return pruned
 
 
-def _merge_into_canonical(
-    out_dir: Path, batches: Sequence[Sequence[dict[str, Any]]], meta: dict[str, str]
-) -> int:
+def _merge_into_canonical(out_dir: Path, batches: Sequence[Sequence[dict[str, Any]]], meta: dict[str, str]) -> int:
     """Rewrite every canonical batch that has no part of its own from the rows the other parts hold.
 
     A batch's rows are put in the order :func:`process_batch` writes them (records in manifest order, each
@@ -469,8 +467,11 @@ def _merge_into_canonical(
     if not strays:
         return 0
     rows_by_id: dict[str, list[dict[str, Any]]] = {}
-    for part in strays:
-        for row in pq.read_table(part).to_pylist():
+    ids_of: dict[Path, set[str]] = {}
+    for part in strays:  # each stray is read once
+        rows = pq.read_table(part).to_pylist()
+        ids_of[part] = {row["image_id"] for row in rows}
+        for row in rows:
             rows_by_id.setdefault(row["image_id"], []).append(row)
     written = 0
     for name in missing:
@@ -484,7 +485,7 @@ def _merge_into_canonical(
         written += 1
     covered = {r["image_id"] for name, batch in canonical.items() if (out_dir / name).exists() for r in batch}
     for part in strays:
-        if set(pq.read_table(part, columns=["image_id"]).column("image_id").to_pylist()) <= covered:
+        if ids_of[part] <= covered:
             part.unlink()
     return written
 

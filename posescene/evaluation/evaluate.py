@@ -340,9 +340,9 @@ def evaluate(
         )  # fmt: skip
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
         scene = scene_mask(targets, res, ev.mask_margin, notices)
-        margin = min(ev.alternatives.mask_margins, default=0.0)  # the masked family's region
+        masked = ev.alternatives.masked_margin
         jobs = [
-            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob, corrections=corrections, masked_margin=margin)
+            arm_job(s.prompt.caption, s.noise_seed, pose_, a, knob, corrections=corrections, masked_margin=masked)
             for s in heldout.sets
             for pose_ in heldout.poses
             for a, knob in arms
