@@ -249,6 +249,9 @@ class PromotionParams(_Section):
 class AblationRun(_Section):
     name: str
     adapter: str  # a trained secondary-adapter directory (e.g. from a fixed-lambda run)
+    # how it was trained (its train.secondary_role): `replace` draws the adapter alone; `correct` draws the model as
+    # trained, P-Ad at 1 plus the adapter (a correction is meaningless without the primary it corrects)
+    role: Literal["replace", "correct"] = "replace"
 
 
 FidelityMeasure = Literal["oks_body", "oks", "keypoint_ap", "pck@0.05box", "pck@0.1box", "pck@0.2box", "keypoint_error"]

@@ -42,12 +42,13 @@
 #   no-actions                train.caption_actions=false
 #   drift-made                the three above together (high-noise + guided + no-actions)
 #   correct                   train.secondary_role=correct: P-Ad + S-Ad, S-Ad from zero output. Its adapter is the
-#                             correction alone, so --frontier evaluates it in an evaluation of its own as the `both`
-#                             arm at weight 1 (train.out_dir=its folder, evaluate.alternatives.both_weights=[1.0]) into
-#                             <FRONTIER_OUT>/<arm>; read that report's `both` row, not `secondary` (as a DVC
-#                             experiment it gets evaluate.alternatives.both_weights=[1.0] for the same reason)
+#                             correction alone, so --frontier gives it `role: correct` in evaluate.ablations (the
+#                             evaluation draws P-Ad at 1 plus it, the model as trained), beside every other arm; an
+#                             arm that sets no secondary_role has params.yaml's (steps-* arms: the default's). As a
+#                             DVC experiment it is the `secondary` arm, which the evaluation draws the same way
 #   text-correct              text-target + correct
 #   cross-pose                train.cross_pose_weight=$CROSS_WEIGHT (env, default 1) (beyond the patent)
+#   text-correct-<change>     text-correct with high-noise, guided, drift-made or cross-pose; ARMS=corrections
 # Every training run's metrics.json has the diagnostics (l_diff_drop, final_probe_pose_frac, the effective primary
 # scale and final_turned_down_primary); build/ablation.<arm>.log ends with the summary sentence.
 #
@@ -74,7 +75,7 @@ while [ $# -gt 0 ]; do
     --diagnose) diagnose=1 ;;
     --report) diagnose=2 ;;
     --frontier) mode=frontier ;;
-    -h|--help) sed -n '2,61p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,62p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -85,6 +86,7 @@ ABLATION_MODEL="${ABLATION_MODEL:-posescene-ablation-adapter}"
 DIAG_DIR="${DIAG_DIR:-build/diagnostics}"
 REPORT="reports/ablation/objective_diagnostics.md"
 DEFAULT_READING=$(python -c "from posescene.config import load_params; print(load_params('params.yaml').train.balance_reading)")
+DEFAULT_ROLE=$(python -c "from posescene.config import load_params; print(load_params('params.yaml').train.secondary_role)")
 READINGS="${READINGS:-$DEFAULT_READING}"
 GRID_READINGS="${GRID_READINGS:-$READINGS}"
 # lambda_eff of the scale mapping after the default 200 steps (mean of the last train.log_every steps),
@@ -316,10 +318,22 @@ READING_ARMS+=(
   "text-correct|$DEFAULT_OBJECTIVE train.diff_target=text train.secondary_role=correct"
   "cross-pose|$DEFAULT_OBJECTIVE train.cross_pose_weight=${CROSS_WEIGHT:-1}"
 )
-EXPERIMENTS+=("${READING_ARMS[@]}")
+# text-correct with one more change each: does what made the first reading's drift (training unlike sampling, the
+# pose-dependent drift itself) help a correction? ARMS=corrections runs them (with steps-* for its budget)
+TEXT_CORRECT="$DEFAULT_OBJECTIVE train.diff_target=text train.secondary_role=correct"
+CORRECTION_ARMS=(
+  "text-correct-high-noise|$TEXT_CORRECT $HIGH_NOISE"
+  "text-correct-guided|$TEXT_CORRECT $GUIDED"
+  "text-correct-drift-made|$TEXT_CORRECT $HIGH_NOISE $GUIDED train.caption_actions=false"
+  "text-correct-cross-pose|$TEXT_CORRECT train.cross_pose_weight=${CROSS_WEIGHT:-1}"
+)
+EXPERIMENTS+=("${READING_ARMS[@]}" "${CORRECTION_ARMS[@]}")
 if [ "${ARMS:-}" = readings ]; then
   ARMS=""
   for spec in "${READING_ARMS[@]}"; do ARMS+="${spec%%|*} "; done
+elif [ "${ARMS:-}" = corrections ]; then
+  ARMS=""
+  for spec in "${CORRECTION_ARMS[@]}"; do ARMS+="${spec%%|*} "; done
 fi
 
 SORT_BY="${SORT_BY:-delta_drift_matched}"
@@ -339,7 +353,6 @@ if [ "$mode" = frontier ]; then
   # with the arms as evaluate.ablations: every arm is compared with the primary's curve on the same draw.
   out_root=build/ablation
   ablations="["
-  corrections=()  # secondary_role=correct arms: evaluated as the `both` arm, one evaluation each
   for spec in "${EXPERIMENTS[@]}"; do
     arm="${spec%%|*}"
     if [ -n "${ARMS:-}" ] && [[ " $ARMS " != *" $arm "* ]]; then continue; fi
@@ -351,37 +364,22 @@ if [ "$mode" = frontier ]; then
         --set "train.checkpoint_dir=checkpoints/ablation/$arm" --set "mlflow.registered_model=$ABLATION_MODEL" \
         > "$out_root.$arm.log" 2>&1 || { echo "failed: see $out_root.$arm.log" >&2; exit 1; }
     fi
-    if [[ " ${spec#*|} " == *" train.secondary_role=correct "* ]]; then
-      corrections+=("$arm")
-    else
-      ablations+="{name: ${arm//./_}, adapter: $out_root/$arm/secondary_adapter},"
-    fi
+    role="$DEFAULT_ROLE"  # the arm's train.secondary_role: its own override, else params.yaml's
+    for kv in ${spec#*|}; do [[ "$kv" == train.secondary_role=* ]] && role="${kv#*=}"; done
+    ablations+="{name: ${arm//./_}, adapter: $out_root/$arm/secondary_adapter, role: $role},"
   done
   ablations="${ablations%,}]"
   frontier_out="${FRONTIER_OUT:-reports/ablation/frontier}"
   extra=()
   for kv in ${EVAL_SETS:-}; do extra+=(--set "$kv"); done  # e.g. EVAL_SETS="evaluate.n_prompts=8" (fewer sets)
-  if [ "$ablations" != "[]" ] || [ ${#corrections[@]} -eq 0 ]; then
-    echo "== evaluate every arm beside the primary's frontier -> $frontier_out"
-    if [ ${#dry[@]} -eq 0 ]; then
-      posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
-        --set evaluate.out_dir="$frontier_out" --set evaluate.compare_champion=false \
-        --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
-    else
-      echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=$frontier_out"
-    fi
+  echo "== evaluate every arm beside the primary's frontier -> $frontier_out"
+  if [ ${#dry[@]} -eq 0 ]; then
+    posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
+      --set evaluate.out_dir="$frontier_out" --set evaluate.compare_champion=false \
+      --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
+  else
+    echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=$frontier_out"
   fi
-  for arm in "${corrections[@]}"; do
-    # P-Ad + S-Ad is the model this arm trained: the `both` arm at weight 1 over its own adapter
-    both=(--set "train.out_dir=$out_root/$arm" --set "evaluate.alternatives.both_weights=[1.0]"
-          --set "evaluate.out_dir=$frontier_out/$arm" --set evaluate.compare_champion=false)
-    echo "== evaluate $arm as the both arm (primary + its correction) -> $frontier_out/$arm"
-    if [ ${#dry[@]} -eq 0 ]; then
-      posescene evaluate --no-progress "${both[@]}" --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
-    else
-      echo "posescene evaluate ${both[*]}"
-    fi
-  done
   exit 0
 fi
 
@@ -397,9 +395,6 @@ for spec in "${EXPERIMENTS[@]}"; do
   name="${PREFIX}-${spec%%|*}"
   sets=()
   for kv in ${spec#*|} "mlflow.registered_model=$ABLATION_MODEL"; do sets+=(--set-param "$kv"); done
-  if [[ " ${spec#*|} " == *" train.secondary_role=correct "* ]]; then  # its model is the both arm at weight 1
-    sets+=(--set-param "evaluate.alternatives.both_weights=[1.0]")
-  fi
   if [ "$mode" = queue ]; then
     echo "== queue $name: ${spec#*|}"
     dvc exp run --queue "${dry[@]}" -n "$name" "${sets[@]}"

@@ -250,15 +250,21 @@ def test_an_all_zero_adapter_is_not_promoted(world: dict[str, Path]) -> None:
 
 def test_an_all_zero_correction_is_the_primary_and_is_not_promoted(world: dict[str, Path]) -> None:
     """train.secondary_role correct: the candidate is P-Ad + S-Ad. A correction that adds nothing is the primary
-    itself, so it draws the primary's images and must not pass the gate."""
+    itself, so it draws the primary's images and must not pass the gate. An ablation run says its role: the same
+    adapter as a correction is the primary again, as a replacement it is the base model."""
     from posescene.evaluation.evaluate import evaluate
 
-    params = _params(world, "still-correction", world["still"], **{"train.secondary_role": "correct"})
+    ablations = [{"name": "as_correction", "adapter": str(world["still"]), "role": "correct"},
+                 {"name": "as_replacement", "adapter": str(world["still"])}]  # fmt: skip
+    params = _params(world, "still-correction", world["still"],
+                     **{"train.secondary_role": "correct", "evaluate.ablations": ablations})  # fmt: skip
     _register(params)
     result = evaluate(params, progress=False)
     arms = result.metrics["arms"]
-    assert arms["secondary_s100"]["drift"] == pytest.approx(arms["primary_s100"]["drift"], abs=1e-6)
-    assert arms["secondary_s100"]["fidelity_norm"] == pytest.approx(arms["primary_s100"]["fidelity_norm"], abs=1e-6)
+    for arm, same_as in (("secondary_s100", "primary_s100"), ("as_correction_s100", "primary_s100"),
+                         ("as_replacement_s100", "base")):  # fmt: skip
+        for key in ("drift", "fidelity_norm"):
+            assert arms[arm][key] == pytest.approx(arms[same_as][key], abs=1e-6), (arm, key)
     assert not result.promotion.promoted and _alias(params, "champion") is None
 
 

@@ -88,9 +88,9 @@ def arm_job(
     masked_margin: float = 0.0,
 ) -> ArmJob:
     """The sampler's job for one arm (docs/method.md, "The alternatives"). ``corrections``: the trained families
-    (``secondary``, ``champion``) whose adapter is a correction added to the primary (``train.secondary_role:
-    correct``), so the arm draws the model as trained: P-Ad at 1 plus the adapter at the knob. ``masked_margin``:
-    the region margin of the ``masked`` family (the primary masked at the smallest margin, at the knob's scale)."""
+    whose adapter is a correction added to the primary (:func:`correction_families`), so the arm draws the model
+    as trained: P-Ad at 1 plus the adapter at the knob. ``masked_margin``: the region margin of the ``masked``
+    family (the primary masked at the smallest margin, at the knob's scale)."""
     if family in corrections:
         return ArmJob(prompt, seed, pose, family, knob, added=(("primary", 1.0),))
     if family == "base":
@@ -104,6 +104,17 @@ def arm_job(
     if family == "both":
         return ArmJob(prompt, seed, pose, "primary", 1.0, added=(("secondary", knob),))
     return ArmJob(prompt, seed, pose, family, knob)
+
+
+def correction_families(params: Params, champion_is_correction: bool = False) -> frozenset[str]:
+    """The trained families whose adapter is a correction added to the primary, drawn as P-Ad at 1 plus the
+    adapter: the secondary under ``train.secondary_role: correct``, each ablation run of role ``correct``, and the
+    champion when its pyfunc says so."""
+    return frozenset(
+        [*(["secondary"] if params.train.secondary_role == "correct" else []),
+         *(run.name for run in params.evaluate.ablations if run.role == "correct"),
+         *(["champion"] if champion_is_correction else [])]
+    )  # fmt: skip
 
 
 def comparisons_of(arms: Sequence[tuple[str, float]], ablations: Sequence[str]) -> list[tuple[str, str]]:
@@ -334,10 +345,7 @@ def evaluate(
     run_id = tracking.create_stage_run(client, params, uri, "evaluate") if shard.is_main else ""
     try:
         arms = arm_plan(params, dirs)
-        corrections = frozenset(
-            [*(["secondary"] if params.train.secondary_role == "correct" else []),
-             *(["champion"] if champion_is_correction else [])]
-        )  # fmt: skip
+        corrections = correction_families(params, champion_is_correction)
         targets = [p.keypoints_at(res, heldout.beta) for p in heldout.poses]
         scene = scene_mask(targets, res, ev.mask_margin, notices)
         masked = ev.alternatives.masked_margin
