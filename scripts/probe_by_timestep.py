@@ -6,7 +6,9 @@ conditional only. For `text-correct` on the coupled world it says "only a turned
 matched scale 0.74) while the evaluation's images say the opposite (drift ratio 0.53 at 99% of the pose). This
 script recomputes the same probe on more rows and reports it per timestep band, conditional and guided (CFG at
 evaluate.guidance_scale, features on both halves, as the sampler draws), to see which part of the probe carries
-the disagreement.
+the disagreement. Beside them, the primary masked to the people's region (the evaluation's `mask` arm, on the
+probe) and, per feature level, the trained model's feature energy inside and outside B's person box as a share of
+the primary's: is the correction a learned mask (inside kept, outside removed) or a turn-down (both shrunk)?
 
     .venv/bin/python scripts/probe_by_timestep.py [--rows 128] [--bands 4] [--out reports/...json]
 
@@ -62,16 +64,40 @@ def measure_band(
     fid = [0.0] + [fidelity(a) for a in arms[1:]]
     dr = [drift(a) for a in arms]
     found = effective_scale([0.0, *scales], fid, dr, fidelity("s_ad"), drift("s_ad"), margin)
+    # the same reading of the mask: in the images it lies far below the scale curve; does the one-step probe see it?
+    masked = effective_scale([0.0, *scales], fid, dr, fidelity("masked@1.0"), drift("masked@1.0"), margin)
     return {
         "rows": len(rows),
         "primary_fidelity": dict(zip(map(str, [0.0, *scales]), fid, strict=True)),
         "primary_drift": dict(zip(map(str, [0.0, *scales]), dr, strict=True)),
+        "masked_fidelity": fidelity("masked@1.0"),
+        "masked_drift": drift("masked@1.0"),
+        "masked_effective_scale": masked.scale,
+        "masked_drift_gap": masked.drift_gap,
         "s_ad_fidelity": fidelity("s_ad"),
         "s_ad_drift": drift("s_ad"),
         "effective_scale": found.scale,
         "drift_gap": found.drift_gap,
         "sentence": found.sentence(),
     }
+
+
+def at_level(region: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """(N, 1, l, l) region at a feature level's size, as the sampler's mask injection resizes it (``area``)."""
+    return torch.nn.functional.interpolate(region, size=feature.shape[-2:], mode="area")
+
+
+def feature_regions(primary: list[torch.Tensor], model: list[torch.Tensor], region: torch.Tensor) -> dict:
+    """Per feature level, the trained model's feature energy inside and outside B's person box as a share of the
+    primary's there. A learned mask keeps ~1 inside and ~0 outside; the primary turned down to c has c^2 in both."""
+    out = {}
+    for level, (p, m) in enumerate(zip(primary, model, strict=True)):
+        inside = at_level(region, p)
+        share = {}
+        for name, w in (("inside", inside), ("outside", 1.0 - inside)):
+            share[name] = float((m.pow(2) * w).sum() / (p.pow(2) * w).sum().clamp_min(1e-12))
+        out[f"level {level} ({p.shape[-1]}x{p.shape[-2]})"] = share
+    return out
 
 
 @torch.no_grad()
@@ -122,14 +148,22 @@ def main() -> None:
         arms = {f"primary@{s}": (lambda c, s=s: [f * s for f in primary(c)]) for s in scales}
         arms["none"] = lambda c: None
         arms["s_ad"] = lambda c: tr.model_features(ctx, c, trained)
-        report: dict[str, dict] = {}
+        # the region mask, as the evaluation's `mask` arm draws it, on the probe: P-Ad's features times the people's
+        # region (here both people's boxes grown by train.mask_margin, the scene mask's complement), area-resized
+        arms["masked@1.0"] = lambda c: [f * at_level(probe["mask"], f) for f in primary(c)]
+        report: dict[str, dict] = {"features on B_0": feature_regions(primary(maps["map_b"]),
+                                                                      tr.model_features(ctx, maps["map_b"], trained),
+                                                                      probe["mask_b"])}  # fmt: skip
+        print(json.dumps(report["features on B_0"], indent=1))
         for guided in (False, True):
             mode = "guided" if guided else "conditional"
             eps = {name: eps_of(fn, guided) for name, fn in arms.items()}
             for label, rows in [("all", torch.arange(len(t))), *band_rows(t, args.bands, len(base.noise_scheduler))]:
                 found = report[f"{mode} | {label}"] = measure_band(probe, rows, eps, scales, tp.turned_down_margin)
                 print(f"{mode:>11} {label:<18} S-Ad fidelity {found['s_ad_fidelity']:.3f} "
-                      f"drift {found['s_ad_drift']:.2e} | {found['sentence']}")  # fmt: skip
+                      f"drift {found['s_ad_drift']:.2e} (masked primary {found['masked_fidelity']:.3f}, "
+                      f"{found['masked_drift']:.2e}, drift {found['masked_drift_gap']:+.0%} against the primary at "
+                      f"{found['masked_effective_scale']:.2f}) | {found['sentence']}")  # fmt: skip
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
