@@ -17,7 +17,8 @@
 #                                            # Δdrift at matched fidelity per arm with paired CIs. ARMS="a b" limits
 #                                            # the arms (names as below, e.g. ARMS="scale-whole fixed-distill-18.8");
 #                                            # EVAL_SETS="key=value ..." overrides the evaluation's params;
-#                                            # FRONTIER_OUT another folder than reports/ablation/frontier
+#                                            # FRONTIER_OUT another folder than reports/ablation/frontier; beside
+#                                            # the report, training_summaries.json: each arm's training summary
 #
 # Arms (each sets train.balance, train.balance_reading and train.lambda_diff, so no arm inherits another's):
 #   scale-<reading>           the scale-matched objective, for every reading in READINGS
@@ -75,7 +76,7 @@ while [ $# -gt 0 ]; do
     --diagnose) diagnose=1 ;;
     --report) diagnose=2 ;;
     --frontier) mode=frontier ;;
-    -h|--help) sed -n '2,62p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,63p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -352,10 +353,11 @@ if [ "$mode" = frontier ]; then
   # Every arm trained by the library CLI with the default budget (no DVC experiment per arm), then one evaluation
   # with the arms as evaluate.ablations: every arm is compared with the primary's curve on the same draw.
   out_root=build/ablation
-  ablations="["
+  ablations="[" trained=()
   for spec in "${EXPERIMENTS[@]}"; do
     arm="${spec%%|*}"
     if [ -n "${ARMS:-}" ] && [[ " $ARMS " != *" $arm "* ]]; then continue; fi
+    trained+=("$arm")
     sets=()
     for kv in ${spec#*|}; do sets+=(--set "$kv"); done
     echo "== train $arm: ${spec#*|}"
@@ -377,6 +379,24 @@ if [ "$mode" = frontier ]; then
     posescene evaluate --no-progress --set "evaluate.ablations=$ablations" \
       --set evaluate.out_dir="$frontier_out" --set evaluate.compare_champion=false \
       --set "mlflow.registered_model=$ABLATION_MODEL" "${extra[@]}"
+    # each arm's training summary beside the evaluation (the one-step probe's effective scale, L_diff's drop, ...)
+    python - "$out_root" "$frontier_out/training_summaries.json" "${trained[@]}" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+from posescene.io import write_json_atomic
+
+root, out, arms = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+keep = ("final_effective_primary_scale", "final_drift_gap", "final_turned_down_primary", "l_diff_drop",
+        "final_probe_pose_frac", "steps")
+summaries = {}
+for arm in arms:
+    metrics, run = (json.loads((root / arm / name).read_text()) for name in ("metrics.json", "run.json"))
+    summaries[arm] = {**{k: metrics.get(k) for k in keep}, "summary": run.get("summary"),
+                      "wall_time_s": run.get("wall_time_s")}
+write_json_atomic(out, summaries)
+PY
   else
     echo "posescene evaluate --set evaluate.ablations=$ablations --set evaluate.out_dir=$frontier_out"
   fi
