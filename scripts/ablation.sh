@@ -86,8 +86,9 @@ PREFIX="${ABLATION_PREFIX:-abl}"
 ABLATION_MODEL="${ABLATION_MODEL:-posescene-ablation-adapter}"
 DIAG_DIR="${DIAG_DIR:-build/diagnostics}"
 REPORT="reports/ablation/objective_diagnostics.md"
-DEFAULT_READING=$(python -c "from posescene.config import load_params; print(load_params('params.yaml').train.balance_reading)")
-DEFAULT_ROLE=$(python -c "from posescene.config import load_params; print(load_params('params.yaml').train.secondary_role)")
+# params.yaml's balance reading and secondary role, read once (one Python start)
+read -r DEFAULT_READING DEFAULT_ROLE < <(python -c "from posescene.config import load_params; \
+t = load_params('params.yaml').train; print(t.balance_reading, t.secondary_role)")
 READINGS="${READINGS:-$DEFAULT_READING}"
 GRID_READINGS="${GRID_READINGS:-$READINGS}"
 # lambda_eff of the scale mapping after the default 200 steps (mean of the last train.log_every steps),
@@ -329,13 +330,11 @@ CORRECTION_ARMS=(
   "text-correct-cross-pose|$TEXT_CORRECT train.cross_pose_weight=${CROSS_WEIGHT:-1}"
 )
 EXPERIMENTS+=("${READING_ARMS[@]}" "${CORRECTION_ARMS[@]}")
-if [ "${ARMS:-}" = readings ]; then
-  ARMS=""
-  for spec in "${READING_ARMS[@]}"; do ARMS+="${spec%%|*} "; done
-elif [ "${ARMS:-}" = corrections ]; then
-  ARMS=""
-  for spec in "${CORRECTION_ARMS[@]}"; do ARMS+="${spec%%|*} "; done
-fi
+names_of() { local spec; for spec in "$@"; do printf '%s ' "${spec%%|*}"; done; }  # the arms' names
+case "${ARMS:-}" in
+  readings) ARMS=$(names_of "${READING_ARMS[@]}") ;;
+  corrections) ARMS=$(names_of "${CORRECTION_ARMS[@]}") ;;
+esac
 
 SORT_BY="${SORT_BY:-delta_drift_matched}"
 # Columns: the ablated params, the evaluation's verdict and matched-fidelity drift difference, drift and fidelity.
